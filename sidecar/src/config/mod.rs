@@ -1,0 +1,688 @@
+//! The sidecar's configuration: the contract between the operator (which
+//! compiles `ProviderIntegration`s into it) and the data plane (which enforces it).
+//!
+//! The config never holds a secret value, only the path of a file that holds one
+//! (a mounted Secret volume), so it can be printed, logged and served on
+//! `/config` as it is.
+
+mod duration;
+mod timestamp;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use duration::{DURATION_PATTERN, Duration, ParseDurationError};
+pub use timestamp::{ParseTimestampError, Timestamp};
+
+/// Default ports from DESIGN.md.
+pub const DEFAULT_ADMIN_PORT: u16 = 15090;
+pub const DEFAULT_WEBHOOK_PORT: u16 = 15080;
+pub const DEFAULT_EGRESS_PORT: u16 = 15001;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SidecarConfig {
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[serde(default = "defaults::drain_timeout")]
+    pub drain_timeout: Duration,
+    #[serde(default)]
+    pub integrations: Vec<IntegrationConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `/metrics`, `/healthz`, `/readyz`, `/config`. In a pod this binds all
+    /// addresses so the kubelet and Prometheus reach it; it serves no secrets.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_ADMIN_PORT),
+        }
+    }
+}
+
+/// One provider integration: an egress listener and everything that governs it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IntegrationConfig {
+    /// The metrics label and log field; `namespace/name` of the ProviderIntegration.
+    pub name: String,
+    /// Where the app sends its calls. Must be a loopback address: this listener
+    /// injects credentials, so nothing outside the pod may reach it.
+    pub listen: SocketAddr,
+    pub upstream: UpstreamConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthConfig>,
+    /// Named routes, first match wins: the `endpoint` label and per-endpoint timeouts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<EndpointConfig>,
+    /// Every limit whose match fits a request applies to it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimitConfig>,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreakerConfig>,
+    #[serde(default)]
+    pub cache: CacheConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `https://host[:port][/prefix]`; the app's path is appended to the prefix.
+    pub base_url: String,
+    /// Per attempt, from sending the request to the response headers.
+    #[serde(default = "defaults::timeout")]
+    pub timeout: Duration,
+    /// Queueing plus all attempts and backoff.
+    #[serde(default = "defaults::total_timeout")]
+    pub total_timeout: Duration,
+    /// Extra trust anchors (PEM) besides the public web roots, for private providers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<String>,
+    /// Request bodies up to this size are kept so a retry can resend them.
+    #[serde(default = "defaults::max_buffered_body")]
+    pub max_buffered_body_bytes: u64,
+}
+
+/// Which requests a rule applies to. Empty matches everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestMatch {
+    /// Upper-case method names; empty means any method.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// A path pattern: `*` matches one segment, a trailing `**` the rest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EndpointConfig {
+    pub name: String,
+    #[serde(rename = "match", default)]
+    pub matches: RequestMatch,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_timeout: Option<Duration>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub name: String,
+    #[serde(rename = "match", default)]
+    pub matches: RequestMatch,
+    /// At most `requests` in any window of length `per`.
+    pub requests: u32,
+    pub per: Duration,
+    /// How many of them may go back to back; the rest are spaced `per / requests` apart.
+    pub burst: u32,
+    #[serde(default)]
+    pub when_exceeded: WhenExceeded,
+    #[serde(default)]
+    pub queue: QueueConfig,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum WhenExceeded {
+    /// Wait (FIFO within priority) for a slot, up to `queue.maxWait`.
+    #[default]
+    Queue,
+    /// Answer 429 at once.
+    Reject,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct QueueConfig {
+    #[serde(default = "defaults::max_wait")]
+    pub max_wait: Duration,
+    #[serde(default = "defaults::max_depth")]
+    pub max_depth: u32,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            max_wait: defaults::max_wait(),
+            max_depth: defaults::max_depth(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included; 1 disables retries.
+    #[serde(default = "defaults::max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default)]
+    pub backoff: BackoffConfig,
+    #[serde(default = "defaults::retry_on")]
+    pub retry_on: Vec<RetryOn>,
+    #[serde(default = "defaults::yes")]
+    pub honor_retry_after: bool,
+    #[serde(default = "defaults::max_retry_after")]
+    pub max_retry_after: Duration,
+    #[serde(default)]
+    pub budget: RetryBudgetConfig,
+    /// Lets non-idempotent methods be retried safely: the same key on every attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency: Option<IdempotencyConfig>,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: defaults::max_attempts(),
+            backoff: BackoffConfig::default(),
+            retry_on: defaults::retry_on(),
+            honor_retry_after: true,
+            max_retry_after: defaults::max_retry_after(),
+            budget: RetryBudgetConfig::default(),
+            idempotency: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackoffConfig {
+    pub initial: Duration,
+    pub max: Duration,
+    pub multiplier: f64,
+    /// Each wait is scaled by a random factor in `[1 - jitter, 1 + jitter]`.
+    pub jitter: f64,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(16),
+            multiplier: 2.0,
+            jitter: 0.3,
+        }
+    }
+}
+
+/// A reason to retry an attempt: a status code or a transport failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RetryOn {
+    Status(u16),
+    ConnectError,
+    Reset,
+    Timeout,
+}
+
+impl RetryOn {
+    pub const NAMES: [&'static str; 3] = ["connect-error", "reset", "timeout"];
+}
+
+impl std::fmt::Display for RetryOn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RetryOn::Status(code) => write!(f, "{code}"),
+            RetryOn::ConnectError => f.write_str("connect-error"),
+            RetryOn::Reset => f.write_str("reset"),
+            RetryOn::Timeout => f.write_str("timeout"),
+        }
+    }
+}
+
+impl Serialize for RetryOn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            RetryOn::Status(code) => s.serialize_u16(*code),
+            other => s.collect_str(other),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RetryOn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Code(u64),
+            Name(String),
+        }
+        let invalid = |what: String| {
+            serde::de::Error::custom(format!(
+                "{what} is not a retry condition (use a status code 400-599 or one of connect-error, reset, timeout)"
+            ))
+        };
+        match Raw::deserialize(d)? {
+            Raw::Code(code @ 400..=599) => Ok(RetryOn::Status(code as u16)),
+            Raw::Code(code) => Err(invalid(code.to_string())),
+            Raw::Name(name) => match name.as_str() {
+                "connect-error" => Ok(RetryOn::ConnectError),
+                "reset" => Ok(RetryOn::Reset),
+                "timeout" => Ok(RetryOn::Timeout),
+                other => match other.parse::<u16>() {
+                    Ok(code @ 400..=599) => Ok(RetryOn::Status(code)),
+                    _ => Err(invalid(format!("{other:?}"))),
+                },
+            },
+        }
+    }
+}
+
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for RetryOn {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "RetryOn".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "x-kubernetes-int-or-string": true,
+            "description": "A status code (400-599) or one of connect-error, reset, timeout."
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryBudgetConfig {
+    /// Retries may add at most this fraction of the requests seen in `window`...
+    pub ratio: f64,
+    /// ...plus this many retries per second, so a quiet integration can still retry.
+    pub min_per_second: u32,
+    pub window: Duration,
+}
+
+impl Default for RetryBudgetConfig {
+    fn default() -> Self {
+        Self {
+            ratio: 0.2,
+            min_per_second: 5,
+            window: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IdempotencyConfig {
+    pub header: String,
+    pub methods: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CircuitBreakerConfig {
+    /// Open when this fraction of the requests in `window` failed...
+    pub failure_ratio: f64,
+    /// ...and at least this many requests were seen.
+    pub min_requests: u32,
+    pub window: Duration,
+    /// Fail fast this long, then let probes through (half-open).
+    pub open_for: Duration,
+    /// Probes allowed while half-open; all must succeed to close again.
+    #[serde(default = "defaults::half_open_probes")]
+    pub half_open_probes: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CacheConfig {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<CacheRule>,
+    #[serde(default = "defaults::cache_max_entries")]
+    pub max_entries: u32,
+    #[serde(default = "defaults::cache_max_bytes")]
+    pub max_bytes: u64,
+    /// Responses larger than this pass through uncached.
+    #[serde(default = "defaults::cache_max_entry_bytes")]
+    pub max_entry_bytes: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            rules: Vec::new(),
+            max_entries: defaults::cache_max_entries(),
+            max_bytes: defaults::cache_max_bytes(),
+            max_entry_bytes: defaults::cache_max_entry_bytes(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CacheRule {
+    #[serde(rename = "match", default)]
+    pub matches: RequestMatch,
+    pub ttl: Duration,
+}
+
+/// A file holding one secret value (a key of a mounted Secret volume).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretFile {
+    pub path: PathBuf,
+}
+
+impl SecretFile {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// The key being rotated out: still tried once after a 401, until `validUntil`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PreviousSecret {
+    pub secret: SecretFile,
+    pub valid_until: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
+pub enum AuthConfig {
+    /// `name: <secret>`, e.g. `X-Api-Key`.
+    #[serde(rename_all = "camelCase")]
+    Header {
+        name: String,
+        secret: SecretFile,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous: Option<PreviousSecret>,
+    },
+    /// `Authorization: Bearer <secret>`.
+    #[serde(rename_all = "camelCase")]
+    Bearer {
+        secret: SecretFile,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous: Option<PreviousSecret>,
+    },
+    /// `Authorization: Basic base64(<username>:<password>)`.
+    #[serde(rename_all = "camelCase")]
+    Basic {
+        username: SecretFile,
+        password: SecretFile,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous_password: Option<PreviousSecret>,
+    },
+    /// RFC 6749 §4.4: a cached access token, refreshed `refreshBefore` it expires.
+    #[serde(rename_all = "camelCase")]
+    Oauth2ClientCredentials {
+        token_url: String,
+        client_id: SecretFile,
+        client_secret: SecretFile,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        scopes: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        audience: Option<String>,
+        #[serde(default = "defaults::refresh_before")]
+        refresh_before: Duration,
+        #[serde(default)]
+        client_auth: ClientAuthMethod,
+    },
+}
+
+/// How the client credentials reach the token endpoint (RFC 6749 §2.3.1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum ClientAuthMethod {
+    /// HTTP Basic with the client id and secret (the RFC's preferred form).
+    #[default]
+    Basic,
+    /// `client_id` and `client_secret` in the form body.
+    RequestBody,
+}
+
+impl AuthConfig {
+    /// Every secret file this auth reads, for start-up checks and watching.
+    pub fn secret_files(&self) -> Vec<&SecretFile> {
+        match self {
+            AuthConfig::Header {
+                secret, previous, ..
+            }
+            | AuthConfig::Bearer { secret, previous } => std::iter::once(secret)
+                .chain(previous.as_ref().map(|p| &p.secret))
+                .collect(),
+            AuthConfig::Basic {
+                username,
+                password,
+                previous_password,
+            } => [username, password]
+                .into_iter()
+                .chain(previous_password.as_ref().map(|p| &p.secret))
+                .collect(),
+            AuthConfig::Oauth2ClientCredentials {
+                client_id,
+                client_secret,
+                ..
+            } => vec![client_id, client_secret],
+        }
+    }
+}
+
+/// Every default in one place, so `sluice render` can print what will apply.
+pub mod defaults {
+    use super::{Duration, RetryOn};
+
+    pub fn drain_timeout() -> Duration {
+        Duration::from_secs(20)
+    }
+    pub fn timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn total_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn max_buffered_body() -> u64 {
+        1 << 20
+    }
+    pub fn max_wait() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn max_depth() -> u32 {
+        1000
+    }
+    pub fn max_attempts() -> u32 {
+        3
+    }
+    pub fn retry_on() -> Vec<RetryOn> {
+        vec![
+            RetryOn::Status(429),
+            RetryOn::Status(500),
+            RetryOn::Status(502),
+            RetryOn::Status(503),
+            RetryOn::Status(504),
+            RetryOn::ConnectError,
+            RetryOn::Reset,
+            RetryOn::Timeout,
+        ]
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn max_retry_after() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn half_open_probes() -> u32 {
+        1
+    }
+    pub fn cache_max_entries() -> u32 {
+        10_000
+    }
+    pub fn cache_max_bytes() -> u64 {
+        64 << 20
+    }
+    pub fn cache_max_entry_bytes() -> u64 {
+        1 << 20
+    }
+    pub fn refresh_before() -> Duration {
+        Duration::from_secs(300)
+    }
+}
+
+/// A config file that cannot be used, with the path of the offending field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Syntax(String),
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl SidecarConfig {
+    /// Parses YAML (or JSON, which is YAML) as `sluice render` prints it.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        // serde_yaml_ng's errors already start with the field path and end
+        // with the line and column.
+        let config: SidecarConfig =
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(&text)
+    }
+
+    pub fn to_yaml(&self) -> String {
+        serde_yaml_ng::to_string(self).expect("the config model always serializes")
+    }
+
+    /// Invariants the data plane relies on. The operator checks far more, with
+    /// the ProviderIntegration's field paths; these guard hand-written files.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |path: String, message: &str| ConfigError::Invalid {
+            path,
+            message: message.to_owned(),
+        };
+        let mut ports = std::collections::HashSet::new();
+        for (i, integration) in self.integrations.iter().enumerate() {
+            let at = |field: &str| format!("integrations[{i}].{field}");
+            if !integration.listen.ip().is_loopback() {
+                return Err(invalid(
+                    at("listen"),
+                    "egress listeners inject credentials and must bind a loopback address",
+                ));
+            }
+            if !ports.insert(integration.listen) {
+                return Err(invalid(at("listen"), "another integration uses this address"));
+            }
+            if integration.upstream.base_url.parse::<http::Uri>().is_err() {
+                return Err(invalid(at("upstream.baseUrl"), "is not a URL"));
+            }
+            for (j, limit) in integration.rate_limits.iter().enumerate() {
+                if limit.requests == 0 || limit.burst == 0 || limit.per.is_zero() {
+                    return Err(invalid(
+                        at(&format!("rateLimits[{j}]")),
+                        "requests, burst and per must be positive",
+                    ));
+                }
+            }
+            if integration.retry.max_attempts == 0 {
+                return Err(invalid(at("retry.maxAttempts"), "must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config = SidecarConfig::from_yaml(
+            "integrations:\n- name: shop/carrier\n  listen: 127.0.0.1:15001\n  upstream: {baseUrl: 'https://api.example'}\n",
+        )
+        .unwrap();
+        let integration = &config.integrations[0];
+        assert_eq!(integration.upstream.timeout, Duration::from_secs(10));
+        assert_eq!(integration.retry.max_attempts, 3);
+        assert!(integration.retry.retry_on.contains(&RetryOn::Status(503)));
+        assert_eq!(config.admin.listen.port(), DEFAULT_ADMIN_PORT);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = SidecarConfig::from_yaml(
+            "integrations:\n- name: a\n  listen: 127.0.0.1:1\n  upstream: {baseUrl: 'https://x', timeout: 1 minute}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("integrations[0].upstream.timeout: \"1 minute\" is not a duration"), "{err}");
+        let err = SidecarConfig::from_yaml("integrations: []\nbogus: 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `bogus`"), "{err}");
+    }
+
+    #[test]
+    fn egress_must_bind_loopback() {
+        let err = SidecarConfig::from_yaml(
+            "integrations:\n- name: a\n  listen: 0.0.0.0:15001\n  upstream: {baseUrl: 'https://x'}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("integrations[0].listen"), "{err}");
+    }
+
+    #[test]
+    fn retry_on_accepts_codes_and_names() {
+        let parsed: Vec<RetryOn> =
+            serde_yaml_ng::from_str("[429, '503', connect-error, reset, timeout]").unwrap();
+        assert_eq!(
+            parsed,
+            vec![
+                RetryOn::Status(429),
+                RetryOn::Status(503),
+                RetryOn::ConnectError,
+                RetryOn::Reset,
+                RetryOn::Timeout
+            ]
+        );
+        assert!(serde_yaml_ng::from_str::<Vec<RetryOn>>("[200]").is_err());
+        assert!(serde_yaml_ng::from_str::<Vec<RetryOn>>("[dns]").is_err());
+    }
+
+    #[test]
+    fn auth_round_trips() {
+        let auth = AuthConfig::Header {
+            name: "X-Api-Key".into(),
+            secret: SecretFile::new("/var/run/secrets/key/current"),
+            previous: Some(PreviousSecret {
+                secret: SecretFile::new("/var/run/secrets/key/previous"),
+                valid_until: "2026-12-01T00:00:00Z".parse().unwrap(),
+            }),
+        };
+        let yaml = serde_yaml_ng::to_string(&auth).unwrap();
+        assert!(yaml.contains("type: header"), "{yaml}");
+        assert_eq!(serde_yaml_ng::from_str::<AuthConfig>(&yaml).unwrap(), auth);
+    }
+}
