@@ -591,7 +591,10 @@ impl SidecarConfig {
                 ));
             }
             if !ports.insert(integration.listen) {
-                return Err(invalid(at("listen"), "another integration uses this address"));
+                return Err(invalid(
+                    at("listen"),
+                    "another integration uses this address",
+                ));
             }
             if integration.upstream.base_url.parse::<http::Uri>().is_err() {
                 return Err(invalid(at("upstream.baseUrl"), "is not a URL"));
@@ -636,7 +639,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.starts_with("integrations[0].upstream.timeout: \"1 minute\" is not a duration"), "{err}");
+        assert!(
+            err.starts_with("integrations[0].upstream.timeout: \"1 minute\" is not a duration"),
+            "{err}"
+        );
         let err = SidecarConfig::from_yaml("integrations: []\nbogus: 1\n")
             .unwrap_err()
             .to_string();

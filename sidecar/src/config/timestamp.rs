@@ -127,9 +127,8 @@ impl FromStr for Timestamp {
             _ => return Err(err()),
         };
         let days = days_from_civil(year, month, day);
-        let unix_seconds = days * 86_400
-            + i64::from(hour * 3600 + minute * 60 + second.min(59))
-            - offset_seconds;
+        let unix_seconds =
+            days * 86_400 + i64::from(hour * 3600 + minute * 60 + second.min(59)) - offset_seconds;
         Ok(Timestamp { unix_seconds })
     }
 }
@@ -191,9 +190,18 @@ mod tests {
         assert_eq!(offset, t);
         let frac: Timestamp = "2026-12-01T00:00:00.123456Z".parse().unwrap();
         assert_eq!(frac, t);
-        assert_eq!("1970-01-01T00:00:00Z".parse::<Timestamp>().unwrap().unix_seconds(), 0);
         assert_eq!(
-            "2024-02-29T12:00:00-00:00".parse::<Timestamp>().unwrap().to_string(),
+            "1970-01-01T00:00:00Z"
+                .parse::<Timestamp>()
+                .unwrap()
+                .unix_seconds(),
+            0
+        );
+        assert_eq!(
+            "2024-02-29T12:00:00-00:00"
+                .parse::<Timestamp>()
+                .unwrap()
+                .to_string(),
             "2024-02-29T12:00:00Z"
         );
     }

@@ -1,0 +1,475 @@
+//! Credential injection: the app never holds the provider's secret.
+//!
+//! Static keys come from watched files. During a rotation window a 401 with
+//! the current key is retried once with the previous one (and counted), so a
+//! key that the provider has not activated yet costs no failed request.
+//! OAuth2 client-credentials tokens are cached and refreshed ahead of expiry,
+//! one refresh at a time.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use tokio::time::Instant;
+use tower::{Layer, Service};
+
+use super::body::{ProxyBody, try_clone_request};
+use super::client::HttpsClient;
+use super::error::ProxyError;
+use crate::config::{AuthConfig, ClientAuthMethod};
+use crate::metrics::{Metrics, Name, ResultLabels};
+use crate::secrets::{Secret, SecretError, SecretStore};
+
+/// A static credential: how to turn secret file contents into a header.
+#[derive(Clone, Debug)]
+pub enum Static {
+    Header(HeaderName),
+    Bearer,
+    Basic { username: Secret },
+}
+
+#[derive(Clone, Debug)]
+pub struct Rotating {
+    current: Secret,
+    previous: Option<(Secret, SystemTime)>,
+}
+
+/// The credentials of one integration.
+#[derive(Clone)]
+pub enum Credentials {
+    Static { kind: Static, secret: Rotating },
+    OAuth2(Arc<TokenSource>),
+}
+
+impl Credentials {
+    pub fn new(
+        config: &AuthConfig,
+        store: &SecretStore,
+        integration: &Name,
+        client: HttpsClient,
+        token_timeout: Duration,
+        metrics: Metrics,
+    ) -> Result<Self, CredentialsError> {
+        let load = |file: &crate::config::SecretFile| store.load(file.path(), integration);
+        let rotating = |current, previous: &Option<crate::config::PreviousSecret>| {
+            Ok::<_, CredentialsError>(Rotating {
+                current,
+                previous: match previous {
+                    Some(p) => Some((load(&p.secret)?, p.valid_until.to_system_time())),
+                    None => None,
+                },
+            })
+        };
+        Ok(match config {
+            AuthConfig::Header {
+                name,
+                secret,
+                previous,
+            } => Credentials::Static {
+                kind: Static::Header(
+                    HeaderName::from_bytes(name.as_bytes())
+                        .map_err(|_| CredentialsError::HeaderName(name.clone()))?,
+                ),
+                secret: rotating(load(secret)?, previous)?,
+            },
+            AuthConfig::Bearer { secret, previous } => Credentials::Static {
+                kind: Static::Bearer,
+                secret: rotating(load(secret)?, previous)?,
+            },
+            AuthConfig::Basic {
+                username,
+                password,
+                previous_password,
+            } => Credentials::Static {
+                kind: Static::Basic {
+                    username: load(username)?,
+                },
+                secret: rotating(load(password)?, previous_password)?,
+            },
+            AuthConfig::Oauth2ClientCredentials {
+                token_url,
+                client_id,
+                client_secret,
+                scopes,
+                audience,
+                refresh_before,
+                client_auth,
+            } => Credentials::OAuth2(Arc::new(TokenSource {
+                token_url: token_url
+                    .parse()
+                    .map_err(|_| CredentialsError::TokenUrl(token_url.clone()))?,
+                client_id: load(client_id)?,
+                client_secret: load(client_secret)?,
+                scopes: scopes.join(" "),
+                audience: audience.clone(),
+                refresh_before: refresh_before.get(),
+                client_auth: *client_auth,
+                client,
+                timeout: token_timeout,
+                cached: Mutex::new(None),
+                refresh: tokio::sync::Mutex::new(()),
+                integration: integration.clone(),
+                metrics,
+            })),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error("auth.header.name {0:?} is not a valid header name")]
+    HeaderName(String),
+    #[error("auth.oauth2ClientCredentials.tokenUrl {0:?} is not a URL")]
+    TokenUrl(String),
+}
+
+fn header_for(kind: &Static, secret: &Secret) -> Result<(HeaderName, HeaderValue), ProxyError> {
+    let value = secret.current();
+    let (name, text) = match kind {
+        Static::Header(name) => (name.clone(), value.expose().to_owned()),
+        Static::Bearer => (header::AUTHORIZATION, format!("Bearer {}", value.expose())),
+        Static::Basic { username } => {
+            let pair = format!("{}:{}", username.current().expose(), value.expose());
+            (
+                header::AUTHORIZATION,
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(pair)
+                ),
+            )
+        }
+    };
+    let mut header_value = HeaderValue::from_str(&text).map_err(|_| {
+        // Name the file, never the value.
+        ProxyError::Credentials(format!(
+            "secret file {} holds characters not allowed in a header",
+            secret.path().display()
+        ))
+    })?;
+    header_value.set_sensitive(true);
+    Ok((name, header_value))
+}
+
+struct CachedToken {
+    header: HeaderValue,
+    refresh_at: Instant,
+    expires_at: Instant,
+}
+
+/// OAuth2 client-credentials tokens (RFC 6749 §4.4).
+pub struct TokenSource {
+    token_url: http::Uri,
+    client_id: Secret,
+    client_secret: Secret,
+    scopes: String,
+    audience: Option<String>,
+    refresh_before: Duration,
+    client_auth: ClientAuthMethod,
+    client: HttpsClient,
+    timeout: Duration,
+    cached: Mutex<Option<CachedToken>>,
+    /// Held while a refresh is in flight: one refresh at a time.
+    refresh: tokio::sync::Mutex<()>,
+    integration: Name,
+    metrics: Metrics,
+}
+
+#[derive(serde::Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    #[serde(default)]
+    token_type: Option<String>,
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+impl TokenSource {
+    fn fresh(&self, now: Instant) -> Option<HeaderValue> {
+        let cached = self.cached.lock().expect("token lock poisoned");
+        cached
+            .as_ref()
+            .filter(|t| now < t.refresh_at)
+            .map(|t| t.header.clone())
+    }
+
+    fn count(&self, result: &'static str) {
+        self.metrics
+            .token_refresh
+            .get_or_create(&ResultLabels {
+                integration: self.integration.clone(),
+                result,
+            })
+            .inc();
+    }
+
+    /// Forgets the cached token (after the upstream refused it).
+    pub fn invalidate(&self) {
+        *self.cached.lock().expect("token lock poisoned") = None;
+    }
+
+    /// A valid `Authorization` value, refreshing when due. A failed refresh is
+    /// logged and counted; a token that has not expired yet is still used.
+    pub async fn authorization(&self) -> Result<HeaderValue, ProxyError> {
+        if let Some(header) = self.fresh(Instant::now()) {
+            return Ok(header);
+        }
+        let _guard = self.refresh.lock().await;
+        if let Some(header) = self.fresh(Instant::now()) {
+            return Ok(header);
+        }
+        match self.request_token().await {
+            Ok((header, lifetime)) => {
+                self.count("success");
+                let now = Instant::now();
+                let refresh_in = lifetime
+                    .saturating_sub(self.refresh_before)
+                    .max(lifetime / 2);
+                *self.cached.lock().expect("token lock poisoned") = Some(CachedToken {
+                    header: header.clone(),
+                    refresh_at: now + refresh_in,
+                    expires_at: now + lifetime,
+                });
+                Ok(header)
+            }
+            Err(message) => {
+                self.count("error");
+                tracing::error!(integration = %self.integration, error = %message, "OAuth2 token refresh failed");
+                let cached = self.cached.lock().expect("token lock poisoned");
+                match cached.as_ref() {
+                    Some(t) if Instant::now() < t.expires_at => Ok(t.header.clone()),
+                    _ => Err(ProxyError::TokenRefresh(message)),
+                }
+            }
+        }
+    }
+
+    async fn request_token(&self) -> Result<(HeaderValue, Duration), String> {
+        let request = self.token_request()?;
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| ProxyError::from_client_error(&e, e.is_connect()).to_string())?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| format!("reading the token response: {e}"))?
+                .to_bytes();
+            Ok::<_, String>((status, body))
+        };
+        let (status, body) = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| {
+                format!(
+                    "no answer from the token endpoint within {:?}",
+                    self.timeout
+                )
+            })??;
+        parse_token_response(status, &body)
+    }
+
+    /// The token request (RFC 6749 §4.4.2), with the credentials where configured.
+    fn token_request(&self) -> Result<Request<ProxyBody>, String> {
+        let (id, secret) = (self.client_id.current(), self.client_secret.current());
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        form.append_pair("grant_type", "client_credentials");
+        if !self.scopes.is_empty() {
+            form.append_pair("scope", &self.scopes);
+        }
+        if let Some(audience) = &self.audience {
+            form.append_pair("audience", audience);
+        }
+        let mut request = Request::post(self.token_url.clone())
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::ACCEPT, "application/json");
+        match self.client_auth {
+            ClientAuthMethod::Basic => {
+                // RFC 6749 §2.3.1: form-encode each part before joining.
+                let encode =
+                    |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                let pair = format!("{}:{}", encode(id.expose()), encode(secret.expose()));
+                let mut value = HeaderValue::from_str(&format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(pair)
+                ))
+                .map_err(|_| "client credentials are not valid header text".to_owned())?;
+                value.set_sensitive(true);
+                request = request.header(header::AUTHORIZATION, value);
+            }
+            ClientAuthMethod::RequestBody => {
+                form.append_pair("client_id", id.expose());
+                form.append_pair("client_secret", secret.expose());
+            }
+        }
+        request
+            .body(ProxyBody::full(Bytes::from(form.finish())))
+            .map_err(|e| format!("building the token request: {e}"))
+    }
+}
+
+/// The access token and its lifetime from a token endpoint's answer (RFC 6749 §5.1).
+fn parse_token_response(
+    status: StatusCode,
+    body: &[u8],
+) -> Result<(HeaderValue, Duration), String> {
+    {
+        if !status.is_success() {
+            // The error body of a token endpoint (RFC 6749 §5.2) holds no secret.
+            let detail: String = String::from_utf8_lossy(body).chars().take(200).collect();
+            return Err(format!("token endpoint answered {status}: {detail}"));
+        }
+        let token: TokenResponse = serde_json::from_slice(body).map_err(|_| {
+            "token response is not the expected JSON (access_token, token_type, expires_in)"
+                .to_owned()
+        })?;
+        if let Some(kind) = &token.token_type
+            && !kind.eq_ignore_ascii_case("bearer")
+        {
+            return Err(format!(
+                "token_type {kind:?} is not supported (only Bearer)"
+            ));
+        }
+        let mut header = HeaderValue::from_str(&format!("Bearer {}", token.access_token))
+            .map_err(|_| "access_token is not valid header text".to_owned())?;
+        header.set_sensitive(true);
+        Ok((
+            header,
+            Duration::from_secs(token.expires_in.unwrap_or(3600).max(1)),
+        ))
+    }
+}
+
+/// Tower layer: sets the credential header on each attempt.
+#[derive(Clone)]
+pub struct AuthLayer {
+    credentials: Option<Credentials>,
+    integration: Name,
+    metrics: Metrics,
+}
+
+impl AuthLayer {
+    pub fn new(credentials: Option<Credentials>, integration: Name, metrics: Metrics) -> Self {
+        Self {
+            credentials,
+            integration,
+            metrics,
+        }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    layer: AuthLayer,
+}
+
+fn with_header(
+    mut request: Request<ProxyBody>,
+    (name, value): (HeaderName, HeaderValue),
+) -> Request<ProxyBody> {
+    // Whatever the app sent under this name is replaced: Sluice owns the credential.
+    request.headers_mut().insert(name, value);
+    request
+}
+
+impl<S> Service<Request<ProxyBody>> for AuthService<S>
+where
+    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = Response<ProxyBody>;
+    type Error = ProxyError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ProxyBody>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let layer = self.layer.clone();
+        Box::pin(async move {
+            let count = |result: &'static str| {
+                layer
+                    .metrics
+                    .credential_fallback
+                    .get_or_create(&ResultLabels {
+                        integration: layer.integration.clone(),
+                        result,
+                    })
+                    .inc();
+            };
+            match &layer.credentials {
+                None => inner.call(request).await,
+                Some(Credentials::Static { kind, secret }) => {
+                    let previous = secret
+                        .previous
+                        .as_ref()
+                        .filter(|(_, until)| SystemTime::now() < *until);
+                    let spare = previous.and_then(|_| try_clone_request(&request));
+                    let response = inner
+                        .call(with_header(request, header_for(kind, &secret.current)?))
+                        .await?;
+                    match (response.status(), previous, spare) {
+                        (StatusCode::UNAUTHORIZED, Some((old, _)), Some(spare)) => {
+                            let retried = inner
+                                .call(with_header(spare, header_for(kind, old)?))
+                                .await?;
+                            let ok = retried.status() != StatusCode::UNAUTHORIZED;
+                            count(if ok { "success" } else { "failure" });
+                            if ok {
+                                tracing::warn!(integration = %layer.integration, "the current key was refused with 401 and the previous key accepted; is the new key active at the provider?");
+                            }
+                            Ok(retried)
+                        }
+                        _ => Ok(response),
+                    }
+                }
+                Some(Credentials::OAuth2(tokens)) => {
+                    let spare = try_clone_request(&request);
+                    let header = tokens.authorization().await?;
+                    let response = inner
+                        .call(with_header(request, (header::AUTHORIZATION, header)))
+                        .await?;
+                    match (response.status(), spare) {
+                        // A revoked or rotated token: fetch a new one and try once more.
+                        (StatusCode::UNAUTHORIZED, Some(spare)) => {
+                            tokens.invalidate();
+                            let header = tokens.authorization().await?;
+                            inner
+                                .call(with_header(spare, (header::AUTHORIZATION, header)))
+                                .await
+                        }
+                        _ => Ok(response),
+                    }
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,171 @@
+//! The one body type that flows through the egress pipeline, so every layer
+//! has the same `Service<Request<ProxyBody>>` signature.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::Request;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request or response body: buffered (replayable) or streamed.
+#[derive(Default)]
+pub enum ProxyBody {
+    #[default]
+    Empty,
+    /// Fully in memory; cloning it is cheap, so a retry can resend it.
+    Full(Option<Bytes>),
+    /// Straight from a peer, sent once.
+    Incoming(Incoming),
+    /// The part read while deciding whether to buffer, then the rest as it comes.
+    Prefixed {
+        prefix: Option<Bytes>,
+        rest: Incoming,
+    },
+    /// Anything else (e.g. a response being copied into the cache).
+    Boxed(UnsyncBoxBody<Bytes, BoxError>),
+}
+
+impl ProxyBody {
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        let bytes = bytes.into();
+        if bytes.is_empty() {
+            ProxyBody::Empty
+        } else {
+            ProxyBody::Full(Some(bytes))
+        }
+    }
+
+    pub fn boxed<B>(body: B) -> Self
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        ProxyBody::Boxed(body.map_err(Into::into).boxed_unsync())
+    }
+
+    /// A copy for another attempt, if this body can be replayed.
+    pub fn try_clone(&self) -> Option<ProxyBody> {
+        match self {
+            ProxyBody::Empty => Some(ProxyBody::Empty),
+            ProxyBody::Full(bytes) => Some(ProxyBody::Full(bytes.clone())),
+            _ => None,
+        }
+    }
+
+    pub fn is_replayable(&self) -> bool {
+        matches!(self, ProxyBody::Empty | ProxyBody::Full(_))
+    }
+
+    /// Reads a streamed body into memory if it has at most `limit` bytes; a
+    /// larger one keeps streaming (with what was read in front) and stays
+    /// non-replayable. Errors are the peer's (a reset while reading).
+    pub async fn buffer_up_to(self, limit: u64) -> Result<ProxyBody, hyper::Error> {
+        let mut incoming = match self {
+            ProxyBody::Incoming(incoming) => incoming,
+            other => return Ok(other),
+        };
+        if incoming.is_end_stream() {
+            return Ok(ProxyBody::Empty);
+        }
+        if incoming.size_hint().lower() > limit {
+            return Ok(ProxyBody::Incoming(incoming));
+        }
+        let mut buffer = bytes::BytesMut::new();
+        while let Some(frame) = incoming.frame().await {
+            // Trailers on requests are rare and not replayed; data is what matters.
+            if let Ok(data) = frame?.into_data() {
+                buffer.extend_from_slice(&data);
+                if buffer.len() as u64 > limit {
+                    return Ok(ProxyBody::Prefixed {
+                        prefix: Some(buffer.freeze()),
+                        rest: incoming,
+                    });
+                }
+            }
+        }
+        Ok(ProxyBody::full(buffer.freeze()))
+    }
+}
+
+impl std::fmt::Debug for ProxyBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self {
+            ProxyBody::Empty => "Empty",
+            ProxyBody::Full(_) => "Full",
+            ProxyBody::Incoming(_) => "Incoming",
+            ProxyBody::Prefixed { .. } => "Prefixed",
+            ProxyBody::Boxed(_) => "Boxed",
+        };
+        f.write_str(kind)
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ProxyBody::Empty => Poll::Ready(None),
+            ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Incoming(incoming) => Pin::new(incoming).poll_frame(cx).map_err(Into::into),
+            ProxyBody::Prefixed { prefix, rest } => match prefix.take() {
+                Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                None => Pin::new(rest).poll_frame(cx).map_err(Into::into),
+            },
+            ProxyBody::Boxed(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Empty => true,
+            ProxyBody::Full(bytes) => bytes.is_none(),
+            ProxyBody::Incoming(incoming) => incoming.is_end_stream(),
+            ProxyBody::Prefixed { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
+            ProxyBody::Boxed(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Empty => SizeHint::with_exact(0),
+            ProxyBody::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            ProxyBody::Incoming(incoming) => incoming.size_hint(),
+            ProxyBody::Prefixed { prefix, rest } => {
+                let extra = prefix.as_ref().map_or(0, |b| b.len() as u64);
+                let inner = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower() + extra);
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper + extra);
+                }
+                hint
+            }
+            ProxyBody::Boxed(body) => body.size_hint(),
+        }
+    }
+}
+
+/// A copy of `request` for another attempt, when its body can be replayed.
+pub fn try_clone_request(request: &Request<ProxyBody>) -> Option<Request<ProxyBody>> {
+    let body = request.body().try_clone()?;
+    let mut copy = Request::new(body);
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    *copy.extensions_mut() = request.extensions().clone();
+    Some(copy)
+}

@@ -1,0 +1,407 @@
+//! Retries that help instead of hurt: classify first, back off with jitter,
+//! honour the provider's Retry-After, spend from a budget so an outage cannot
+//! multiply traffic, and retry non-idempotent calls only under an idempotency
+//! key that stays the same on every attempt.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use http::{HeaderMap, Method, Request, Response};
+use tokio::time::Instant;
+use tower::retry::budget::{Budget, TpsBudget};
+use tower::{Layer, Service};
+
+use super::body::{ProxyBody, try_clone_request};
+use super::error::ProxyError;
+use super::route::RequestContext;
+use crate::config::{RetryConfig, RetryOn};
+use crate::metrics::{IntegrationLabels, Metrics, Name, RetryLabels};
+
+/// The retry settings of one integration, compiled.
+pub struct RetryRules {
+    max_attempts: u32,
+    initial: Duration,
+    max_backoff: Duration,
+    multiplier: f64,
+    jitter: f64,
+    statuses: Vec<u16>,
+    on_connect_error: bool,
+    on_reset: bool,
+    on_timeout: bool,
+    honor_retry_after: bool,
+    max_retry_after: Duration,
+    budget: TpsBudget,
+    idempotency: Option<(HeaderName, Vec<Method>)>,
+    max_buffered_body: u64,
+    integration: Name,
+    metrics: Metrics,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("retry.idempotency: {0}")]
+pub struct RetryRulesError(String);
+
+impl RetryRules {
+    pub fn new(
+        config: &RetryConfig,
+        max_buffered_body: u64,
+        integration: Name,
+        metrics: Metrics,
+    ) -> Result<Self, RetryRulesError> {
+        let idempotency = match &config.idempotency {
+            Some(i) => Some((
+                HeaderName::from_bytes(i.header.as_bytes())
+                    .map_err(|_| RetryRulesError(format!("{:?} is not a header name", i.header)))?,
+                i.methods
+                    .iter()
+                    .map(|m| {
+                        Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                            .map_err(|_| RetryRulesError(format!("{m:?} is not a method")))
+                    })
+                    .collect::<Result<_, _>>()?,
+            )),
+            None => None,
+        };
+        let budget = &config.budget;
+        Ok(Self {
+            max_attempts: config.max_attempts.max(1),
+            initial: config.backoff.initial.get(),
+            max_backoff: config.backoff.max.get(),
+            multiplier: config.backoff.multiplier.max(1.0),
+            jitter: config.backoff.jitter.clamp(0.0, 1.0),
+            statuses: config
+                .retry_on
+                .iter()
+                .filter_map(|r| match r {
+                    RetryOn::Status(code) => Some(*code),
+                    _ => None,
+                })
+                .collect(),
+            on_connect_error: config.retry_on.contains(&RetryOn::ConnectError),
+            on_reset: config.retry_on.contains(&RetryOn::Reset),
+            on_timeout: config.retry_on.contains(&RetryOn::Timeout),
+            honor_retry_after: config.honor_retry_after,
+            max_retry_after: config.max_retry_after.get(),
+            budget: TpsBudget::new(
+                budget.window.get().max(Duration::from_secs(1)),
+                budget.min_per_second,
+                budget.ratio.clamp(0.0, 1000.0) as f32,
+            ),
+            idempotency,
+            max_buffered_body,
+            integration,
+            metrics,
+        })
+    }
+
+    /// Why the attempt failed, if that is a reason to try again.
+    fn reason(&self, result: &Result<Response<ProxyBody>, ProxyError>) -> Option<&'static str> {
+        match result {
+            Ok(response) => {
+                let code = response.status().as_u16();
+                self.statuses.contains(&code).then_some(match code {
+                    429 => "429",
+                    500 => "500",
+                    502 => "502",
+                    503 => "503",
+                    504 => "504",
+                    400..=499 => "4xx",
+                    _ => "5xx",
+                })
+            }
+            Err(ProxyError::Connect(_) | ProxyError::Tls(_)) => {
+                self.on_connect_error.then_some("connect-error")
+            }
+            Err(ProxyError::Reset(_) | ProxyError::Protocol(_)) => self.on_reset.then_some("reset"),
+            Err(ProxyError::UpstreamTimeout(_)) => self.on_timeout.then_some("timeout"),
+            Err(_) => None,
+        }
+    }
+
+    /// Whether a request of this method may be sent more than once. A request
+    /// that never reached the upstream (connect or TLS failure) always may.
+    fn may_repeat(
+        &self,
+        method: &Method,
+        result: &Result<Response<ProxyBody>, ProxyError>,
+    ) -> bool {
+        matches!(result, Err(ProxyError::Connect(_) | ProxyError::Tls(_)))
+            || method.is_idempotent()
+            || self
+                .idempotency
+                .as_ref()
+                .is_some_and(|(_, methods)| methods.contains(method))
+    }
+
+    /// Exponential backoff for the wait after attempt `attempt` (1-based), with jitter.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self.multiplier.powi(attempt.saturating_sub(1) as i32);
+        let base = self.initial.as_secs_f64() * exp;
+        let capped = base.min(self.max_backoff.as_secs_f64());
+        let factor = 1.0 + self.jitter * (fastrand::f64() * 2.0 - 1.0);
+        Duration::from_secs_f64((capped * factor).max(0.0))
+    }
+}
+
+/// How long the provider asked us to wait: `Retry-After` (seconds or an
+/// HTTP-date), else `X-RateLimit-Reset` (epoch seconds, or seconds from now).
+pub fn provider_wait(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(value) = text(RETRY_AFTER.as_str()) {
+        if let Ok(secs) = value.parse::<u64>() {
+            return Some(Duration::from_secs(secs));
+        }
+        if let Ok(date) = httpdate::parse_http_date(value) {
+            return Some(date.duration_since(now).unwrap_or(Duration::ZERO));
+        }
+    }
+    let reset = text("x-ratelimit-reset")?.parse::<f64>().ok()?;
+    if !reset.is_finite() || reset < 0.0 {
+        return None;
+    }
+    // Epoch timestamps are large; small numbers are a delay in seconds.
+    if reset > 1_000_000_000.0 {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs_f64(reset);
+        Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    } else {
+        Some(Duration::from_secs_f64(reset))
+    }
+}
+
+#[derive(Clone)]
+pub struct RetryLayer {
+    rules: Arc<RetryRules>,
+}
+
+impl RetryLayer {
+    pub fn new(rules: RetryRules) -> Self {
+        Self {
+            rules: Arc::new(rules),
+        }
+    }
+}
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = RetryService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RetryService {
+            inner,
+            rules: self.rules.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RetryService<S> {
+    inner: S,
+    rules: Arc<RetryRules>,
+}
+
+/// A fresh idempotency key: 128 random bits, hex.
+fn new_idempotency_key() -> HeaderValue {
+    let key = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+    HeaderValue::from_str(&key).expect("hex is a valid header value")
+}
+
+impl<S> Service<Request<ProxyBody>> for RetryService<S>
+where
+    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = Response<ProxyBody>;
+    type Error = ProxyError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ProxyBody>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let rules = self.rules.clone();
+        Box::pin(async move {
+            rules.budget.deposit();
+            if let Some((header, methods)) = &rules.idempotency
+                && methods.contains(request.method())
+                && !request.headers().contains_key(header)
+            {
+                request
+                    .headers_mut()
+                    .insert(header.clone(), new_idempotency_key());
+            }
+            let wants_retries = rules.max_attempts > 1;
+            if wants_retries {
+                let (parts, body) = request.into_parts();
+                let body = body
+                    .buffer_up_to(rules.max_buffered_body)
+                    .await
+                    .map_err(|e| {
+                        ProxyError::BadRequest(format!("reading the request body: {e}"))
+                    })?;
+                request = Request::from_parts(parts, body);
+            }
+            let ctx = request.extensions().get::<RequestContext>().cloned();
+            let mut attempt = 1u32;
+            loop {
+                let spare = if attempt < rules.max_attempts {
+                    try_clone_request(&request)
+                } else {
+                    None
+                };
+                let method = request.method().clone();
+                let result = inner.call(request).await;
+                let Some(next) = spare else { return result };
+                let Some(reason) = rules.reason(&result) else {
+                    return result;
+                };
+                if !rules.may_repeat(&method, &result) {
+                    return result;
+                }
+                let wait = match (&result, rules.honor_retry_after) {
+                    (Ok(response), true) => {
+                        match provider_wait(response.headers(), SystemTime::now()) {
+                            // Asked to wait longer than we allow: the app hears it now.
+                            Some(wait) if wait > rules.max_retry_after => return result,
+                            Some(wait) => wait,
+                            None => rules.backoff(attempt),
+                        }
+                    }
+                    _ => rules.backoff(attempt),
+                };
+                if let Some(ctx) = &ctx
+                    && Instant::now() + wait >= ctx.deadline
+                {
+                    return result;
+                }
+                if !rules.budget.withdraw() {
+                    rules
+                        .metrics
+                        .retry_budget_exhausted
+                        .get_or_create(&IntegrationLabels {
+                            integration: rules.integration.clone(),
+                        })
+                        .inc();
+                    return match result {
+                        Err(last) => Err(ProxyError::BudgetExhausted {
+                            last: Box::new(last),
+                        }),
+                        // The provider's own answer is the most useful thing to return.
+                        ok => ok,
+                    };
+                }
+                rules
+                    .metrics
+                    .retries
+                    .get_or_create(&RetryLabels {
+                        integration: rules.integration.clone(),
+                        endpoint: ctx.as_ref().map_or_else(
+                            || Arc::from(super::route::DEFAULT_ENDPOINT),
+                            |c| c.route.endpoint.clone(),
+                        ),
+                        reason,
+                    })
+                    .inc();
+                // Free the failed attempt's connection before sleeping.
+                drop(result);
+                tokio::time::sleep(wait).await;
+                request = next;
+                attempt += 1;
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_forms() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, "7".parse().unwrap());
+        assert_eq!(provider_wait(&h, now), Some(Duration::from_secs(7)));
+        h.insert(
+            RETRY_AFTER,
+            httpdate::fmt_http_date(now + Duration::from_secs(30))
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(provider_wait(&h, now), Some(Duration::from_secs(30)));
+        let mut h = HeaderMap::new();
+        h.insert("x-ratelimit-reset", "1700000012".parse().unwrap());
+        assert_eq!(provider_wait(&h, now), Some(Duration::from_secs(12)));
+        h.insert("x-ratelimit-reset", "3".parse().unwrap());
+        assert_eq!(provider_wait(&h, now), Some(Duration::from_secs(3)));
+        h.insert("x-ratelimit-reset", "soon".parse().unwrap());
+        assert_eq!(provider_wait(&h, now), None);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped_with_jitter() {
+        let config = RetryConfig::default();
+        let rules = RetryRules::new(&config, 1024, Arc::from("t"), Metrics::new()).unwrap();
+        for _ in 0..100 {
+            let first = rules.backoff(1).as_secs_f64();
+            assert!((0.7..=1.3).contains(&first), "{first}");
+            let third = rules.backoff(3).as_secs_f64();
+            assert!((2.8..=5.2).contains(&third), "{third}");
+            let capped = rules.backoff(20).as_secs_f64();
+            assert!((11.2..=20.8).contains(&capped), "{capped}");
+        }
+    }
+
+    #[test]
+    fn classification_never_retries_client_errors() {
+        let rules = RetryRules::new(
+            &RetryConfig::default(),
+            1024,
+            Arc::from("t"),
+            Metrics::new(),
+        )
+        .unwrap();
+        let status = |code: u16| {
+            let mut r = Response::new(ProxyBody::Empty);
+            *r.status_mut() = http::StatusCode::from_u16(code).unwrap();
+            Ok(r)
+        };
+        for code in [400, 401, 403, 404, 409, 422, 200, 201, 301] {
+            assert_eq!(rules.reason(&status(code)), None, "{code}");
+        }
+        for code in [429, 500, 502, 503, 504] {
+            assert!(rules.reason(&status(code)).is_some(), "{code}");
+        }
+        assert_eq!(
+            rules.reason(&Err(ProxyError::Connect("x".into()))),
+            Some("connect-error")
+        );
+        assert_eq!(
+            rules.reason(&Err(ProxyError::UpstreamTimeout(Duration::ZERO))),
+            Some("timeout")
+        );
+        assert_eq!(
+            rules.reason(&Err(ProxyError::RateLimited {
+                limit: "l".into(),
+                retry_after: Duration::ZERO
+            })),
+            None
+        );
+        // POST is retried only after a connect failure, without an idempotency key.
+        assert!(!rules.may_repeat(&Method::POST, &status(503)));
+        assert!(rules.may_repeat(&Method::POST, &Err(ProxyError::Connect("x".into()))));
+        assert!(rules.may_repeat(&Method::PUT, &status(503)));
+    }
+}

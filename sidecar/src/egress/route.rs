@@ -1,0 +1,315 @@
+//! Which endpoint, limits and cache rule a request falls under: a pure
+//! function of its method and path, computed once at the edge of the pipeline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use http::{HeaderMap, Method};
+
+use crate::config::{IntegrationConfig, RequestMatch};
+
+/// A path pattern: literal segments, `*` for exactly one segment and a final
+/// `**` for whatever remains (zero or more segments).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathPattern {
+    segments: Vec<Segment>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    One,
+    Rest,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    #[error("must start with '/'")]
+    NoLeadingSlash,
+    #[error("'**' may only be the last segment")]
+    RestNotLast,
+    #[error("'*' must be a whole segment (got {0:?})")]
+    PartialWildcard(String),
+    #[error("must not contain a query ('?') or fragment ('#')")]
+    QueryOrFragment,
+}
+
+impl PathPattern {
+    pub fn parse(pattern: &str) -> Result<Self, PatternError> {
+        let rest = pattern
+            .strip_prefix('/')
+            .ok_or(PatternError::NoLeadingSlash)?;
+        if pattern.contains(['?', '#']) {
+            return Err(PatternError::QueryOrFragment);
+        }
+        let raw: Vec<&str> = rest.split('/').collect();
+        let mut segments = Vec::with_capacity(raw.len());
+        for (i, seg) in raw.iter().enumerate() {
+            segments.push(match *seg {
+                "**" if i + 1 == raw.len() => Segment::Rest,
+                "**" => return Err(PatternError::RestNotLast),
+                "*" => Segment::One,
+                s if s.contains('*') => return Err(PatternError::PartialWildcard(s.to_owned())),
+                s => Segment::Literal(s.to_owned()),
+            });
+        }
+        Ok(Self { segments })
+    }
+
+    /// `path` is the raw request path without the query, compared byte for byte.
+    pub fn matches(&self, path: &str) -> bool {
+        let Some(rest) = path.strip_prefix('/') else {
+            return false;
+        };
+        let mut parts = rest.split('/');
+        for segment in &self.segments {
+            match segment {
+                Segment::Rest => return true,
+                Segment::One => match parts.next() {
+                    Some(part) if !part.is_empty() => {}
+                    _ => return false,
+                },
+                Segment::Literal(literal) => match parts.next() {
+                    Some(part) if part == literal => {}
+                    _ => return false,
+                },
+            }
+        }
+        parts.next().is_none()
+    }
+}
+
+/// A compiled [`RequestMatch`].
+#[derive(Clone, Debug)]
+pub struct Matcher {
+    methods: Vec<Method>,
+    path: Option<PathPattern>,
+}
+
+impl Matcher {
+    pub fn compile(spec: &RequestMatch) -> Result<Self, MatchError> {
+        let methods = spec
+            .methods
+            .iter()
+            .map(|m| {
+                Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                    .map_err(|_| MatchError::Method(m.clone()))
+            })
+            .collect::<Result<_, _>>()?;
+        let path = spec
+            .path
+            .as_deref()
+            .map(PathPattern::parse)
+            .transpose()
+            .map_err(|e| MatchError::Path(spec.path.clone().unwrap_or_default(), e))?;
+        Ok(Self { methods, path })
+    }
+
+    pub fn matches(&self, method: &Method, path: &str) -> bool {
+        (self.methods.is_empty() || self.methods.contains(method))
+            && self.path.as_ref().is_none_or(|p| p.matches(path))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MatchError {
+    #[error("{0:?} is not an HTTP method")]
+    Method(String),
+    #[error("path {0:?}: {1}")]
+    Path(String, PatternError),
+}
+
+/// The endpoint label for requests no endpoint or limit names.
+pub const DEFAULT_ENDPOINT: &str = "default";
+
+/// What the pipeline needs to know about one request's place in the config.
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub endpoint: Arc<str>,
+    /// Indexes into the integration's rate limits; all must admit.
+    pub limits: Vec<usize>,
+    pub cache_ttl: Option<Duration>,
+    pub attempt_timeout: Duration,
+    pub total_timeout: Duration,
+}
+
+/// The compiled routing table of one integration.
+#[derive(Debug)]
+pub struct Router {
+    endpoints: Vec<(Arc<str>, Matcher, Option<Duration>, Option<Duration>)>,
+    limits: Vec<(Arc<str>, Matcher)>,
+    cache: Vec<(Matcher, Duration)>,
+    attempt_timeout: Duration,
+    total_timeout: Duration,
+    default_endpoint: Arc<str>,
+}
+
+impl Router {
+    pub fn new(config: &IntegrationConfig) -> Result<Self, MatchError> {
+        Ok(Self {
+            endpoints: config
+                .endpoints
+                .iter()
+                .map(|e| {
+                    Ok((
+                        Arc::from(e.name.as_str()),
+                        Matcher::compile(&e.matches)?,
+                        e.timeout.map(|d| d.get()),
+                        e.total_timeout.map(|d| d.get()),
+                    ))
+                })
+                .collect::<Result<_, MatchError>>()?,
+            limits: config
+                .rate_limits
+                .iter()
+                .map(|l| Ok((Arc::from(l.name.as_str()), Matcher::compile(&l.matches)?)))
+                .collect::<Result<_, MatchError>>()?,
+            cache: config
+                .cache
+                .rules
+                .iter()
+                .map(|c| Ok((Matcher::compile(&c.matches)?, c.ttl.get())))
+                .collect::<Result<_, MatchError>>()?,
+            attempt_timeout: config.upstream.timeout.get(),
+            total_timeout: config.upstream.total_timeout.get(),
+            default_endpoint: Arc::from(DEFAULT_ENDPOINT),
+        })
+    }
+
+    /// Endpoint: the first matching endpoint, else the first matching limit's name.
+    pub fn route(&self, method: &Method, path: &str) -> Route {
+        let endpoint = self
+            .endpoints
+            .iter()
+            .find(|(_, m, _, _)| m.matches(method, path));
+        let limits: Vec<usize> = self
+            .limits
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, m))| m.matches(method, path))
+            .map(|(i, _)| i)
+            .collect();
+        let name = match (endpoint, limits.first()) {
+            (Some((name, ..)), _) => name.clone(),
+            (None, Some(&i)) => self.limits[i].0.clone(),
+            (None, None) => self.default_endpoint.clone(),
+        };
+        let cacheable = method == Method::GET || method == Method::HEAD;
+        Route {
+            endpoint: name,
+            limits,
+            cache_ttl: cacheable
+                .then(|| self.cache.iter().find(|(m, _)| m.matches(method, path)))
+                .flatten()
+                .map(|(_, ttl)| *ttl),
+            attempt_timeout: endpoint.and_then(|e| e.2).unwrap_or(self.attempt_timeout),
+            total_timeout: endpoint.and_then(|e| e.3).unwrap_or(self.total_timeout),
+        }
+    }
+}
+
+/// Priority in a rate-limit queue, from the `x-sluice-priority` request header.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    Low,
+    #[default]
+    Normal,
+    High,
+}
+
+pub const PRIORITY_HEADER: &str = "x-sluice-priority";
+
+impl Priority {
+    pub fn from_headers(headers: &HeaderMap) -> Result<Self, String> {
+        let Some(value) = headers.get(PRIORITY_HEADER) else {
+            return Ok(Priority::Normal);
+        };
+        match value.as_bytes() {
+            b"high" => Ok(Priority::High),
+            b"normal" => Ok(Priority::Normal),
+            b"low" => Ok(Priority::Low),
+            other => Err(format!(
+                "header {PRIORITY_HEADER}: {:?} is not a priority (use high, normal or low)",
+                String::from_utf8_lossy(other)
+            )),
+        }
+    }
+}
+
+/// Per-request facts every layer may read, stored in the request's extensions.
+#[derive(Clone, Debug)]
+pub struct RequestContext {
+    pub request_id: Arc<str>,
+    pub route: Arc<Route>,
+    pub priority: Priority,
+    pub started: Instant,
+    pub deadline: Instant,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_and_rest_wildcards() {
+        let p = PathPattern::parse("/v1/shipments/*/tracking").unwrap();
+        assert!(p.matches("/v1/shipments/123/tracking"));
+        assert!(!p.matches("/v1/shipments//tracking"));
+        assert!(!p.matches("/v1/shipments/123/tracking/x"));
+        assert!(!p.matches("/v1/shipments/123"));
+        let rest = PathPattern::parse("/v1/**").unwrap();
+        assert!(rest.matches("/v1"));
+        assert!(rest.matches("/v1/a/b/c"));
+        assert!(!rest.matches("/v2/a"));
+        let root = PathPattern::parse("/**").unwrap();
+        assert!(root.matches("/anything/at/all"));
+        let exact = PathPattern::parse("/v1/charges").unwrap();
+        assert!(exact.matches("/v1/charges"));
+        assert!(!exact.matches("/v1/charges/"));
+        assert!(!exact.matches("/v1/Charges"));
+    }
+
+    #[test]
+    fn encoded_paths_compare_raw() {
+        let p = PathPattern::parse("/files/a%2Fb").unwrap();
+        assert!(p.matches("/files/a%2Fb"));
+        assert!(!p.matches("/files/a/b"));
+    }
+
+    #[test]
+    fn bad_patterns() {
+        assert_eq!(PathPattern::parse("v1"), Err(PatternError::NoLeadingSlash));
+        assert_eq!(PathPattern::parse("/**/x"), Err(PatternError::RestNotLast));
+        assert!(matches!(
+            PathPattern::parse("/v1/ship*"),
+            Err(PatternError::PartialWildcard(_))
+        ));
+        assert_eq!(
+            PathPattern::parse("/a?b=1"),
+            Err(PatternError::QueryOrFragment)
+        );
+    }
+
+    #[test]
+    fn methods_and_priorities() {
+        let m = Matcher::compile(&RequestMatch {
+            methods: vec!["get".into()],
+            path: None,
+        })
+        .unwrap();
+        assert!(m.matches(&Method::GET, "/x"));
+        assert!(!m.matches(&Method::POST, "/x"));
+        let mut headers = HeaderMap::new();
+        assert_eq!(Priority::from_headers(&headers), Ok(Priority::Normal));
+        headers.insert(PRIORITY_HEADER, "high".parse().unwrap());
+        assert_eq!(Priority::from_headers(&headers), Ok(Priority::High));
+        headers.insert(PRIORITY_HEADER, "urgent".parse().unwrap());
+        assert!(
+            Priority::from_headers(&headers)
+                .unwrap_err()
+                .contains(PRIORITY_HEADER)
+        );
+    }
+}

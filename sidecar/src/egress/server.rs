@@ -1,0 +1,79 @@
+//! Serving a listener: HTTP/1.1 and h2c (prior knowledge) from the app, with
+//! graceful shutdown that stops accepting and then drains in-flight requests.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use http::{Request, Response};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::Service;
+
+/// Set to `true` once to begin a graceful shutdown of every server.
+pub type ShutdownSignal = watch::Receiver<bool>;
+
+/// Accepts connections on `listener` until `shutdown`, then waits up to
+/// `drain` for the requests in flight to finish.
+pub async fn serve<S, B>(
+    listener: TcpListener,
+    service: S,
+    mut shutdown: ShutdownSignal,
+    drain: Duration,
+    name: String,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // A client that never finishes its headers must not hold a task forever.
+        .header_read_timeout(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(%error, listener = %name, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let connection = builder
+                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service.clone()))
+                    .into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%error, "connection ended with an error");
+                    }
+                });
+            }
+            _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::debug!(listener = %name, "drained"),
+        _ = tokio::time::sleep(drain) => {
+            tracing::warn!(listener = %name, drain_timeout = ?drain, "requests still in flight at the drain timeout were cut off");
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! Prometheus metrics (the Prometheus project's `prometheus-client`), named as
+//! in DESIGN.md and docs/metrics.md. Every label value is a config name or a
+//! fixed word: never a path, a header or a secret.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+pub type Name = Arc<str>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub integration: Name,
+    pub endpoint: Name,
+    pub code: u16,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub integration: Name,
+    pub endpoint: Name,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    pub integration: Name,
+    pub endpoint: Name,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub integration: Name,
+    pub limit: Name,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitReasonLabels {
+    pub integration: Name,
+    pub limit: Name,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IntegrationLabels {
+    pub integration: Name,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub integration: Name,
+    pub result: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms .. ~33 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// All metric families of the sidecar, registered once at start.
+#[derive(Clone)]
+pub struct Metrics {
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<EndpointLabels, Histogram, fn() -> Histogram>,
+    pub attempts: Family<EndpointLabels, Counter>,
+    pub retries: Family<RetryLabels, Counter>,
+    pub ratelimit_queue_depth: Family<LimitLabels, Gauge>,
+    pub ratelimit_wait: Family<LimitLabels, Histogram, fn() -> Histogram>,
+    pub ratelimit_rejected: Family<LimitReasonLabels, Counter>,
+    pub retry_budget_exhausted: Family<IntegrationLabels, Counter>,
+    pub circuit_state: Family<IntegrationLabels, Gauge>,
+    pub cache: Family<ResultLabels, Counter>,
+    pub token_refresh: Family<ResultLabels, Counter>,
+    pub credential_fallback: Family<ResultLabels, Counter>,
+    pub secret_reloads: Family<ResultLabels, Counter>,
+    registry: Arc<Registry>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::default();
+        registry.register(
+            "sluice_egress_requests",
+            "Requests from the app, by final status code and outcome (success, client_error, server_error, cache_hit, or a Sluice error code)",
+            requests.clone(),
+        );
+        let request_duration =
+            Family::<EndpointLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "sluice_egress_request_duration_seconds",
+            "Time from the app's request to Sluice's response headers, queueing and retries included",
+            request_duration.clone(),
+        );
+        let attempts = Family::default();
+        registry.register(
+            "sluice_egress_attempts",
+            "Attempts sent to the upstream (first tries and retries)",
+            attempts.clone(),
+        );
+        let retries = Family::default();
+        registry.register(
+            "sluice_egress_retries",
+            "Retries, by the reason the previous attempt failed",
+            retries.clone(),
+        );
+        let ratelimit_queue_depth = Family::default();
+        registry.register(
+            "sluice_ratelimit_queue_depth",
+            "Requests waiting for a rate limit",
+            ratelimit_queue_depth.clone(),
+        );
+        let ratelimit_wait =
+            Family::<LimitLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "sluice_ratelimit_wait_seconds",
+            "Time requests spent queued for a rate limit",
+            ratelimit_wait.clone(),
+        );
+        let ratelimit_rejected = Family::default();
+        registry.register(
+            "sluice_ratelimit_rejected",
+            "Requests answered 429 by Sluice: rate-limited (Reject), queue-full, or deadline (the wait would pass maxWait or the total timeout)",
+            ratelimit_rejected.clone(),
+        );
+        let retry_budget_exhausted = Family::default();
+        registry.register(
+            "sluice_retry_budget_exhausted",
+            "Retries not made because the retry budget was spent",
+            retry_budget_exhausted.clone(),
+        );
+        let circuit_state = Family::default();
+        registry.register(
+            "sluice_circuit_state",
+            "Circuit breaker state: 0 closed, 1 open, 2 half-open",
+            circuit_state.clone(),
+        );
+        let cache = Family::default();
+        registry.register(
+            "sluice_cache_requests",
+            "Response cache lookups: hit, miss, bypass, store",
+            cache.clone(),
+        );
+        let token_refresh = Family::default();
+        registry.register(
+            "sluice_token_refresh",
+            "OAuth2 token refreshes, by result",
+            token_refresh.clone(),
+        );
+        let credential_fallback = Family::default();
+        registry.register(
+            "sluice_credential_fallback",
+            "401s retried with the previous key during a rotation window, by result",
+            credential_fallback.clone(),
+        );
+        let secret_reloads = Family::default();
+        registry.register(
+            "sluice_secret_reloads",
+            "Secret files re-read after they changed on disk, by result",
+            secret_reloads.clone(),
+        );
+        Self {
+            requests,
+            request_duration,
+            attempts,
+            retries,
+            ratelimit_queue_depth,
+            ratelimit_wait,
+            ratelimit_rejected,
+            retry_budget_exhausted,
+            circuit_state,
+            cache,
+            token_refresh,
+            credential_fallback,
+            secret_reloads,
+            registry: Arc::new(registry),
+        }
+    }
+
+    /// The Prometheus text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
