@@ -1,0 +1,238 @@
+//! `sluice check`, `render` and `crd` as a user runs them, and the field
+//! paths of their error messages.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sluice_sidecar::config::SidecarConfig;
+
+fn sluice(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .current_dir(repo_root())
+        .output()
+        .expect("running sluice")
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+fn check_text(manifest: &str) -> (bool, String) {
+    let dir = std::env::temp_dir().join(format!(
+        "sluice-check-{}-{}",
+        std::process::id(),
+        fastrand_name()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("pi.yaml");
+    std::fs::write(&file, manifest).unwrap();
+    let out = sluice(&["check", file.to_str().unwrap()]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+fn fastrand_name() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+const VALID: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: ProviderIntegration
+metadata: {name: shipping, namespace: shop}
+spec:
+  upstream: {baseUrl: "https://api.carrier.example", timeout: 10s, totalTimeout: 30s}
+  egress: {port: 15001}
+  auth:
+    header: {name: X-Api-Key, secretRef: {name: carrier-key, key: current}}
+  rateLimits:
+    - name: tracking
+      match: {methods: [GET], path: "/v1/shipments/*/tracking"}
+      rate: {requests: 20, per: 1m}
+      burst: 5
+    - name: all
+      match: {}
+      rate: {requests: 300, per: 1m}
+"#;
+
+#[test]
+fn examples_check_clean() {
+    let examples: Vec<String> = std::fs::read_dir(repo_root().join("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    assert!(examples.len() >= 4);
+    let mut args = vec!["check"];
+    args.extend(examples.iter().map(String::as_str));
+    let out = sluice(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn valid_manifest_passes() {
+    let (ok, text) = check_text(VALID);
+    assert!(ok, "{text}");
+    assert!(text.contains("ok: "), "{text}");
+}
+
+/// Each broken manifest, and the words its error must contain.
+#[test]
+fn errors_name_the_field_and_the_problem() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "requests: 300, per: 1m",
+            "requests: 300, per: 1 minute",
+            "spec.rateLimits[1].rate.per: \"1 minute\" is not a duration",
+        ),
+        (
+            "burst: 5",
+            "burst: 0",
+            "spec.rateLimits[0].burst: must be at least 1",
+        ),
+        (
+            "burst: 5",
+            "burst: 25",
+            "spec.rateLimits[0].burst: 25 exceeds rate.requests 20",
+        ),
+        (
+            "- name: all",
+            "- name: tracking",
+            "spec.rateLimits[1].name: \"tracking\" is used by an earlier rate limit",
+        ),
+        (
+            "burst: 5",
+            "burst: 5\n      queue: {maxWait: 1m}",
+            "spec.rateLimits[0].queue.maxWait: 1m exceeds upstream.totalTimeout 30s",
+        ),
+        (
+            "timeout: 10s, totalTimeout: 30s",
+            "timeout: 10s, totalTimeout: 5s",
+            "spec.upstream.totalTimeout: 5s is shorter than upstream.timeout 10s",
+        ),
+        (
+            "egress: {port: 15001}",
+            "egress: {port: 15090}",
+            "spec.egress.port: 15090 is reserved",
+        ),
+        (
+            "egress: {port: 15001}",
+            "egress: {port: 15001}\n  bogus: 1",
+            "unknown field `bogus`",
+        ),
+        (
+            "  auth:\n",
+            "  auth:\n    bearer: {secretRef: {name: a, key: b}}\n",
+            "spec.auth: set exactly one of",
+        ),
+        (
+            "path: \"/v1/shipments/*/tracking\"",
+            "path: \"/v1/ship*/tracking\"",
+            "spec.rateLimits[0].match.path",
+        ),
+        (
+            "methods: [GET]",
+            "methods: [get]",
+            "spec.rateLimits[0].match.methods[0]",
+        ),
+        (
+            "baseUrl: \"https://api.carrier.example\"",
+            "baseUrl: \"api.carrier.example\"",
+            "spec.upstream.baseUrl",
+        ),
+        (
+            "requests: 20",
+            "requests: \"twenty\"",
+            "spec.rateLimits[0].rate.requests",
+        ),
+        (
+            "secretRef: {name: carrier-key, key: current}}",
+            "secretRef: {name: carrier-key, key: current}, previousSecretRef: {name: carrier-key, key: old}}",
+            "spec.auth.header.previousValidUntil: is required with previousSecretRef",
+        ),
+        ("name: shipping", "name: Shipping_Co", "metadata.name"),
+    ];
+    for (from, to, expected) in cases {
+        assert!(
+            VALID.contains(from),
+            "case setup: {from:?} not in the manifest"
+        );
+        let manifest = VALID.replacen(from, to, 1);
+        let (ok, text) = check_text(&manifest);
+        assert!(!ok, "accepted a manifest with {to:?}");
+        assert!(
+            text.contains(expected),
+            "for {to:?} expected {expected:?} in:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn retrying_permanent_errors_is_refused() {
+    let manifest = format!("{VALID}  retry: {{retryOn: [429, 401]}}\n");
+    let (ok, text) = check_text(&manifest);
+    assert!(!ok);
+    assert!(
+        text.contains("spec.retry.retryOn[1]: 401 is a permanent error"),
+        "{text}"
+    );
+}
+
+#[test]
+fn clashing_ports_are_reported() {
+    let second = VALID.replace("name: shipping", "name: shipping-two");
+    let (ok, text) = check_text(&format!("{VALID}---\n{second}"));
+    assert!(!ok);
+    assert!(
+        text.contains("15001 is used by several integrations"),
+        "{text}"
+    );
+}
+
+#[test]
+fn render_prints_a_config_the_sidecar_loads() {
+    let out = sluice(&["render", "examples/carrier.yaml", "examples/payments.yaml"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    let config = SidecarConfig::from_yaml(&yaml).expect("the sidecar accepts what render prints");
+    assert_eq!(config.integrations.len(), 2);
+    let shipping = &config.integrations[0];
+    assert_eq!(shipping.name, "shipping");
+    assert_eq!(shipping.rate_limits[0].requests, 20);
+    assert_eq!(shipping.rate_limits[1].burst, 30);
+    assert_eq!(shipping.cache.rules[0].ttl.to_string(), "5m");
+    assert!(yaml.contains("/var/run/sluice/secrets/carrier-key/current"));
+    // Defaults are spelled out, so what a pod enforces can be read.
+    assert!(yaml.contains("maxDepth: 1000"));
+}
+
+#[test]
+fn checked_in_crd_is_current() {
+    let out = sluice(&["crd"]);
+    assert!(out.status.success());
+    let current = String::from_utf8(out.stdout).unwrap();
+    let checked_in =
+        std::fs::read_to_string(repo_root().join("crds/providerintegrations.sluice.dev.yaml"))
+            .unwrap();
+    assert!(
+        current == checked_in,
+        "crds/ is stale: run `cargo run --bin sluice -- crd > crds/providerintegrations.sluice.dev.yaml`"
+    );
+}
