@@ -224,6 +224,13 @@ impl Body for TeeBody {
                     } else if this.on_complete.is_some() {
                         this.copy.extend_from_slice(data);
                     }
+                    // With a Content-Length, the server stops polling after
+                    // the last byte: store as soon as the body is known whole.
+                    if this.inner.is_end_stream()
+                        && let Some(done) = this.on_complete.take()
+                    {
+                        done(std::mem::take(&mut this.copy).freeze());
+                    }
                 } else {
                     // Trailers are not cached: do not store a partial view.
                     this.on_complete = None;
@@ -241,8 +248,7 @@ impl Body for TeeBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        // Report the end only through poll_frame, so the copy is always stored.
-        false
+        self.on_complete.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {

@@ -95,46 +95,27 @@ impl ProxyError {
         }
     }
 
-    /// Classifies a client error by walking its source chain.
+    /// Classifies a client error by the most specific cause in its chain.
     pub fn from_client_error(error: &(dyn std::error::Error + 'static), connect: bool) -> Self {
         let chain = describe_chain(error);
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-        while let Some(e) = source {
+        let mut tls = false;
+        let mut protocol = false;
+        visit_causes(error, &mut |e| {
             if e.downcast_ref::<rustls::Error>().is_some() {
-                return ProxyError::Tls(chain);
+                tls = true;
             }
-            if let Some(io) = e.downcast_ref::<std::io::Error>() {
-                if io
-                    .get_ref()
-                    .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
-                {
-                    return ProxyError::Tls(chain);
-                }
-                if !connect
-                    && matches!(
-                        io.kind(),
-                        std::io::ErrorKind::ConnectionReset
-                            | std::io::ErrorKind::ConnectionAborted
-                            | std::io::ErrorKind::BrokenPipe
-                            | std::io::ErrorKind::UnexpectedEof
-                    )
-                {
-                    return ProxyError::Reset(chain);
-                }
+            if let Some(h) = e.downcast_ref::<hyper::Error>() {
+                protocol |= h.is_parse() || h.is_parse_status();
             }
-            if let Some(hyper_error) = e.downcast_ref::<hyper::Error>() {
-                if hyper_error.is_incomplete_message() || hyper_error.is_closed() {
-                    return ProxyError::Reset(chain);
-                }
-                if hyper_error.is_parse() || hyper_error.is_parse_status() {
-                    return ProxyError::Protocol(chain);
-                }
-            }
-            source = e.source();
-        }
-        if connect {
+        });
+        if tls {
+            ProxyError::Tls(chain)
+        } else if connect {
             ProxyError::Connect(chain)
+        } else if protocol {
+            ProxyError::Protocol(chain)
         } else {
+            // Closed, reset or cut short after the request went out.
             ProxyError::Reset(chain)
         }
     }
@@ -159,6 +140,29 @@ impl ProxyError {
             headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         response
+    }
+}
+
+/// Calls `f` on every cause of `error`, including the errors wrapped inside
+/// `io::Error`s (whose `source()` skips them).
+fn visit_causes(
+    error: &(dyn std::error::Error + 'static),
+    f: &mut dyn FnMut(&(dyn std::error::Error + 'static)),
+) {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    let mut depth = 0;
+    while let Some(e) = source {
+        f(e);
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if depth < 16 {
+                visit_causes(inner, f);
+            }
+        }
+        source = e.source();
+        depth += 1;
     }
 }
 

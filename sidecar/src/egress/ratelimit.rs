@@ -32,7 +32,11 @@ use crate::metrics::{LimitLabels, LimitReasonLabels, Metrics, Name};
 struct Limit {
     name: Name,
     requests: usize,
-    per: Duration,
+    /// `per` plus a guard: an admission is remembered a little longer than
+    /// the provider's window, so uneven transit (a new connection's handshake
+    /// delaying one request, a pooled one speeding the next) cannot put one
+    /// request too many into the provider's window.
+    window: Duration,
     interval: Duration,
     /// How far ahead of now the GCRA's theoretical arrival time may run.
     tolerance: Duration,
@@ -48,7 +52,7 @@ struct Limit {
 
 impl Limit {
     fn forget_expired(&mut self, now: Instant) {
-        while self.log.front().is_some_and(|&t| t + self.per <= now) {
+        while self.log.front().is_some_and(|&t| t + self.window <= now) {
             self.log.pop_front();
         }
     }
@@ -74,15 +78,20 @@ impl Limit {
         let window = if index >= self.requests {
             let oldest_needed = index - self.requests;
             match self.log.get(oldest_needed) {
-                Some(&t) => t + self.per,
+                Some(&t) => t + self.window,
                 // Depends on admissions not made yet: a full window per lap.
-                None => now + self.per * (1 + (oldest_needed / self.requests) as u32),
+                None => now + self.window * (1 + (oldest_needed / self.requests) as u32),
             }
         } else {
             now
         };
         gcra.max(window)
     }
+}
+
+/// 2 % of the window, at most one second: utilization stays at or above 98 %.
+pub fn window_guard(per: Duration) -> Duration {
+    (per / 50).min(Duration::from_secs(1))
 }
 
 struct Waiter {
@@ -189,7 +198,7 @@ impl RateLimiter {
                         .clone(),
                     name,
                     requests,
-                    per: c.per.get(),
+                    window: c.per.get() + window_guard(c.per.get()),
                     interval,
                     tolerance: interval * c.burst.saturating_sub(1),
                     when_exceeded: c.when_exceeded,
@@ -555,7 +564,7 @@ mod tests {
             .unwrap();
         match limiter.acquire(&[0], Priority::Normal, far()).await {
             Err(ProxyError::RateLimited { retry_after, .. }) => {
-                assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(1))
+                assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_millis(1020))
             }
             other => panic!("expected RateLimited, got {other:?}"),
         }
@@ -704,7 +713,10 @@ mod tests {
             .acquire(&[0], Priority::Normal, far())
             .await
             .unwrap();
-        // The aborted waiter did not take the next slot.
-        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        // The aborted waiter did not take the next slot (window plus its guard).
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(1) + window_guard(Duration::from_secs(1))
+        );
     }
 }

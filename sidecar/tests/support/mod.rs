@@ -1,0 +1,297 @@
+//! Real peers for the sidecar's tests: an upstream HTTP server (plain or TLS
+//! with HTTP/2 over ALPN) that records what it receives, and an app client.
+//! Everything binds 127.0.0.1 and stops when dropped.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sluice_sidecar::Sidecar;
+use sluice_sidecar::config::{AdminConfig, IntegrationConfig, SidecarConfig, UpstreamConfig};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+/// One request as the upstream saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: Method,
+    pub uri: String,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+}
+
+pub type Handler = Arc<
+    dyn Fn(Seen, usize) -> Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>
+        + Send
+        + Sync,
+>;
+
+pub fn handler<F, Fut>(f: F) -> Handler
+where
+    F: Fn(Seen, usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    Arc::new(move |seen, n| Box::pin(f(seen, n)))
+}
+
+pub fn respond(status: u16, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap();
+    r
+}
+
+pub struct TestUpstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub ca_pem: Option<String>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TestUpstream {
+    pub fn url(&self) -> String {
+        match self.ca_pem {
+            Some(_) => format!("https://localhost:{}", self.addr.port()),
+            None => format!("http://{}", self.addr),
+        }
+    }
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    pub async fn plain(handler: Handler) -> Self {
+        Self::start(handler, None).await
+    }
+
+    /// TLS with a certificate for `localhost` from a fresh CA; HTTP/2 and HTTP/1.1 by ALPN.
+    pub async fn tls(handler: Handler) -> Self {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "sluice test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf_params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+            )
+            .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Self::start(handler, Some((Arc::new(config), ca.pem()))).await
+    }
+
+    async fn start(handler: Handler, tls: Option<(Arc<rustls::ServerConfig>, String)>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let ca_pem = tls.as_ref().map(|(_, pem)| pem.clone());
+        let acceptor = tls.map(|(config, _)| tokio_rustls::TlsAcceptor::from(config));
+        let recorded = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (handler, recorded, acceptor) =
+                    (handler.clone(), recorded.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                        let (handler, recorded) = (handler.clone(), recorded.clone());
+                        async move {
+                            let (parts, body) = request.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let seen = Seen {
+                                method: parts.method,
+                                uri: parts.uri.to_string(),
+                                version: parts.version,
+                                headers: parts.headers,
+                                body,
+                                at: Instant::now(),
+                            };
+                            let n = {
+                                let mut all = recorded.lock().unwrap();
+                                all.push(seen.clone());
+                                all.len()
+                            };
+                            Ok::<_, Infallible>(handler(seen, n).await)
+                        }
+                    });
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match acceptor {
+                        Some(acceptor) => {
+                            if let Ok(tls) = acceptor.accept(stream).await {
+                                let _ = builder.serve_connection(TokioIo::new(tls), service).await;
+                            }
+                        }
+                        None => {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            seen,
+            ca_pem,
+            task,
+        }
+    }
+}
+
+/// An integration config for `upstream` on a free loopback port.
+pub fn integration(name: &str, upstream: &TestUpstream) -> IntegrationConfig {
+    let yaml = format!(
+        "name: {name}\nlisten: 127.0.0.1:0\nupstream: {{baseUrl: '{}', timeout: 2s, totalTimeout: 10s}}\n",
+        upstream.url()
+    );
+    let mut config: IntegrationConfig = serde_yaml_ng::from_str(&yaml).unwrap();
+    config.upstream.ca_bundle = upstream.ca_pem.clone();
+    config.retry.backoff.initial = sluice_sidecar::config::Duration::from_millis(20);
+    config.retry.backoff.max = sluice_sidecar::config::Duration::from_millis(100);
+    config
+}
+
+pub fn upstream_config(base_url: &str) -> UpstreamConfig {
+    serde_yaml_ng::from_str(&format!(
+        "{{baseUrl: '{base_url}', timeout: 2s, totalTimeout: 10s}}"
+    ))
+    .unwrap()
+}
+
+pub async fn start(integrations: Vec<IntegrationConfig>) -> Sidecar {
+    let config = SidecarConfig {
+        admin: AdminConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+        },
+        drain_timeout: sluice_sidecar::config::Duration::from_secs(5),
+        integrations,
+    };
+    Sidecar::start(config).await.expect("sidecar starts")
+}
+
+/// The app's side: a plain HTTP/1.1 client (or h2c with `http2_only`).
+pub struct App {
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Full<Bytes>,
+    >,
+    base: String,
+}
+
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub version: Version,
+}
+
+impl Answer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+impl App {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self::build(addr, false)
+    }
+    pub fn h2c(addr: SocketAddr) -> Self {
+        Self::build(addr, true)
+    }
+    fn build(addr: SocketAddr, http2_only: bool) -> Self {
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .http2_only(http2_only)
+            .build_http();
+        Self {
+            client,
+            base: format!("http://{addr}"),
+        }
+    }
+
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Answer {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.base, path));
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = tokio::time::timeout(
+            Duration::from_secs(30),
+            self.client
+                .request(request.body(Full::new(body.into())).unwrap()),
+        )
+        .await
+        .expect("the sidecar answered within 30s")
+        .expect("the sidecar answered");
+        let (parts, body) = response.into_parts();
+        Answer {
+            status: parts.status.as_u16(),
+            version: parts.version,
+            headers: parts.headers,
+            body: body.collect().await.unwrap().to_bytes(),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.send("GET", path, &[], Bytes::new()).await
+    }
+}
+
+/// Fetches a page of the admin server.
+pub async fn admin(sidecar: &Sidecar, path: &str) -> Answer {
+    App::new(sidecar.admin_addr).get(path).await
+}
+
+/// The value of a metric line starting with `prefix` (labels included), summed.
+pub fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
