@@ -705,18 +705,23 @@ fn compile_retry(
     }
 }
 
-/// Checks that concern several integrations that land in the same pod.
+/// Checks that concern several integrations of one namespace, which may
+/// land in the same pod: each needs its own egress port.
+/// `compiled` holds (namespace, config) pairs.
 pub fn check_together(compiled: &[(String, IntegrationConfig)]) -> Vec<String> {
-    let mut by_port: BTreeMap<u16, Vec<&str>> = BTreeMap::new();
-    for (name, config) in compiled {
-        by_port.entry(config.listen.port()).or_default().push(name);
+    let mut by_port: BTreeMap<(&str, u16), Vec<&str>> = BTreeMap::new();
+    for (namespace, config) in compiled {
+        by_port
+            .entry((namespace, config.listen.port()))
+            .or_default()
+            .push(&config.name);
     }
     by_port
         .into_iter()
         .filter(|(_, names)| names.len() > 1)
-        .map(|(port, names)| {
+        .map(|((namespace, port), names)| {
             format!(
-                "spec.egress.port: {port} is used by several integrations ({}); give each its own port",
+                "spec.egress.port: {port} is used by several integrations in namespace {namespace} ({}); give each its own port",
                 names.join(", ")
             )
         })

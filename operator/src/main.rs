@@ -91,10 +91,14 @@ fn compile_manifests(
         bail!("no ProviderIntegration (apiVersion: sluice.dev/v1alpha1) in the files");
     }
     let mut compiled = Vec::new();
+    let mut by_namespace: Vec<(String, IntegrationConfig)> = Vec::new();
     let mut problems = 0;
     for (location, pi) in &manifests.integrations {
         match compile::compile(pi, secrets) {
-            Ok(config) => compiled.push((location.clone(), config)),
+            Ok(config) => {
+                by_namespace.push((namespace_of(pi), config.clone()));
+                compiled.push((location.clone(), config));
+            }
             Err(errors) => {
                 for e in &errors.0 {
                     eprintln!("{location}: {e}");
@@ -103,12 +107,7 @@ fn compile_manifests(
             }
         }
     }
-    let together = check_together(
-        &compiled
-            .iter()
-            .map(|(_, c)| (c.name.clone(), c.clone()))
-            .collect::<Vec<_>>(),
-    );
+    let together = check_together(&by_namespace);
     for problem in &together {
         eprintln!("{problem}");
     }
@@ -117,6 +116,13 @@ fn compile_manifests(
         bail!("{problems} problem(s) in the manifests");
     }
     Ok(compiled)
+}
+
+fn namespace_of(pi: &sluice_operator::ProviderIntegration) -> String {
+    pi.metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_owned())
 }
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {

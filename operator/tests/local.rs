@@ -30,7 +30,11 @@ fn echo_upstream() -> SocketAddr {
                     line.clear();
                 }
                 let body = format!("key={auth}");
-                let _ = write!(stream, "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
             });
         }
     });
@@ -38,14 +42,24 @@ fn echo_upstream() -> SocketAddr {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn get(addr: &str, path: &str) -> String {
     use std::io::Write;
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     response
@@ -94,14 +108,20 @@ impl Running {
 
     /// SIGTERM, wait for a clean exit, and return everything logged.
     fn stop(mut self) -> String {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 assert!(status.success(), "sluice local exited with {status}");
                 break;
             }
-            assert!(Instant::now() < deadline, "sluice local did not stop on SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "sluice local did not stop on SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         self.stderr.try_iter().collect::<Vec<_>>().join("\n")
@@ -138,7 +158,11 @@ fn local_runs_a_sidecar_from_a_manifest_and_a_secrets_dir() {
     let (port, admin_port) = (free_port(), free_port());
     let dir = temp_dir("dir");
     std::fs::create_dir_all(dir.join("secrets/carrier-key")).unwrap();
-    std::fs::write(dir.join("secrets/carrier-key/current"), "sk_test_NEVER_LOG_ME\n").unwrap();
+    std::fs::write(
+        dir.join("secrets/carrier-key/current"),
+        "sk_test_NEVER_LOG_ME\n",
+    )
+    .unwrap();
     std::fs::write(dir.join("pi.yaml"), manifest(upstream, port, "")).unwrap();
     let admin = format!("127.0.0.1:{admin_port}");
     let (running, banner) = Running::start(&[
@@ -149,17 +173,34 @@ fn local_runs_a_sidecar_from_a_manifest_and_a_secrets_dir() {
         "--admin-listen",
         &admin,
     ]);
-    assert!(banner.contains(&format!("carrier: http://127.0.0.1:{port} -> http://{upstream}")), "{banner}");
+    assert!(
+        banner.contains(&format!(
+            "carrier: http://127.0.0.1:{port} -> http://{upstream}"
+        )),
+        "{banner}"
+    );
     let answer = get(&format!("127.0.0.1:{port}"), "/v1/track?id=1");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(answer.ends_with("key=sk_test_never_log_me"), "the key was injected: {answer}");
+    assert!(
+        answer.ends_with("key=sk_test_never_log_me"),
+        "the key was injected: {answer}"
+    );
     let bad = get(&format!("127.0.0.1:{port}"), "/x%ZZ");
     assert!(bad.starts_with("HTTP/1.1"), "{bad}");
     let config = get(&admin, "/config");
-    assert!(config.contains("carrier-key/current") && !config.contains("NEVER_LOG_ME"), "{config}");
+    assert!(
+        config.contains("carrier-key/current") && !config.contains("NEVER_LOG_ME"),
+        "{config}"
+    );
     let logs = running.stop();
-    assert!(logs.contains("\"egress\""), "request logs expected:\n{logs}");
-    assert!(!logs.contains("NEVER_LOG_ME") && !logs.to_lowercase().contains("never_log_me"), "a secret reached the logs:\n{logs}");
+    assert!(
+        logs.contains("\"egress\""),
+        "request logs expected:\n{logs}"
+    );
+    assert!(
+        !logs.contains("NEVER_LOG_ME") && !logs.to_lowercase().contains("never_log_me"),
+        "a secret reached the logs:\n{logs}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -172,7 +213,12 @@ fn local_reads_secrets_from_secret_documents() {
     let secret = "---\napiVersion: v1\nkind: Secret\nmetadata: {name: carrier-key}\ndata: {current: aW5saW5lLWtleQ==}\n";
     std::fs::write(dir.join("pi.yaml"), manifest(upstream, port, secret)).unwrap();
     let admin = format!("127.0.0.1:{}", free_port());
-    let (running, banner) = Running::start(&["local", dir.join("pi.yaml").to_str().unwrap(), "--admin-listen", &admin]);
+    let (running, banner) = Running::start(&[
+        "local",
+        dir.join("pi.yaml").to_str().unwrap(),
+        "--admin-listen",
+        &admin,
+    ]);
     assert!(banner.contains("carrier:"), "{banner}");
     let answer = get(&format!("127.0.0.1:{port}"), "/");
     assert!(answer.ends_with("key=inline-key"), "{answer}");
@@ -184,14 +230,26 @@ fn local_reads_secrets_from_secret_documents() {
 #[test]
 fn local_refuses_a_missing_secret_with_the_field_path() {
     let dir = temp_dir("missing");
-    std::fs::write(dir.join("pi.yaml"), manifest("127.0.0.1:9".parse().unwrap(), free_port(), "")).unwrap();
+    std::fs::write(
+        dir.join("pi.yaml"),
+        manifest("127.0.0.1:9".parse().unwrap(), free_port(), ""),
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["local", dir.join("pi.yaml").to_str().unwrap(), "--secrets-dir", dir.to_str().unwrap()])
+        .args([
+            "local",
+            dir.join("pi.yaml").to_str().unwrap(),
+            "--secrets-dir",
+            dir.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("spec.auth.header.secretRef") && stderr.contains("carrier-key"), "{stderr}");
+    assert!(
+        stderr.contains("spec.auth.header.secretRef") && stderr.contains("carrier-key"),
+        "{stderr}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -201,14 +259,26 @@ fn local_refuses_a_port_in_use() {
     let port = taken.local_addr().unwrap().port();
     let dir = temp_dir("inuse");
     let secret = "---\napiVersion: v1\nkind: Secret\nmetadata: {name: carrier-key}\nstringData: {current: k}\n";
-    std::fs::write(dir.join("pi.yaml"), manifest("127.0.0.1:9".parse().unwrap(), port, secret)).unwrap();
+    std::fs::write(
+        dir.join("pi.yaml"),
+        manifest("127.0.0.1:9".parse().unwrap(), port, secret),
+    )
+    .unwrap();
     let admin = format!("127.0.0.1:{}", free_port());
     let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["local", dir.join("pi.yaml").to_str().unwrap(), "--admin-listen", &admin])
+        .args([
+            "local",
+            dir.join("pi.yaml").to_str().unwrap(),
+            "--admin-listen",
+            &admin,
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

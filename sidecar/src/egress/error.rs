@@ -153,13 +153,12 @@ fn visit_causes(
     let mut depth = 0;
     while let Some(e) = source {
         f(e);
-        if let Some(inner) = e
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
+        if depth < 16
+            && let Some(inner) = e
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
         {
-            if depth < 16 {
-                visit_causes(inner, f);
-            }
+            visit_causes(inner, f);
         }
         source = e.source();
         depth += 1;

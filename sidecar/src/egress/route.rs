@@ -135,10 +135,19 @@ pub struct Route {
     pub total_timeout: Duration,
 }
 
+/// A named route with its timeout overrides.
+#[derive(Debug)]
+struct Endpoint {
+    name: Arc<str>,
+    matcher: Matcher,
+    timeout: Option<Duration>,
+    total_timeout: Option<Duration>,
+}
+
 /// The compiled routing table of one integration.
 #[derive(Debug)]
 pub struct Router {
-    endpoints: Vec<(Arc<str>, Matcher, Option<Duration>, Option<Duration>)>,
+    endpoints: Vec<Endpoint>,
     limits: Vec<(Arc<str>, Matcher)>,
     cache: Vec<(Matcher, Duration)>,
     attempt_timeout: Duration,
@@ -153,12 +162,12 @@ impl Router {
                 .endpoints
                 .iter()
                 .map(|e| {
-                    Ok((
-                        Arc::from(e.name.as_str()),
-                        Matcher::compile(&e.matches)?,
-                        e.timeout.map(|d| d.get()),
-                        e.total_timeout.map(|d| d.get()),
-                    ))
+                    Ok(Endpoint {
+                        name: Arc::from(e.name.as_str()),
+                        matcher: Matcher::compile(&e.matches)?,
+                        timeout: e.timeout.map(|d| d.get()),
+                        total_timeout: e.total_timeout.map(|d| d.get()),
+                    })
                 })
                 .collect::<Result<_, MatchError>>()?,
             limits: config
@@ -183,7 +192,7 @@ impl Router {
         let endpoint = self
             .endpoints
             .iter()
-            .find(|(_, m, _, _)| m.matches(method, path));
+            .find(|e| e.matcher.matches(method, path));
         let limits: Vec<usize> = self
             .limits
             .iter()
@@ -192,7 +201,7 @@ impl Router {
             .map(|(i, _)| i)
             .collect();
         let name = match (endpoint, limits.first()) {
-            (Some((name, ..)), _) => name.clone(),
+            (Some(e), _) => e.name.clone(),
             (None, Some(&i)) => self.limits[i].0.clone(),
             (None, None) => self.default_endpoint.clone(),
         };
@@ -204,8 +213,12 @@ impl Router {
                 .then(|| self.cache.iter().find(|(m, _)| m.matches(method, path)))
                 .flatten()
                 .map(|(_, ttl)| *ttl),
-            attempt_timeout: endpoint.and_then(|e| e.2).unwrap_or(self.attempt_timeout),
-            total_timeout: endpoint.and_then(|e| e.3).unwrap_or(self.total_timeout),
+            attempt_timeout: endpoint
+                .and_then(|e| e.timeout)
+                .unwrap_or(self.attempt_timeout),
+            total_timeout: endpoint
+                .and_then(|e| e.total_timeout)
+                .unwrap_or(self.total_timeout),
         }
     }
 }
