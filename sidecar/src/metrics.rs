@@ -63,9 +63,19 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
 
-/// All metric families of the sidecar, registered once at start.
+/// All metric families of the sidecar, registered once at start. Cloning is
+/// one reference count: layers clone it on the request path.
 #[derive(Clone)]
-pub struct Metrics {
+pub struct Metrics(Arc<Families>);
+
+impl std::ops::Deref for Metrics {
+    type Target = Families;
+    fn deref(&self) -> &Families {
+        &self.0
+    }
+}
+
+pub struct Families {
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<EndpointLabels, Histogram, fn() -> Histogram>,
     pub attempts: Family<EndpointLabels, Counter>,
@@ -79,7 +89,7 @@ pub struct Metrics {
     pub token_refresh: Family<ResultLabels, Counter>,
     pub credential_fallback: Family<ResultLabels, Counter>,
     pub secret_reloads: Family<ResultLabels, Counter>,
-    registry: Arc<Registry>,
+    registry: Registry,
 }
 
 impl Metrics {
@@ -169,7 +179,7 @@ impl Metrics {
             "Secret files re-read after they changed on disk, by result",
             secret_reloads.clone(),
         );
-        Self {
+        Self(Arc::new(Families {
             requests,
             request_duration,
             attempts,
@@ -183,8 +193,8 @@ impl Metrics {
             token_refresh,
             credential_fallback,
             secret_reloads,
-            registry: Arc::new(registry),
-        }
+            registry,
+        }))
     }
 
     /// The Prometheus text exposition format.
