@@ -1080,3 +1080,46 @@ async fn a_missing_secret_file_is_a_clear_start_error() {
     .to_string();
     assert!(error.contains("/nonexistent/sluice/key"), "{error}");
 }
+
+#[tokio::test]
+async fn a_providers_429_holds_the_whole_queue_not_just_one_request() {
+    // The provider's real limit is lower than configured: it answers the
+    // second request 429 with Retry-After: 1, then accepts again.
+    let upstream = TestUpstream::plain(handler(|_, n| async move {
+        if n == 2 {
+            let mut r = respond(429, "slow down");
+            r.headers_mut().insert("retry-after", "1".parse().unwrap());
+            r
+        } else {
+            respond(200, "ok")
+        }
+    }))
+    .await;
+    let mut config = integration("storm", &upstream);
+    config.rate_limits = vec![limit("all", 100, D::from_secs(1), 1)];
+    config.retry.max_attempts = 3;
+    let sidecar = start(vec![config]).await;
+    let addr = sidecar.egress_addr("storm").unwrap();
+    let tasks: Vec<_> = (0..6)
+        .map(|_| tokio::spawn(async move { App::new(addr).get("/x").await.status }))
+        .collect();
+    for t in tasks {
+        assert_eq!(
+            t.await.unwrap(),
+            200,
+            "the 429 was retried after Retry-After"
+        );
+    }
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 7, "one 429, no storm of them");
+    let throttled_at = seen[1].at;
+    let during_pause = seen
+        .iter()
+        .filter(|s| s.at > throttled_at && s.at < throttled_at + Duration::from_millis(950))
+        .count();
+    assert_eq!(
+        during_pause, 0,
+        "requests reached the provider while it asked us to wait"
+    );
+    sidecar.shutdown().await;
+}

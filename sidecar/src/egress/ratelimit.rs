@@ -16,7 +16,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::{Request, Response};
 use tokio::sync::{Notify, oneshot};
@@ -25,6 +25,7 @@ use tower::{Layer, Service};
 
 use super::body::ProxyBody;
 use super::error::ProxyError;
+use super::retry::provider_wait;
 use super::route::{Priority, RequestContext};
 use crate::config::{RateLimitConfig, WhenExceeded};
 use crate::metrics::{LimitLabels, LimitReasonLabels, Metrics, Name};
@@ -88,6 +89,9 @@ impl Limit {
         gcra.max(window)
     }
 }
+
+/// Longest a provider's 429 may hold a queue; longer asks are treated as this.
+pub const MAX_PROVIDER_PAUSE: Duration = Duration::from_secs(300);
 
 /// 2 % of the window, at most one second: utilization stays at or above 98 %.
 pub fn window_guard(per: Duration) -> Duration {
@@ -250,6 +254,20 @@ impl RateLimiter {
                 })
                 .observe(waited.as_secs_f64());
         }
+    }
+
+    /// Admits nothing under `limits` until `until`: the provider answered 429
+    /// and said when to come back, so the requests queued behind must not
+    /// each earn their own 429 (a 429 storm).
+    pub fn pause(&self, limits: &[usize], until: Instant) {
+        let mut state = self.state.lock().expect("rate limiter lock poisoned");
+        for &i in limits {
+            let limit = &mut state.limits[i];
+            // Admission needs tat <= now + tolerance, so this holds until `until`.
+            limit.tat = limit.tat.max(until + limit.tolerance);
+        }
+        drop(state);
+        self.wake_dispatcher.notify_one();
     }
 
     /// Waits until every limit in `limits` admits the request, or fails with
@@ -456,12 +474,21 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let limiter = self.limiter.clone();
         Box::pin(async move {
-            if let Some(ctx) = request.extensions().get::<RequestContext>() {
-                limiter
-                    .acquire(&ctx.route.limits, ctx.priority, ctx.deadline)
-                    .await?;
+            let Some(ctx) = request.extensions().get::<RequestContext>().cloned() else {
+                return inner.call(request).await;
+            };
+            let limits = &ctx.route.limits;
+            limiter.acquire(limits, ctx.priority, ctx.deadline).await?;
+            let response = inner.call(request).await?;
+            if response.status() == http::StatusCode::TOO_MANY_REQUESTS
+                && !limits.is_empty()
+                && let Some(wait) = provider_wait(response.headers(), SystemTime::now())
+            {
+                let wait = wait.min(MAX_PROVIDER_PAUSE);
+                tracing::warn!(request_id = %ctx.request_id, integration = %limiter.integration, wait_ms = wait.as_millis() as u64, "the provider answered 429; holding this endpoint's queue until it said to come back");
+                limiter.pause(limits, Instant::now() + wait);
             }
-            inner.call(request).await
+            Ok(response)
         })
     }
 }
