@@ -6,23 +6,21 @@
 //! OAuth2 client-credentials tokens are cached and refreshed ahead of expiry,
 //! one refresh at a time.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
-use tower::{Layer, Service};
+use tower::ServiceExt;
 
 use super::body::{ProxyBody, try_clone_request};
 use super::client::HttpsClient;
 use super::error::ProxyError;
+use super::step::{Next, PipelineResult, Step};
 use crate::config::{AuthConfig, ClientAuthMethod};
 use crate::metrics::{Metrics, Name, ResultLabels};
 use crate::secrets::{Secret, SecretError, SecretStore};
@@ -351,15 +349,15 @@ fn parse_token_response(
     }
 }
 
-/// Tower layer: sets the credential header on each attempt.
+/// Pipeline step: sets the credential header on each attempt.
 #[derive(Clone)]
-pub struct AuthLayer {
+pub struct AuthStep {
     credentials: Option<Credentials>,
     integration: Name,
     metrics: Metrics,
 }
 
-impl AuthLayer {
+impl AuthStep {
     pub fn new(credentials: Option<Credentials>, integration: Name, metrics: Metrics) -> Self {
         Self {
             credentials,
@@ -367,22 +365,6 @@ impl AuthLayer {
             metrics,
         }
     }
-}
-
-impl<S> Layer<S> for AuthLayer {
-    type Service = AuthService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        AuthService {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct AuthService<S> {
-    inner: S,
-    layer: AuthLayer,
 }
 
 fn with_header(
@@ -394,82 +376,66 @@ fn with_header(
     request
 }
 
-impl<S> Service<Request<ProxyBody>> for AuthService<S>
-where
-    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
-    type Response = Response<ProxyBody>;
-    type Error = ProxyError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<ProxyBody>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let layer = self.layer.clone();
-        Box::pin(async move {
-            let count = |result: &'static str| {
-                layer
-                    .metrics
-                    .credential_fallback
-                    .get_or_create(&ResultLabels {
-                        integration: layer.integration.clone(),
-                        result,
-                    })
-                    .inc();
-            };
-            match &layer.credentials {
-                None => inner.call(request).await,
-                Some(Credentials::Static { kind, secret }) => {
-                    let previous = secret
-                        .previous
-                        .as_ref()
-                        .filter(|(_, until)| SystemTime::now() < *until);
-                    let spare = previous.and_then(|_| try_clone_request(&request));
-                    let response = inner
-                        .call(with_header(request, header_for(kind, &secret.current)?))
-                        .await?;
-                    match (response.status(), previous, spare) {
-                        (StatusCode::UNAUTHORIZED, Some((old, _)), Some(spare)) => {
-                            let retried = inner
-                                .call(with_header(spare, header_for(kind, old)?))
-                                .await?;
-                            let ok = retried.status() != StatusCode::UNAUTHORIZED;
-                            count(if ok { "success" } else { "failure" });
-                            if ok {
-                                tracing::warn!(integration = %layer.integration, "the current key was refused with 401 and the previous key accepted; is the new key active at the provider?");
-                            }
-                            Ok(retried)
+impl Step for AuthStep {
+    async fn call<S: Next>(&self, request: Request<ProxyBody>, mut next: S) -> PipelineResult {
+        let layer = self;
+        let count = |result: &'static str| {
+            layer
+                .metrics
+                .credential_fallback
+                .get_or_create(&ResultLabels {
+                    integration: layer.integration.clone(),
+                    result,
+                })
+                .inc();
+        };
+        match &layer.credentials {
+            None => next.call(request).await,
+            Some(Credentials::Static { kind, secret }) => {
+                let previous = secret
+                    .previous
+                    .as_ref()
+                    .filter(|(_, until)| SystemTime::now() < *until);
+                let spare = previous.and_then(|_| try_clone_request(&request));
+                let response = next
+                    .call(with_header(request, header_for(kind, &secret.current)?))
+                    .await?;
+                match (response.status(), previous, spare) {
+                    (StatusCode::UNAUTHORIZED, Some((old, _)), Some(spare)) => {
+                        let retried = next
+                            .ready()
+                            .await?
+                            .call(with_header(spare, header_for(kind, old)?))
+                            .await?;
+                        let ok = retried.status() != StatusCode::UNAUTHORIZED;
+                        count(if ok { "success" } else { "failure" });
+                        if ok {
+                            tracing::warn!(integration = %layer.integration, "the current key was refused with 401 and the previous key accepted; is the new key active at the provider?");
                         }
-                        _ => Ok(response),
+                        Ok(retried)
                     }
-                }
-                Some(Credentials::OAuth2(tokens)) => {
-                    let spare = try_clone_request(&request);
-                    let header = tokens.authorization().await?;
-                    let response = inner
-                        .call(with_header(request, (header::AUTHORIZATION, header)))
-                        .await?;
-                    match (response.status(), spare) {
-                        // A revoked or rotated token: fetch a new one and try once more.
-                        (StatusCode::UNAUTHORIZED, Some(spare)) => {
-                            tokens.invalidate();
-                            let header = tokens.authorization().await?;
-                            inner
-                                .call(with_header(spare, (header::AUTHORIZATION, header)))
-                                .await
-                        }
-                        _ => Ok(response),
-                    }
+                    _ => Ok(response),
                 }
             }
-        })
+            Some(Credentials::OAuth2(tokens)) => {
+                let spare = try_clone_request(&request);
+                let header = tokens.authorization().await?;
+                let response = next
+                    .call(with_header(request, (header::AUTHORIZATION, header)))
+                    .await?;
+                match (response.status(), spare) {
+                    // A revoked or rotated token: fetch a new one and try once more.
+                    (StatusCode::UNAUTHORIZED, Some(spare)) => {
+                        tokens.invalidate();
+                        let header = tokens.authorization().await?;
+                        next.ready()
+                            .await?
+                            .call(with_header(spare, (header::AUTHORIZATION, header)))
+                            .await
+                    }
+                    _ => Ok(response),
+                }
+            }
+        }
     }
 }

@@ -3,7 +3,6 @@
 //! the Accept headers; honours `Cache-Control: no-store` both ways.
 
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -14,11 +13,10 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use tokio::time::Instant;
-use tower::{Layer, Service};
 
 use super::body::{BoxError, ProxyBody};
-use super::error::ProxyError;
 use super::route::RequestContext;
+use super::step::{Next, PipelineResult, Step};
 use crate::config::CacheConfig;
 use crate::metrics::{Metrics, Name, ResultLabels};
 
@@ -256,123 +254,89 @@ impl Body for TeeBody {
     }
 }
 
+/// Pipeline step: answers hits, stores cacheable misses on their way back.
 #[derive(Clone)]
-pub struct CacheLayer {
+pub struct CacheStep {
     cache: Arc<ResponseCache>,
 }
 
-impl CacheLayer {
+impl CacheStep {
     pub fn new(cache: Arc<ResponseCache>) -> Self {
         Self { cache }
     }
 }
 
-impl<S> Layer<S> for CacheLayer {
-    type Service = CacheService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        CacheService {
-            inner,
-            cache: self.cache.clone(),
+impl Step for CacheStep {
+    async fn call<S: Next>(&self, request: Request<ProxyBody>, mut next: S) -> PipelineResult {
+        let cache = &self.cache;
+        let ttl = request
+            .extensions()
+            .get::<RequestContext>()
+            .and_then(|ctx| ctx.route.cache_ttl);
+        let Some(ttl) = ttl else {
+            return next.call(request).await;
+        };
+        if cache_control_has(request.headers(), "no-store") {
+            cache.count("bypass");
+            return next.call(request).await;
         }
-    }
-}
-
-#[derive(Clone)]
-pub struct CacheService<S> {
-    inner: S,
-    cache: Arc<ResponseCache>,
-}
-
-impl<S> Service<Request<ProxyBody>> for CacheService<S>
-where
-    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
-    type Response = Response<ProxyBody>;
-    type Error = ProxyError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<ProxyBody>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let cache = self.cache.clone();
-        Box::pin(async move {
-            let ttl = request
-                .extensions()
-                .get::<RequestContext>()
-                .and_then(|ctx| ctx.route.cache_ttl);
-            let Some(ttl) = ttl else {
-                return inner.call(request).await;
-            };
-            if cache_control_has(request.headers(), "no-store") {
-                cache.count("bypass");
-                return inner.call(request).await;
-            }
-            let key = ResponseCache::key(&request);
-            // `no-cache` asks for a fresh answer, which may then be stored.
-            if !cache_control_has(request.headers(), "no-cache")
-                && let Some(hit) = cache.lookup(&key, Instant::now())
-            {
-                cache.count("hit");
-                return Ok(hit);
-            }
-            cache.count("miss");
-            let response = inner.call(request).await?;
-            let headers = response.headers();
-            let storable = response.status() == StatusCode::OK
-                && !cache_control_has(headers, "no-store")
-                && !cache_control_has(headers, "no-cache")
-                && !cache_control_has(headers, "private")
-                && !headers.contains_key(header::SET_COOKIE)
-                && headers.get(header::VARY).is_none_or(|v| {
-                    v.to_str().is_ok_and(|v| {
-                        v.split(',').all(|name| {
-                            let name = name.trim();
-                            name.eq_ignore_ascii_case("accept")
-                                || name.eq_ignore_ascii_case("accept-encoding")
-                        })
+        let key = ResponseCache::key(&request);
+        // `no-cache` asks for a fresh answer, which may then be stored.
+        if !cache_control_has(request.headers(), "no-cache")
+            && let Some(hit) = cache.lookup(&key, Instant::now())
+        {
+            cache.count("hit");
+            return Ok(hit);
+        }
+        cache.count("miss");
+        let response = next.call(request).await?;
+        let headers = response.headers();
+        let storable = response.status() == StatusCode::OK
+            && !cache_control_has(headers, "no-store")
+            && !cache_control_has(headers, "no-cache")
+            && !cache_control_has(headers, "private")
+            && !headers.contains_key(header::SET_COOKIE)
+            && headers.get(header::VARY).is_none_or(|v| {
+                v.to_str().is_ok_and(|v| {
+                    v.split(',').all(|name| {
+                        let name = name.trim();
+                        name.eq_ignore_ascii_case("accept")
+                            || name.eq_ignore_ascii_case("accept-encoding")
                     })
                 })
-                && response
-                    .body()
-                    .size_hint()
-                    .upper()
-                    .is_none_or(|n| n <= cache.max_entry_bytes);
-            if !storable {
-                return Ok(response);
-            }
-            let ttl = max_age(response.headers()).map_or(ttl, |age| age.min(ttl));
-            let (parts, body) = response.into_parts();
-            let (status, stored_headers) = (parts.status, parts.headers.clone());
-            let store = cache.clone();
-            let tee = TeeBody {
-                inner: body,
-                copy: BytesMut::new(),
-                limit: cache.max_entry_bytes,
-                on_complete: Some(Box::new(move |bytes| {
-                    let now = Instant::now();
-                    store.insert(
-                        key,
-                        Entry {
-                            status,
-                            headers: stored_headers,
-                            body: bytes,
-                            stored_at: now,
-                            expires_at: now + ttl,
-                        },
-                    );
-                    store.count("store");
-                })),
-            };
-            Ok(Response::from_parts(parts, ProxyBody::boxed(tee)))
-        })
+            })
+            && response
+                .body()
+                .size_hint()
+                .upper()
+                .is_none_or(|n| n <= cache.max_entry_bytes);
+        if !storable {
+            return Ok(response);
+        }
+        let ttl = max_age(response.headers()).map_or(ttl, |age| age.min(ttl));
+        let (parts, body) = response.into_parts();
+        let (status, stored_headers) = (parts.status, parts.headers.clone());
+        let store = cache.clone();
+        let tee = TeeBody {
+            inner: body,
+            copy: BytesMut::new(),
+            limit: cache.max_entry_bytes,
+            on_complete: Some(Box::new(move |bytes| {
+                let now = Instant::now();
+                store.insert(
+                    key,
+                    Entry {
+                        status,
+                        headers: stored_headers,
+                        body: bytes,
+                        stored_at: now,
+                        expires_at: now + ttl,
+                    },
+                );
+                store.count("store");
+            })),
+        };
+        Ok(Response::from_parts(parts, ProxyBody::boxed(tee)))
     }
 }
 

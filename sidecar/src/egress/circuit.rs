@@ -2,19 +2,16 @@
 //! `x-sluice-error: circuit-open`) instead of piling up requests, then let a
 //! few probes through to find out whether it has recovered.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
-use tower::{Layer, Service};
 
 use super::body::ProxyBody;
 use super::error::ProxyError;
+use super::step::{Next, PipelineResult, Step};
 use crate::config::CircuitBreakerConfig;
 use crate::metrics::{IntegrationLabels, Metrics, Name};
 
@@ -240,62 +237,27 @@ fn upstream_failed(result: &Result<Response<ProxyBody>, ProxyError>) -> Option<b
     }
 }
 
+/// Pipeline step: fails fast while open, records upstream health.
 #[derive(Clone)]
-pub struct CircuitBreakerLayer {
+pub struct CircuitStep {
     breaker: Option<Arc<CircuitBreaker>>,
 }
 
-impl CircuitBreakerLayer {
+impl CircuitStep {
     pub fn new(breaker: Option<Arc<CircuitBreaker>>) -> Self {
         Self { breaker }
     }
 }
 
-impl<S> Layer<S> for CircuitBreakerLayer {
-    type Service = CircuitBreakerService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        CircuitBreakerService {
-            inner,
-            breaker: self.breaker.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct CircuitBreakerService<S> {
-    inner: S,
-    breaker: Option<Arc<CircuitBreaker>>,
-}
-
-impl<S> Service<Request<ProxyBody>> for CircuitBreakerService<S>
-where
-    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
-    type Response = Response<ProxyBody>;
-    type Error = ProxyError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<ProxyBody>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let breaker = self.breaker.clone();
-        Box::pin(async move {
-            let Some(breaker) = breaker else {
-                return inner.call(request).await;
-            };
-            let admission = breaker.admit(Instant::now())?;
-            let result = inner.call(request).await;
-            breaker.record(admission, upstream_failed(&result), Instant::now());
-            result
-        })
+impl Step for CircuitStep {
+    async fn call<S: Next>(&self, request: Request<ProxyBody>, mut next: S) -> PipelineResult {
+        let Some(breaker) = &self.breaker else {
+            return next.call(request).await;
+        };
+        let admission = breaker.admit(Instant::now())?;
+        let result = next.call(request).await;
+        breaker.record(admission, upstream_failed(&result), Instant::now());
+        result
     }
 }
 

@@ -14,6 +14,7 @@ pub mod ratelimit;
 pub mod retry;
 pub mod route;
 pub mod server;
+pub mod step;
 pub mod timeout;
 
 use std::convert::Infallible;
@@ -24,16 +25,17 @@ use hyper::body::Incoming;
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
-use self::auth::{AuthLayer, Credentials, CredentialsError};
+use self::auth::{AuthStep, Credentials, CredentialsError};
 use self::body::ProxyBody;
-use self::cache::{CacheLayer, ResponseCache};
-use self::circuit::{CircuitBreaker, CircuitBreakerLayer};
+use self::cache::{CacheStep, ResponseCache};
+use self::circuit::{CircuitBreaker, CircuitStep};
 use self::client::{ClientBuildError, Upstream, UpstreamService};
 use self::observe::ObserveLayer;
-use self::ratelimit::{RateLimitLayer, RateLimiter};
-use self::retry::{RetryLayer, RetryRules, RetryRulesError};
+use self::ratelimit::{RateLimitStep, RateLimiter};
+use self::retry::{RetryRules, RetryRulesError, RetryStep};
 use self::route::{MatchError, Router};
-use self::timeout::TimeoutLayer;
+use self::step::StepLayer;
+use self::timeout::TimeoutStep;
 use crate::config::IntegrationConfig;
 use crate::metrics::{Metrics, Name};
 use crate::secrets::SecretStore;
@@ -138,21 +140,25 @@ pub fn pipeline(
             name.clone(),
             metrics.clone(),
         ))
-        .layer(TimeoutLayer::total())
-        .layer(CacheLayer::new(ResponseCache::new(
+        .layer(StepLayer(TimeoutStep::total()))
+        .layer(StepLayer(CacheStep::new(ResponseCache::new(
             &config.cache,
             name.clone(),
             metrics.clone(),
-        )))
-        .layer(CircuitBreakerLayer::new(breaker))
-        .layer(RetryLayer::new(retry))
-        .layer(RateLimitLayer::new(RateLimiter::new(
+        ))))
+        .layer(StepLayer(CircuitStep::new(breaker)))
+        .layer(StepLayer(RetryStep::new(retry)))
+        .layer(StepLayer(RateLimitStep::new(RateLimiter::new(
             name.clone(),
             &config.rate_limits,
             metrics.clone(),
+        ))))
+        .layer(StepLayer(TimeoutStep::attempt()))
+        .layer(StepLayer(AuthStep::new(
+            credentials,
+            name.clone(),
+            metrics.clone(),
         )))
-        .layer(TimeoutLayer::attempt())
-        .layer(AuthLayer::new(credentials, name.clone(), metrics.clone()))
         .service(UpstreamService::new(
             client,
             upstream,

@@ -12,21 +12,18 @@
 //! dispatcher task per integration, which sleeps until the next slot opens.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use http::{Request, Response};
+use http::Request;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
-use tower::{Layer, Service};
 
 use super::body::ProxyBody;
 use super::error::ProxyError;
 use super::retry::provider_wait;
 use super::route::{Priority, RequestContext};
+use super::step::{Next, PipelineResult, Step};
 use crate::config::{RateLimitConfig, WhenExceeded};
 use crate::metrics::{LimitLabels, LimitReasonLabels, Metrics, Name};
 
@@ -425,71 +422,37 @@ impl Drop for RateLimiter {
     }
 }
 
-/// Tower layer: waits for the route's limits before each attempt.
+/// Pipeline step: waits for the route's limits before each attempt, and
+/// pauses them when the provider answers 429 with a time to come back.
 #[derive(Clone)]
-pub struct RateLimitLayer {
+pub struct RateLimitStep {
     limiter: Arc<RateLimiter>,
 }
 
-impl RateLimitLayer {
+impl RateLimitStep {
     pub fn new(limiter: Arc<RateLimiter>) -> Self {
         Self { limiter }
     }
 }
 
-impl<S> Layer<S> for RateLimitLayer {
-    type Service = RateLimitService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        RateLimitService {
-            inner,
-            limiter: self.limiter.clone(),
+impl Step for RateLimitStep {
+    async fn call<S: Next>(&self, request: Request<ProxyBody>, mut next: S) -> PipelineResult {
+        let limiter = &self.limiter;
+        let Some(ctx) = request.extensions().get::<RequestContext>().cloned() else {
+            return next.call(request).await;
+        };
+        let limits = &ctx.route.limits;
+        limiter.acquire(limits, ctx.priority, ctx.deadline).await?;
+        let response = next.call(request).await?;
+        if response.status() == http::StatusCode::TOO_MANY_REQUESTS
+            && !limits.is_empty()
+            && let Some(wait) = provider_wait(response.headers(), SystemTime::now())
+        {
+            let wait = wait.min(MAX_PROVIDER_PAUSE);
+            tracing::warn!(request_id = %ctx.request_id, integration = %limiter.integration, wait_ms = wait.as_millis() as u64, "the provider answered 429; holding this endpoint's queue until it said to come back");
+            limiter.pause(limits, Instant::now() + wait);
         }
-    }
-}
-
-#[derive(Clone)]
-pub struct RateLimitService<S> {
-    inner: S,
-    limiter: Arc<RateLimiter>,
-}
-
-impl<S> Service<Request<ProxyBody>> for RateLimitService<S>
-where
-    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
-    type Response = Response<ProxyBody>;
-    type Error = ProxyError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<ProxyBody>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let limiter = self.limiter.clone();
-        Box::pin(async move {
-            let Some(ctx) = request.extensions().get::<RequestContext>().cloned() else {
-                return inner.call(request).await;
-            };
-            let limits = &ctx.route.limits;
-            limiter.acquire(limits, ctx.priority, ctx.deadline).await?;
-            let response = inner.call(request).await?;
-            if response.status() == http::StatusCode::TOO_MANY_REQUESTS
-                && !limits.is_empty()
-                && let Some(wait) = provider_wait(response.headers(), SystemTime::now())
-            {
-                let wait = wait.min(MAX_PROVIDER_PAUSE);
-                tracing::warn!(request_id = %ctx.request_id, integration = %limiter.integration, wait_ms = wait.as_millis() as u64, "the provider answered 429; holding this endpoint's queue until it said to come back");
-                limiter.pause(limits, Instant::now() + wait);
-            }
-            Ok(response)
-        })
+        Ok(response)
     }
 }
 

@@ -3,21 +3,19 @@
 //! multiply traffic, and retry non-idempotent calls only under an idempotency
 //! key that stays the same on every attempt.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use http::{HeaderMap, Method, Request, Response};
 use tokio::time::Instant;
 use tower::retry::budget::{Budget, TpsBudget};
-use tower::{Layer, Service};
+use tower::ServiceExt;
 
 use super::body::{ProxyBody, try_clone_request};
 use super::error::ProxyError;
 use super::route::RequestContext;
+use super::step::{Next, PipelineResult, Step};
 use crate::config::{RetryConfig, RetryOn};
 use crate::metrics::{IntegrationLabels, Metrics, Name, RetryLabels};
 
@@ -177,12 +175,19 @@ pub fn provider_wait(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     }
 }
 
+/// A fresh idempotency key: 128 random bits, hex.
+fn new_idempotency_key() -> HeaderValue {
+    let key = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+    HeaderValue::from_str(&key).expect("hex is a valid header value")
+}
+
+/// Pipeline step: the retry loop.
 #[derive(Clone)]
-pub struct RetryLayer {
+pub struct RetryStep {
     rules: Arc<RetryRules>,
 }
 
-impl RetryLayer {
+impl RetryStep {
     pub fn new(rules: RetryRules) -> Self {
         Self {
             rules: Arc::new(rules),
@@ -190,137 +195,97 @@ impl RetryLayer {
     }
 }
 
-impl<S> Layer<S> for RetryLayer {
-    type Service = RetryService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        RetryService {
-            inner,
-            rules: self.rules.clone(),
+impl Step for RetryStep {
+    async fn call<S: Next>(&self, mut request: Request<ProxyBody>, mut next: S) -> PipelineResult {
+        let rules = &self.rules;
+        rules.budget.deposit();
+        if let Some((header, methods)) = &rules.idempotency
+            && methods.contains(request.method())
+            && !request.headers().contains_key(header)
+        {
+            request
+                .headers_mut()
+                .insert(header.clone(), new_idempotency_key());
         }
-    }
-}
-
-#[derive(Clone)]
-pub struct RetryService<S> {
-    inner: S,
-    rules: Arc<RetryRules>,
-}
-
-/// A fresh idempotency key: 128 random bits, hex.
-fn new_idempotency_key() -> HeaderValue {
-    let key = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
-    HeaderValue::from_str(&key).expect("hex is a valid header value")
-}
-
-impl<S> Service<Request<ProxyBody>> for RetryService<S>
-where
-    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
-    type Response = Response<ProxyBody>;
-    type Error = ProxyError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<ProxyBody>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let rules = self.rules.clone();
-        Box::pin(async move {
-            rules.budget.deposit();
-            if let Some((header, methods)) = &rules.idempotency
-                && methods.contains(request.method())
-                && !request.headers().contains_key(header)
-            {
-                request
-                    .headers_mut()
-                    .insert(header.clone(), new_idempotency_key());
+        let wants_retries = rules.max_attempts > 1;
+        if wants_retries {
+            let (parts, body) = request.into_parts();
+            let body = body
+                .buffer_up_to(rules.max_buffered_body)
+                .await
+                .map_err(|e| ProxyError::BadRequest(format!("reading the request body: {e}")))?;
+            request = Request::from_parts(parts, body);
+        }
+        let ctx = request.extensions().get::<RequestContext>().cloned();
+        let mut attempt = 1u32;
+        loop {
+            let spare = if attempt < rules.max_attempts {
+                try_clone_request(&request)
+            } else {
+                None
+            };
+            let method = request.method().clone();
+            let result = match next.ready().await {
+                Ok(ready) => ready.call(request).await,
+                Err(e) => Err(e),
+            };
+            let Some(next) = spare else { return result };
+            let Some(reason) = rules.reason(&result) else {
+                return result;
+            };
+            if !rules.may_repeat(&method, &result) {
+                return result;
             }
-            let wants_retries = rules.max_attempts > 1;
-            if wants_retries {
-                let (parts, body) = request.into_parts();
-                let body = body
-                    .buffer_up_to(rules.max_buffered_body)
-                    .await
-                    .map_err(|e| {
-                        ProxyError::BadRequest(format!("reading the request body: {e}"))
-                    })?;
-                request = Request::from_parts(parts, body);
-            }
-            let ctx = request.extensions().get::<RequestContext>().cloned();
-            let mut attempt = 1u32;
-            loop {
-                let spare = if attempt < rules.max_attempts {
-                    try_clone_request(&request)
-                } else {
-                    None
-                };
-                let method = request.method().clone();
-                let result = inner.call(request).await;
-                let Some(next) = spare else { return result };
-                let Some(reason) = rules.reason(&result) else {
-                    return result;
-                };
-                if !rules.may_repeat(&method, &result) {
-                    return result;
-                }
-                let wait = match (&result, rules.honor_retry_after) {
-                    (Ok(response), true) => {
-                        match provider_wait(response.headers(), SystemTime::now()) {
-                            // Asked to wait longer than we allow: the app hears it now.
-                            Some(wait) if wait > rules.max_retry_after => return result,
-                            Some(wait) => wait,
-                            None => rules.backoff(attempt),
-                        }
+            let wait = match (&result, rules.honor_retry_after) {
+                (Ok(response), true) => {
+                    match provider_wait(response.headers(), SystemTime::now()) {
+                        // Asked to wait longer than we allow: the app hears it now.
+                        Some(wait) if wait > rules.max_retry_after => return result,
+                        Some(wait) => wait,
+                        None => rules.backoff(attempt),
                     }
-                    _ => rules.backoff(attempt),
-                };
-                if let Some(ctx) = &ctx
-                    && Instant::now() + wait >= ctx.deadline
-                {
-                    return result;
                 }
-                if !rules.budget.withdraw() {
-                    rules
-                        .metrics
-                        .retry_budget_exhausted
-                        .get_or_create(&IntegrationLabels {
-                            integration: rules.integration.clone(),
-                        })
-                        .inc();
-                    return match result {
-                        Err(last) => Err(ProxyError::BudgetExhausted {
-                            last: Box::new(last),
-                        }),
-                        // The provider's own answer is the most useful thing to return.
-                        ok => ok,
-                    };
-                }
+                _ => rules.backoff(attempt),
+            };
+            if let Some(ctx) = &ctx
+                && Instant::now() + wait >= ctx.deadline
+            {
+                return result;
+            }
+            if !rules.budget.withdraw() {
                 rules
                     .metrics
-                    .retries
-                    .get_or_create(&RetryLabels {
+                    .retry_budget_exhausted
+                    .get_or_create(&IntegrationLabels {
                         integration: rules.integration.clone(),
-                        endpoint: ctx.as_ref().map_or_else(
-                            || Arc::from(super::route::DEFAULT_ENDPOINT),
-                            |c| c.route.endpoint.clone(),
-                        ),
-                        reason,
                     })
                     .inc();
-                // Free the failed attempt's connection before sleeping.
-                drop(result);
-                tokio::time::sleep(wait).await;
-                request = next;
-                attempt += 1;
+                return match result {
+                    Err(last) => Err(ProxyError::BudgetExhausted {
+                        last: Box::new(last),
+                    }),
+                    // The provider's own answer is the most useful thing to return.
+                    ok => ok,
+                };
             }
-        })
+            rules
+                .metrics
+                .retries
+                .get_or_create(&RetryLabels {
+                    integration: rules.integration.clone(),
+                    endpoint: ctx.as_ref().map_or_else(
+                        || Arc::from(super::route::DEFAULT_ENDPOINT),
+                        |c| c.route.endpoint.clone(),
+                    ),
+                    reason,
+                })
+                .inc();
+            // Free the failed attempt's connection before sleeping.
+            drop(result);
+            tokio::time::sleep(wait).await;
+            request = next;
+            attempt += 1;
+        }
     }
 }
 

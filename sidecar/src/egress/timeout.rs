@@ -2,16 +2,12 @@
 //! the request's total deadline (queueing, every attempt and the backoff
 //! between them). Both come from the route, so an endpoint can override them.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use http::{Request, Response};
-use tower::{Layer, Service};
+use http::Request;
 
 use super::body::ProxyBody;
 use super::error::ProxyError;
 use super::route::RequestContext;
+use super::step::{Next, PipelineResult, Step};
 
 /// Which clock a [`TimeoutLayer`] enforces.
 #[derive(Clone, Copy, Debug)]
@@ -22,12 +18,13 @@ pub enum Clock {
     Total,
 }
 
+/// Pipeline step: enforces one of the two clocks.
 #[derive(Clone, Copy, Debug)]
-pub struct TimeoutLayer {
+pub struct TimeoutStep {
     clock: Clock,
 }
 
-impl TimeoutLayer {
+impl TimeoutStep {
     pub fn attempt() -> Self {
         Self {
             clock: Clock::Attempt,
@@ -40,60 +37,30 @@ impl TimeoutLayer {
     }
 }
 
-impl<S> Layer<S> for TimeoutLayer {
-    type Service = TimeoutService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        TimeoutService {
-            inner,
-            clock: self.clock,
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct TimeoutService<S> {
-    inner: S,
-    clock: Clock,
-}
-
-impl<S> Service<Request<ProxyBody>> for TimeoutService<S>
-where
-    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError>,
-    S::Future: Send + 'static,
-{
-    type Response = Response<ProxyBody>;
-    type Error = ProxyError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<ProxyBody>) -> Self::Future {
+impl Step for TimeoutStep {
+    async fn call<S: Next>(&self, request: Request<ProxyBody>, mut next: S) -> PipelineResult {
         let ctx = request.extensions().get::<RequestContext>().cloned();
-        let future = self.inner.call(request);
+        let future = next.call(request);
         let clock = self.clock;
-        Box::pin(async move {
-            let Some(ctx) = ctx else {
-                return future.await;
-            };
-            match clock {
-                Clock::Attempt => {
-                    let limit = ctx.route.attempt_timeout;
-                    // Never wait past the total deadline either.
-                    let until = (tokio::time::Instant::now() + limit).min(ctx.deadline);
-                    match tokio::time::timeout_at(until, future).await {
-                        Ok(result) => result,
-                        Err(_) if until == ctx.deadline => {
-                            Err(ProxyError::DeadlineExceeded(ctx.route.total_timeout))
-                        }
-                        Err(_) => Err(ProxyError::UpstreamTimeout(limit)),
+        let Some(ctx) = ctx else {
+            return future.await;
+        };
+        match clock {
+            Clock::Attempt => {
+                let limit = ctx.route.attempt_timeout;
+                // Never wait past the total deadline either.
+                let until = (tokio::time::Instant::now() + limit).min(ctx.deadline);
+                match tokio::time::timeout_at(until, future).await {
+                    Ok(result) => result,
+                    Err(_) if until == ctx.deadline => {
+                        Err(ProxyError::DeadlineExceeded(ctx.route.total_timeout))
                     }
+                    Err(_) => Err(ProxyError::UpstreamTimeout(limit)),
                 }
-                Clock::Total => tokio::time::timeout_at(ctx.deadline, future)
-                    .await
-                    .unwrap_or(Err(ProxyError::DeadlineExceeded(ctx.route.total_timeout))),
             }
-        })
+            Clock::Total => tokio::time::timeout_at(ctx.deadline, future)
+                .await
+                .unwrap_or(Err(ProxyError::DeadlineExceeded(ctx.route.total_timeout))),
+        }
     }
 }
