@@ -1123,3 +1123,37 @@ async fn a_providers_429_holds_the_whole_queue_not_just_one_request() {
     );
     sidecar.shutdown().await;
 }
+
+#[tokio::test]
+async fn bodies_over_the_buffer_limit_stream_and_are_sent_once() {
+    let upstream = TestUpstream::plain(handler(|_, _| async { respond(503, "busy") })).await;
+    let mut config = integration("big", &upstream);
+    config.upstream.max_buffered_body_bytes = 64 * 1024;
+    config.retry.budget.min_per_second = 100;
+    let sidecar = start(vec![config]).await;
+    let app = App::new(sidecar.egress_addr("big").unwrap());
+    let small = app
+        .send("PUT", "/doc", &[], Bytes::from(vec![b's'; 1024]))
+        .await;
+    assert_eq!(small.status, 503);
+    assert_eq!(
+        upstream.count(),
+        3,
+        "a small PUT is replayed on every attempt"
+    );
+    let large = app
+        .send("PUT", "/doc", &[], Bytes::from(vec![b'L'; 256 * 1024]))
+        .await;
+    assert_eq!(large.status, 503);
+    assert_eq!(
+        upstream.count(),
+        4,
+        "a body over the limit is not kept, so not retried"
+    );
+    assert_eq!(
+        upstream.requests()[3].body.len(),
+        256 * 1024,
+        "and arrives whole"
+    );
+    sidecar.shutdown().await;
+}

@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use http::{HeaderMap, Method, Request, Response};
 use tokio::time::Instant;
-use tower::retry::budget::{Budget, TpsBudget};
 use tower::ServiceExt;
+use tower::retry::budget::{Budget, TpsBudget};
 
 use super::body::{ProxyBody, try_clone_request};
 use super::error::ProxyError;
