@@ -568,6 +568,7 @@ pub fn compile(
         retry,
         circuit_breaker,
         cache,
+        webhooks: Vec::new(),
     })
 }
 

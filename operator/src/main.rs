@@ -170,6 +170,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 },
                 drain_timeout: defaults::drain_timeout(),
                 integrations: compiled.into_iter().map(|(_, c)| c).collect(),
+                ingress: Default::default(),
             };
             print!("{}", config.to_yaml());
             Ok(ExitCode::SUCCESS)
@@ -195,6 +196,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 },
                 drain_timeout: defaults::drain_timeout(),
                 integrations: compiled.into_iter().map(|(_, c)| c).collect(),
+                ingress: Default::default(),
             };
             let summary: Vec<String> = config
                 .integrations

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod config;
 pub mod egress;
+pub mod ingress;
 pub mod metrics;
 pub mod runtime;
 pub mod secrets;

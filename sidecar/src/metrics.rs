@@ -58,6 +58,19 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    pub integration: Name,
+    pub webhook: Name,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookResultLabels {
+    pub integration: Name,
+    pub webhook: Name,
+    pub result: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     // 1 ms .. ~33 s.
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
@@ -89,6 +102,11 @@ pub struct Families {
     pub token_refresh: Family<ResultLabels, Counter>,
     pub credential_fallback: Family<ResultLabels, Counter>,
     pub secret_reloads: Family<ResultLabels, Counter>,
+    pub webhook_received: Family<WebhookResultLabels, Counter>,
+    pub webhook_queue_depth: Family<WebhookLabels, Gauge>,
+    pub webhook_deliveries: Family<WebhookResultLabels, Counter>,
+    pub webhook_fsyncs: Family<WebhookLabels, Counter>,
+    pub webhook_ack_duration: Family<WebhookLabels, Histogram, fn() -> Histogram>,
     registry: Registry,
 }
 
@@ -179,7 +197,45 @@ impl Metrics {
             "Secret files re-read after they changed on disk, by result",
             secret_reloads.clone(),
         );
+        let webhook_received = Family::default();
+        registry.register(
+            "sluice_webhook_received",
+            "Webhooks received, by result: verified, duplicate, invalid_signature, stale, too_large, queue_full, error",
+            webhook_received.clone(),
+        );
+        let webhook_queue_depth = Family::default();
+        registry.register(
+            "sluice_webhook_queue_depth",
+            "Accepted webhooks not yet delivered to the app",
+            webhook_queue_depth.clone(),
+        );
+        let webhook_deliveries = Family::default();
+        registry.register(
+            "sluice_webhook_deliveries",
+            "Delivery outcomes: delivered, retry, dead_letter, dropped, out_of_order",
+            webhook_deliveries.clone(),
+        );
+        let webhook_fsyncs = Family::default();
+        registry.register(
+            "sluice_webhook_fsyncs",
+            "fdatasync calls of the webhook queue (one per group commit)",
+            webhook_fsyncs.clone(),
+        );
+        let webhook_ack_duration =
+            Family::<WebhookLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "sluice_webhook_ack_duration_seconds",
+            "From the webhook's arrival to the provider's 200 (durably stored)",
+            webhook_ack_duration.clone(),
+        );
         Self(Arc::new(Families {
+            webhook_received,
+            webhook_queue_depth,
+            webhook_deliveries,
+            webhook_fsyncs,
+            webhook_ack_duration,
             requests,
             request_duration,
             attempts,

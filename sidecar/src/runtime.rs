@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 use crate::admin::{AdminService, Readiness};
 use crate::config::SidecarConfig;
 use crate::egress::{self, PipelineError};
+use crate::ingress::{Ingress, IngressService};
 use crate::metrics::Metrics;
 use crate::secrets::SecretStore;
 
@@ -31,6 +32,8 @@ pub enum StartError {
     Pipeline(#[from] PipelineError),
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Ingress(#[from] crate::ingress::IngressError),
 }
 
 /// A running sidecar. Dropping it does not stop it; call [`Sidecar::shutdown`].
@@ -40,6 +43,8 @@ pub struct Sidecar {
     watcher: tokio::task::JoinHandle<()>,
     pub admin_addr: SocketAddr,
     pub egress_addrs: Vec<(String, SocketAddr)>,
+    /// The webhook ingress, when any integration has webhooks.
+    pub ingress_addr: Option<SocketAddr>,
     pub metrics: Metrics,
 }
 
@@ -71,6 +76,30 @@ impl Sidecar {
         let (stop, stopped) = watch::channel(false);
         let drain = config.drain_timeout.get();
         let mut tasks = JoinSet::new();
+        let ingress = Ingress::start(
+            &config.ingress,
+            &config.integrations,
+            &secrets,
+            &metrics,
+            stopped.clone(),
+            &mut tasks,
+        )?;
+        let mut ingress_addr = None;
+        if let Some(ingress) = ingress {
+            let listener = bind("webhook ingress".into(), config.ingress.listen).await?;
+            let addr = listener
+                .local_addr()
+                .expect("bound listener has an address");
+            tracing::info!(%addr, "webhook ingress listening");
+            ingress_addr = Some(addr);
+            tasks.spawn(egress::server::serve(
+                listener,
+                IngressService(ingress),
+                stopped.clone(),
+                drain,
+                "ingress".into(),
+            ));
+        }
         let mut egress_addrs = Vec::new();
         for (name, listener, service) in pipelines {
             let addr = listener
@@ -106,6 +135,7 @@ impl Sidecar {
             watcher,
             admin_addr,
             egress_addrs,
+            ingress_addr,
             metrics,
         })
     }

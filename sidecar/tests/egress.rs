@@ -1049,6 +1049,7 @@ async fn a_port_in_use_is_a_clear_start_error() {
         },
         drain_timeout: D::from_secs(1),
         integrations: vec![config],
+        ingress: Default::default(),
     })
     .await;
     let error = result.err().expect("start fails").to_string();
@@ -1073,6 +1074,7 @@ async fn a_missing_secret_file_is_a_clear_start_error() {
         },
         drain_timeout: D::from_secs(1),
         integrations: vec![config],
+        ingress: Default::default(),
     })
     .await
     .err()

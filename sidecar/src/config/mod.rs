@@ -31,6 +31,36 @@ pub struct SidecarConfig {
     pub drain_timeout: Duration,
     #[serde(default)]
     pub integrations: Vec<IntegrationConfig>,
+    /// The webhook ingress: one inbound port for every integration's webhooks.
+    #[serde(default)]
+    pub ingress: IngressConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IngressConfig {
+    /// Where providers send webhooks (through the pod's Service or Ingress).
+    pub listen: SocketAddr,
+    /// Durable queues, de-duplication ids and dead letters (a pod volume).
+    pub state_dir: PathBuf,
+    /// Accepted but undelivered events may take this much disk; past it
+    /// providers get 503 + Retry-After and send again later.
+    #[serde(default = "defaults::max_queue_bytes")]
+    pub max_queue_bytes: u64,
+    /// Larger webhook bodies get 413.
+    #[serde(default = "defaults::max_webhook_body")]
+    pub max_body_bytes: u64,
+}
+
+impl Default for IngressConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_WEBHOOK_PORT),
+            state_dir: PathBuf::from("/var/run/sluice/state"),
+            max_queue_bytes: defaults::max_queue_bytes(),
+            max_body_bytes: defaults::max_webhook_body(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -73,6 +103,145 @@ pub struct IntegrationConfig {
     pub circuit_breaker: Option<CircuitBreakerConfig>,
     #[serde(default)]
     pub cache: CacheConfig,
+    /// Webhooks this provider sends, received on the ingress port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// One webhook endpoint of a provider.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub name: String,
+    /// The path on the ingress port the provider posts to.
+    pub path: String,
+    /// Where verified events go: the app, in the pod.
+    pub forward_to: String,
+    pub verify: VerifyConfig,
+    #[serde(default)]
+    pub dedup: DedupConfig,
+    /// JSON pointer to the event id in the body, for schemes without an id header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_pointer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordering: Option<OrderingConfig>,
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum WebhookScheme {
+    /// standardwebhooks.com (also Svix): `webhook-id/-timestamp/-signature`.
+    StandardWebhooks,
+    /// `Stripe-Signature: t=...,v1=...`.
+    Stripe,
+    /// `X-Hub-Signature-256: sha256=...`.
+    GitHub,
+    /// `X-Shopify-Hmac-Sha256`, base64.
+    Shopify,
+    /// `X-Slack-Signature: v0=...` over `v0:{timestamp}:{body}`.
+    Slack,
+    /// `X-Razorpay-Signature`, hex.
+    Razorpay,
+    /// Any HMAC-SHA256 of the body in a header of your choice.
+    HmacSha256,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum SignatureEncoding {
+    #[default]
+    Hex,
+    Base64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VerifyConfig {
+    pub scheme: WebhookScheme,
+    /// Several while a secret is rotated; each may stop being accepted at `notAfter`.
+    pub secrets: Vec<WebhookSecret>,
+    /// How far a signed timestamp may be from now, either way.
+    #[serde(default = "defaults::webhook_tolerance")]
+    pub tolerance: Duration,
+    /// HmacSha256 only: the header holding the signature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// HmacSha256 only.
+    #[serde(default)]
+    pub encoding: SignatureEncoding,
+    /// HmacSha256 only: text before the signature, e.g. `sha256=`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebhookSecret {
+    pub secret: SecretFile,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<Timestamp>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DedupConfig {
+    pub ttl: Duration,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(72 * 3600),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OrderingConfig {
+    /// JSON pointer to the object the event is about, e.g. `/data/object/id`.
+    pub object_pointer: String,
+    /// JSON pointer to the event time (epoch seconds or RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp_pointer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub states: Option<StateOrder>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StateOrder {
+    /// JSON pointer to the state (often the event type).
+    pub pointer: String,
+    /// States in the only order they may follow each other.
+    pub order: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeliveryConfig {
+    pub rate_per_second: f64,
+    pub max_attempts: u32,
+    pub dead_letter: bool,
+    /// Per delivery attempt to the app.
+    #[serde(default = "defaults::delivery_timeout")]
+    pub timeout: Duration,
+    #[serde(default = "defaults::delivery_backoff")]
+    pub backoff: BackoffConfig,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            rate_per_second: 50.0,
+            max_attempts: 10,
+            dead_letter: true,
+            timeout: defaults::delivery_timeout(),
+            backoff: defaults::delivery_backoff(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -534,6 +703,26 @@ pub mod defaults {
     }
     pub fn refresh_before() -> Duration {
         Duration::from_secs(300)
+    }
+    pub fn max_queue_bytes() -> u64 {
+        1 << 30
+    }
+    pub fn max_webhook_body() -> u64 {
+        1 << 20
+    }
+    pub fn webhook_tolerance() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn delivery_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn delivery_backoff() -> super::BackoffConfig {
+        super::BackoffConfig {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(300),
+            multiplier: 2.0,
+            jitter: 0.3,
+        }
     }
 }
 

@@ -202,6 +202,7 @@ pub async fn start(integrations: Vec<IntegrationConfig>) -> Sidecar {
         },
         drain_timeout: sluice_sidecar::config::Duration::from_secs(5),
         integrations,
+        ingress: Default::default(),
     };
     Sidecar::start(config).await.expect("sidecar starts")
 }

@@ -1,0 +1,262 @@
+//! Draining a webhook queue to the app: in order, at a set rate, retried
+//! with backoff and jitter, dead-lettered after `maxAttempts`, with the
+//! ordering guard in front.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{Request, Uri};
+use http_body_util::BodyExt;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::ordering::{OrderingGuard, Verdict};
+use super::queue::{QueueReader, StoredEvent};
+use crate::config::{DeliveryConfig, OrderingConfig};
+use crate::egress::body::ProxyBody;
+use crate::egress::client::{HttpsClient, strip_hop_by_hop};
+use crate::metrics::{Metrics, WebhookLabels, WebhookResultLabels};
+
+pub const EVENT_ID_HEADER: &str = "x-sluice-event-id";
+pub const ATTEMPT_HEADER: &str = "x-sluice-attempt";
+pub const VERIFIED_HEADER: &str = "x-sluice-verified";
+
+pub struct Deliverer {
+    pub integration: Arc<str>,
+    pub webhook: Arc<str>,
+    pub forward_to: Uri,
+    pub config: DeliveryConfig,
+    pub ordering: Option<OrderingConfig>,
+    pub client: HttpsClient,
+    pub metrics: Metrics,
+}
+
+/// A dead letter as stored in `dead/<seq>.json`.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    #[serde(flatten)]
+    pub event: StoredEvent,
+    /// The body, base64.
+    pub body: String,
+    pub attempts: u32,
+    pub last_error: String,
+}
+
+pub fn dead_letter_dir(queue_dir: &std::path::Path) -> PathBuf {
+    queue_dir.join("dead")
+}
+
+impl Deliverer {
+    fn count(&self, result: &'static str) {
+        self.metrics
+            .webhook_deliveries
+            .get_or_create(&WebhookResultLabels {
+                integration: self.integration.clone(),
+                webhook: self.webhook.clone(),
+                result,
+            })
+            .inc();
+    }
+
+    fn request(&self, event: &StoredEvent, attempt: u32) -> Request<ProxyBody> {
+        let mut request = Request::post(self.forward_to.clone())
+            .body(ProxyBody::full(event.body.clone()))
+            .expect("a POST to a valid URI builds");
+        let headers = request.headers_mut();
+        for (name, value) in event.header_pairs() {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_bytes(&value),
+            ) {
+                headers.append(name, value);
+            }
+        }
+        strip_hop_by_hop(headers);
+        headers.remove(http::header::HOST);
+        headers.remove(http::header::CONTENT_LENGTH);
+        if let Ok(id) = HeaderValue::from_str(&event.id) {
+            headers.insert(EVENT_ID_HEADER, id);
+        }
+        headers.insert(ATTEMPT_HEADER, HeaderValue::from(attempt));
+        if let Ok(scheme) = HeaderValue::from_str(&event.verified_by) {
+            headers.insert(VERIFIED_HEADER, scheme);
+        }
+        request
+    }
+
+    /// One attempt: Ok when the app answered 2xx.
+    async fn attempt(&self, event: &StoredEvent, attempt: u32) -> Result<(), String> {
+        let send = async {
+            let response = self
+                .client
+                .request(self.request(event, attempt))
+                .await
+                .map_err(|e| format!("sending to the app failed: {e}"))?;
+            let status = response.status();
+            // Drain the body so the connection can be reused.
+            let _ = response.into_body().collect().await;
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(format!("the app answered {status}"))
+            }
+        };
+        tokio::time::timeout(self.config.timeout.get(), send)
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "no answer from the app within {}",
+                    self.config.timeout
+                ))
+            })
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let b = &self.config.backoff;
+        let base = b.initial.get().as_secs_f64()
+            * b.multiplier.max(1.0).powi(attempt.saturating_sub(1) as i32);
+        let capped = base.min(b.max.get().as_secs_f64());
+        let factor = 1.0 + b.jitter.clamp(0.0, 1.0) * (fastrand::f64() * 2.0 - 1.0);
+        Duration::from_secs_f64((capped * factor).max(0.0))
+    }
+
+    fn dead_letter(
+        &self,
+        queue_dir: &std::path::Path,
+        event: &StoredEvent,
+        attempts: u32,
+        last_error: String,
+    ) -> std::io::Result<()> {
+        use base64::Engine;
+        let letter = DeadLetter {
+            event: event.clone(),
+            body: base64::engine::general_purpose::STANDARD.encode(&event.body),
+            attempts,
+            last_error,
+        };
+        let dir = dead_letter_dir(queue_dir);
+        let tmp = dir.join(format!(".{}.tmp", event.seq));
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(&letter).expect("dead letter serializes"),
+        )?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, dir.join(format!("{:020}.json", event.seq)))
+    }
+
+    /// Runs until `stop` turns true or the queue closes.
+    pub async fn run(self, mut reader: QueueReader, mut stop: watch::Receiver<bool>) {
+        let mut guard = self.ordering.clone().map(OrderingGuard::new);
+        let spacing = Duration::from_secs_f64(1.0 / self.config.rate_per_second.max(0.001));
+        let mut next_slot = Instant::now();
+        let depth = self
+            .metrics
+            .webhook_queue_depth
+            .get_or_create(&WebhookLabels {
+                integration: self.integration.clone(),
+                webhook: self.webhook.clone(),
+            })
+            .clone();
+        let stats = reader.stats();
+        loop {
+            let pending = stats
+                .last_seq
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .saturating_sub(stats.cursor.load(std::sync::atomic::Ordering::Relaxed));
+            depth.set(pending as i64);
+            let event = tokio::select! {
+                event = reader.next() => match event { Some(e) => e, None => return },
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            if let Some(guard) = guard.as_mut()
+                && let Verdict::OutOfOrder(reason) = guard.check(&event.body)
+            {
+                tracing::warn!(integration = %self.integration, webhook = %self.webhook, event_id = %event.id, %reason, "webhook not delivered: out of order");
+                self.count("out_of_order");
+                if let Err(error) = reader.ack(event.seq) {
+                    tracing::error!(%error, "recording webhook progress failed");
+                }
+                continue;
+            }
+            let mut attempt = 1;
+            let outcome = loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next_slot) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                next_slot = next_slot.max(Instant::now() - spacing) + spacing;
+                match self.attempt(&event, attempt).await {
+                    Ok(()) => break Ok(()),
+                    Err(error) if attempt >= self.config.max_attempts => {
+                        break Err((attempt, error));
+                    }
+                    Err(error) => {
+                        self.count("retry");
+                        tracing::info!(integration = %self.integration, webhook = %self.webhook, event_id = %event.id, attempt, %error, "webhook delivery failed; retrying");
+                        let wait = self.backoff(attempt);
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = stop.wait_for(|s| *s) => return,
+                        }
+                        attempt += 1;
+                    }
+                }
+            };
+            match outcome {
+                Ok(()) => self.count("delivered"),
+                Err((attempts, error)) if self.config.dead_letter => {
+                    tracing::warn!(integration = %self.integration, webhook = %self.webhook, event_id = %event.id, attempts, %error, "webhook dead-lettered");
+                    if let Err(io) = self.dead_letter(reader.dir(), &event, attempts, error) {
+                        // Keep it in the queue rather than lose it.
+                        tracing::error!(error = %io, "writing a dead letter failed; will retry the event");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                    self.count("dead_letter");
+                }
+                Err((attempts, error)) => {
+                    tracing::warn!(integration = %self.integration, webhook = %self.webhook, event_id = %event.id, attempts, %error, "webhook dropped after its last attempt (deadLetter: false)");
+                    self.count("dropped");
+                }
+            }
+            if let Err(error) = reader.ack(event.seq) {
+                tracing::error!(%error, "recording webhook progress failed");
+            }
+        }
+    }
+}
+
+/// Reads the dead letters of a queue directory, oldest first.
+pub fn list_dead_letters(queue_dir: &std::path::Path) -> std::io::Result<Vec<DeadLetter>> {
+    let mut letters = Vec::new();
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dead_letter_dir(queue_dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let letter: DeadLetter = serde_json::from_slice(&std::fs::read(&path)?).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            )
+        })?;
+        letters.push(letter);
+    }
+    Ok(letters)
+}
+
+impl DeadLetter {
+    pub fn body_bytes(&self) -> Bytes {
+        use base64::Engine;
+        Bytes::from(
+            base64::engine::general_purpose::STANDARD
+                .decode(&self.body)
+                .unwrap_or_default(),
+        )
+    }
+}
