@@ -18,7 +18,7 @@ use super::queue::{QueueReader, StoredEvent};
 use crate::config::{DeliveryConfig, OrderingConfig};
 use crate::egress::body::ProxyBody;
 use crate::egress::client::{HttpsClient, strip_hop_by_hop};
-use crate::metrics::{Metrics, WebhookLabels, WebhookResultLabels};
+use crate::metrics::{Metrics, WebhookResultLabels};
 
 pub const EVENT_ID_HEADER: &str = "x-sluice-event-id";
 pub const ATTEMPT_HEADER: &str = "x-sluice-attempt";
@@ -153,21 +153,7 @@ impl Deliverer {
         let mut guard = self.ordering.clone().map(OrderingGuard::new);
         let spacing = Duration::from_secs_f64(1.0 / self.config.rate_per_second.max(0.001));
         let mut next_slot = Instant::now();
-        let depth = self
-            .metrics
-            .webhook_queue_depth
-            .get_or_create(&WebhookLabels {
-                integration: self.integration.clone(),
-                webhook: self.webhook.clone(),
-            })
-            .clone();
-        let stats = reader.stats();
         loop {
-            let pending = stats
-                .last_seq
-                .load(std::sync::atomic::Ordering::Relaxed)
-                .saturating_sub(stats.cursor.load(std::sync::atomic::Ordering::Relaxed));
-            depth.set(pending as i64);
             let event = tokio::select! {
                 event = reader.next() => match event { Some(e) => e, None => return },
                 _ = stop.wait_for(|s| *s) => return,

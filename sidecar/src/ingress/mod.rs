@@ -321,7 +321,10 @@ fn open_endpoint(
         &dir,
         config.max_queue_bytes,
         now_ms(),
-        metrics.webhook_fsyncs.get_or_create(&labels).clone(),
+        queue::QueueMetrics {
+            fsyncs: metrics.webhook_fsyncs.get_or_create(&labels).clone(),
+            depth: metrics.webhook_queue_depth.get_or_create(&labels).clone(),
+        },
     )
     .map_err(|source| IngressError::State {
         dir: dir.clone(),

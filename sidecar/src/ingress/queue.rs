@@ -30,6 +30,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -209,6 +210,14 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// The metric handles a queue keeps current.
+#[derive(Clone, Default)]
+pub struct QueueMetrics {
+    pub fsyncs: Counter,
+    /// Accepted events not yet delivered (or dead-lettered).
+    pub depth: Gauge,
+}
+
 /// Everything recovered from a queue directory at start.
 pub struct Recovered {
     pub pending: u64,
@@ -221,7 +230,7 @@ pub fn open(
     dir: &Path,
     max_bytes: u64,
     now_ms: u64,
-    fsync_metric: Counter,
+    metrics: QueueMetrics,
 ) -> io::Result<(QueueWriter, QueueReader, Recovered)> {
     fs::create_dir_all(dir.join("dead"))?;
     let cursor = read_cursor(dir)?;
@@ -252,6 +261,7 @@ pub fn open(
         bytes += good;
     }
     let dedup = load_dedup(dir, now_ms)?;
+    metrics.depth.set(pending as i64);
     let stats = Arc::new(QueueStats::default());
     stats.bytes.store(bytes, Ordering::Relaxed);
     stats.cursor.store(cursor, Ordering::Relaxed);
@@ -268,7 +278,7 @@ pub fn open(
             .open(dir.join("dedup.log"))?,
         stats: stats.clone(),
         committed: committed_tx,
-        fsync_metric,
+        metrics: metrics.clone(),
     };
     std::thread::Builder::new()
         .name("sluice-queue-writer".into())
@@ -280,6 +290,7 @@ pub fn open(
         stats: stats.clone(),
         current: None,
         cursor_file_lock: Arc::new(Mutex::new(())),
+        depth: metrics.depth,
     };
     Ok((
         QueueWriter {
@@ -335,7 +346,7 @@ struct WriterState {
     dedup_log: File,
     stats: Arc<QueueStats>,
     committed: watch::Sender<Committed>,
-    fsync_metric: Counter,
+    metrics: QueueMetrics,
 }
 
 impl WriterState {
@@ -390,7 +401,7 @@ impl WriterState {
         file.sync_data()?;
         *size += buffer.len() as u64;
         self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-        self.fsync_metric.inc();
+        self.metrics.fsyncs.inc();
         self.stats
             .bytes
             .fetch_add(buffer.len() as u64, Ordering::Relaxed);
@@ -411,6 +422,8 @@ fn writer_thread(mut state: WriterState, mut rx: mpsc::Receiver<Append>) {
         if result.is_ok() {
             let last = state.next_seq - 1;
             state.stats.last_seq.store(last, Ordering::Relaxed);
+            let cursor = state.stats.cursor.load(Ordering::Relaxed);
+            state.metrics.depth.set(last.saturating_sub(cursor) as i64);
             state.committed.send_replace(Committed { last_seq: last });
         } else {
             // Nothing of this batch is acknowledged; a partial write is a torn
@@ -436,6 +449,7 @@ pub struct QueueReader {
     /// The open segment: its first seq, the file, and the read offset.
     current: Option<(u64, File, u64)>,
     cursor_file_lock: Arc<Mutex<()>>,
+    depth: Gauge,
 }
 
 impl QueueReader {
@@ -525,6 +539,8 @@ impl QueueReader {
     pub fn ack(&mut self, seq: u64) -> io::Result<()> {
         self.cursor = seq;
         self.stats.cursor.store(seq, Ordering::Relaxed);
+        let last = self.stats.last_seq.load(Ordering::Relaxed);
+        self.depth.set(last.saturating_sub(seq) as i64);
         let _guard = self.cursor_file_lock.lock().expect("cursor lock");
         let tmp = self.dir.join("cursor.tmp");
         fs::write(&tmp, seq.to_string())?;
@@ -579,7 +595,7 @@ mod tests {
     async fn appends_survive_reopen_and_the_cursor_skips_delivered() {
         let dir = temp("reopen");
         {
-            let (writer, mut reader, _) = open(&dir, 1 << 30, 0, Counter::default()).unwrap();
+            let (writer, mut reader, _) = open(&dir, 1 << 30, 0, QueueMetrics::default()).unwrap();
             for i in 0..5 {
                 let seq = writer
                     .append(event(&format!("e{i}"), "body"), Some(u64::MAX))
@@ -594,7 +610,8 @@ mod tests {
             );
             reader.ack(2).unwrap();
         }
-        let (writer, mut reader, recovered) = open(&dir, 1 << 30, 0, Counter::default()).unwrap();
+        let (writer, mut reader, recovered) =
+            open(&dir, 1 << 30, 0, QueueMetrics::default()).unwrap();
         assert_eq!(recovered.pending, 3);
         assert_eq!(recovered.dedup.len(), 5);
         assert_eq!(reader.next().await.unwrap().seq, 3);
@@ -607,7 +624,7 @@ mod tests {
     async fn a_torn_tail_is_dropped_on_recovery() {
         let dir = temp("torn");
         {
-            let (writer, _, _) = open(&dir, 1 << 30, 0, Counter::default()).unwrap();
+            let (writer, _, _) = open(&dir, 1 << 30, 0, QueueMetrics::default()).unwrap();
             writer.append(event("a", "x"), None).await.unwrap();
             writer.append(event("b", "y"), None).await.unwrap();
         }
@@ -615,7 +632,7 @@ mod tests {
         let mut file = OpenOptions::new().append(true).open(&path).unwrap();
         file.write_all(&[200, 0, 0, 0, 1, 2]).unwrap();
         drop(file);
-        let (_, mut reader, recovered) = open(&dir, 1 << 30, 0, Counter::default()).unwrap();
+        let (_, mut reader, recovered) = open(&dir, 1 << 30, 0, QueueMetrics::default()).unwrap();
         assert_eq!(recovered.pending, 2);
         assert_eq!(reader.next().await.unwrap().id, "a");
         assert_eq!(reader.next().await.unwrap().id, "b");
@@ -625,7 +642,7 @@ mod tests {
     #[tokio::test]
     async fn full_queue_refuses() {
         let dir = temp("full");
-        let (writer, _, _) = open(&dir, 100, 0, Counter::default()).unwrap();
+        let (writer, _, _) = open(&dir, 100, 0, QueueMetrics::default()).unwrap();
         writer.append(event("a", "0123456789"), None).await.unwrap();
         let error = writer
             .append(event("b", "0123456789"), None)
@@ -638,7 +655,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_appends_share_fsyncs() {
         let dir = temp("group");
-        let (writer, _, _) = open(&dir, 1 << 30, 0, Counter::default()).unwrap();
+        let (writer, _, _) = open(&dir, 1 << 30, 0, QueueMetrics::default()).unwrap();
         let tasks: Vec<_> = (0..200)
             .map(|i| {
                 let w = writer.clone();
