@@ -11,10 +11,11 @@ use std::path::PathBuf;
 
 use sluice_sidecar::config::{
     self as sidecar, AuthConfig, BackoffConfig, CacheConfig, CacheRule, CircuitBreakerConfig,
-    DEFAULT_ADMIN_PORT, DEFAULT_EGRESS_PORT, DEFAULT_WEBHOOK_PORT, Duration, EndpointConfig,
-    IdempotencyConfig, IntegrationConfig, PreviousSecret, QueueConfig, RateLimitConfig,
-    RequestMatch, RetryBudgetConfig, RetryConfig, SecretFile, Timestamp, UpstreamConfig,
-    WhenExceeded, defaults,
+    DEFAULT_ADMIN_PORT, DEFAULT_EGRESS_PORT, DEFAULT_WEBHOOK_PORT, DedupConfig, DeliveryConfig,
+    Duration, EndpointConfig, IdempotencyConfig, IntegrationConfig, OrderingConfig, PreviousSecret,
+    QueueConfig, RateLimitConfig, RequestMatch, RetryBudgetConfig, RetryConfig, SecretFile,
+    StateOrder, Timestamp, UpstreamConfig, VerifyConfig, WebhookConfig, WebhookScheme,
+    WebhookSecret, WhenExceeded, defaults,
 };
 use sluice_sidecar::egress::route::PathPattern;
 
@@ -547,6 +548,8 @@ pub fn compile(
         ..CacheConfig::default()
     };
 
+    let webhooks = compile_webhooks(&mut errors, secrets, &spec.webhooks);
+
     if !errors.0.is_empty() {
         return Err(CompileErrors(errors.0));
     }
@@ -568,8 +571,200 @@ pub fn compile(
         retry,
         circuit_breaker,
         cache,
-        webhooks: Vec::new(),
+        webhooks,
     })
+}
+
+fn check_pointer(errors: &mut Errors, path: &str, pointer: &str) {
+    if !pointer.starts_with('/') {
+        errors.add(
+            path,
+            format!(
+                "{pointer:?} is not a JSON pointer (they start with '/', e.g. /data/object/id)"
+            ),
+        );
+    }
+}
+
+fn compile_webhooks(
+    errors: &mut Errors,
+    secrets: &dyn SecretPaths,
+    specs: &[crate::resource::WebhookSpec],
+) -> Vec<WebhookConfig> {
+    let mut names = HashSet::new();
+    let mut paths = HashSet::new();
+    specs
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let path = format!("spec.webhooks[{i}]");
+            if !is_dns_label(&w.name) {
+                errors.add(
+                    format!("{path}.name"),
+                    format!("{:?} must be a DNS label", w.name),
+                );
+            }
+            if !names.insert(w.name.as_str()) {
+                errors.add(
+                    format!("{path}.name"),
+                    format!("{:?} is used by an earlier webhook", w.name),
+                );
+            }
+            if !w.path.starts_with('/') || w.path.contains(['?', '#', '*']) {
+                errors.add(
+                    format!("{path}.path"),
+                    format!("{:?} must be a plain path starting with '/'", w.path),
+                );
+            }
+            if !paths.insert(w.path.as_str()) {
+                errors.add(
+                    format!("{path}.path"),
+                    format!("{:?} is used by an earlier webhook", w.path),
+                );
+            }
+            check_url(errors, &format!("{path}.forwardTo"), &w.forward_to);
+            let v = &w.verify;
+            if v.secrets.is_empty() {
+                errors.add(
+                    format!("{path}.verify.secrets"),
+                    "list at least one secret: unsigned webhooks are never accepted",
+                );
+            }
+            let generic = v.scheme == WebhookScheme::HmacSha256;
+            if generic && v.header.is_none() {
+                errors.add(
+                    format!("{path}.verify.header"),
+                    "is required for scheme HmacSha256",
+                );
+            }
+            if !generic && (v.header.is_some() || v.encoding.is_some() || v.prefix.is_some()) {
+                errors.add(
+                    format!("{path}.verify"),
+                    "header, encoding and prefix apply only to scheme HmacSha256",
+                );
+            }
+            if let Some(header) = &v.header
+                && !is_token(header)
+            {
+                errors.add(
+                    format!("{path}.verify.header"),
+                    format!("{header:?} is not a header name"),
+                );
+            }
+            positive(errors, &format!("{path}.verify.tolerance"), v.tolerance);
+            if let Some(p) = &w.id_pointer {
+                check_pointer(errors, &format!("{path}.idPointer"), p);
+            }
+            if let Some(o) = &w.ordering {
+                check_pointer(
+                    errors,
+                    &format!("{path}.ordering.objectPointer"),
+                    &o.object_pointer,
+                );
+                if let Some(p) = &o.timestamp_pointer {
+                    check_pointer(errors, &format!("{path}.ordering.timestampPointer"), p);
+                }
+                if let Some(states) = &o.states {
+                    check_pointer(
+                        errors,
+                        &format!("{path}.ordering.states.pointer"),
+                        &states.pointer,
+                    );
+                    if states.order.len() < 2 {
+                        errors.add(
+                            format!("{path}.ordering.states.order"),
+                            "name at least two states in their order",
+                        );
+                    }
+                }
+                if o.timestamp_pointer.is_none() && o.states.is_none() {
+                    errors.add(
+                        format!("{path}.ordering"),
+                        "set timestampPointer, states, or both: otherwise nothing is ordered",
+                    );
+                }
+            }
+            let base = DeliveryConfig::default();
+            let d = w.delivery.clone();
+            let delivery = DeliveryConfig {
+                rate_per_second: d
+                    .as_ref()
+                    .and_then(|d| d.rate_per_second)
+                    .unwrap_or(base.rate_per_second),
+                max_attempts: d
+                    .as_ref()
+                    .and_then(|d| d.max_attempts)
+                    .unwrap_or(base.max_attempts),
+                dead_letter: d
+                    .as_ref()
+                    .and_then(|d| d.dead_letter)
+                    .unwrap_or(base.dead_letter),
+                timeout: d.as_ref().and_then(|d| d.timeout).unwrap_or(base.timeout),
+                backoff: base.backoff,
+            };
+            if !(delivery.rate_per_second > 0.0 && delivery.rate_per_second <= 100_000.0) {
+                errors.add(
+                    format!("{path}.delivery.ratePerSecond"),
+                    format!("{} is not in (0, 100000]", delivery.rate_per_second),
+                );
+            }
+            if !(1..=100).contains(&delivery.max_attempts) {
+                errors.add(
+                    format!("{path}.delivery.maxAttempts"),
+                    format!("{} is not between 1 and 100", delivery.max_attempts),
+                );
+            }
+            positive(
+                errors,
+                &format!("{path}.delivery.timeout"),
+                d.as_ref().and_then(|d| d.timeout),
+            );
+            WebhookConfig {
+                name: w.name.clone(),
+                path: w.path.clone(),
+                forward_to: w.forward_to.clone(),
+                verify: VerifyConfig {
+                    scheme: v.scheme,
+                    secrets: v
+                        .secrets
+                        .iter()
+                        .enumerate()
+                        .map(|(j, s)| WebhookSecret {
+                            secret: secret_file(
+                                errors,
+                                secrets,
+                                &format!("{path}.verify.secrets[{j}].secretRef"),
+                                &s.secret_ref,
+                            ),
+                            not_after: s.not_after,
+                        })
+                        .collect(),
+                    tolerance: v.tolerance.unwrap_or_else(defaults::webhook_tolerance),
+                    header: v.header.clone(),
+                    encoding: v.encoding.unwrap_or_default(),
+                    prefix: v.prefix.clone(),
+                },
+                dedup: w
+                    .dedup
+                    .as_ref()
+                    .map(|d| DedupConfig { ttl: d.ttl })
+                    .unwrap_or_default(),
+                id_pointer: w
+                    .id_pointer
+                    .clone()
+                    .or_else(|| (v.scheme == WebhookScheme::Stripe).then(|| "/id".to_owned())),
+                ordering: w.ordering.as_ref().map(|o| OrderingConfig {
+                    object_pointer: o.object_pointer.clone(),
+                    timestamp_pointer: o.timestamp_pointer.clone(),
+                    states: o.states.as_ref().map(|s| StateOrder {
+                        pointer: s.pointer.clone(),
+                        order: s.order.clone(),
+                    }),
+                }),
+                delivery,
+            }
+        })
+        .collect()
 }
 
 fn compile_retry(

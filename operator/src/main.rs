@@ -10,7 +10,9 @@ use sluice_operator::compile::{
     self, MountedSecrets, POD_SECRETS_ROOT, SecretPaths, check_together,
 };
 use sluice_operator::manifest::{LocalSecrets, Manifests};
-use sluice_sidecar::config::{AdminConfig, IntegrationConfig, SidecarConfig, defaults};
+use sluice_sidecar::config::{
+    AdminConfig, IngressConfig, IntegrationConfig, SidecarConfig, defaults,
+};
 use sluice_sidecar::{Sidecar, runtime};
 
 #[derive(Parser)]
@@ -36,6 +38,12 @@ enum Command {
         /// Where /metrics, /healthz, /readyz and /config are served.
         #[arg(long, default_value = "127.0.0.1:15090")]
         admin_listen: SocketAddr,
+        /// Where providers post webhooks (when an integration has `webhooks`).
+        #[arg(long, default_value = "127.0.0.1:15080")]
+        webhook_listen: SocketAddr,
+        /// Webhook queues, de-duplication ids and dead letters.
+        #[arg(long, default_value = ".sluice/state")]
+        state_dir: PathBuf,
     },
     /// Print the compiled sidecar config, as a pod would get it.
     Render {
@@ -46,6 +54,11 @@ enum Command {
         secrets_root: PathBuf,
         #[arg(long, default_value = "0.0.0.0:15090")]
         admin_listen: SocketAddr,
+        #[arg(long, default_value = "0.0.0.0:15080")]
+        webhook_listen: SocketAddr,
+        /// The pod volume for webhook state.
+        #[arg(long, default_value = "/var/run/sluice/state")]
+        state_dir: PathBuf,
     },
     /// Validate manifests with the same rules as the cluster.
     Check {
@@ -54,6 +67,44 @@ enum Command {
     },
     /// Print the ProviderIntegration CRD.
     Crd,
+    /// Webhook dead letters: list, show, replay.
+    Webhooks {
+        #[command(subcommand)]
+        command: WebhooksCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum WebhooksCommand {
+    /// List dead letters (events that exhausted their delivery attempts).
+    DeadLetters {
+        #[command(flatten)]
+        source: DeadLetterSource,
+    },
+    /// Print one dead letter: headers, body and the last error.
+    Show {
+        /// INTEGRATION/WEBHOOK/SEQ, as `dead-letters` lists them.
+        letter: String,
+        #[command(flatten)]
+        source: DeadLetterSource,
+    },
+    /// Queue a dead letter for delivery again (through the running sidecar).
+    Replay {
+        letter: String,
+        /// The sidecar's admin address (port-forward it from a pod).
+        #[arg(long, default_value = "127.0.0.1:15090")]
+        admin: SocketAddr,
+    },
+}
+
+#[derive(clap::Args)]
+struct DeadLetterSource {
+    /// The sidecar's admin address (port-forward it from a pod).
+    #[arg(long, default_value = "127.0.0.1:15090")]
+    admin: SocketAddr,
+    /// Read the state directory instead of asking a running sidecar.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -118,6 +169,14 @@ fn compile_manifests(
     Ok(compiled)
 }
 
+fn ingress(listen: SocketAddr, state_dir: PathBuf) -> IngressConfig {
+    IngressConfig {
+        listen,
+        state_dir,
+        ..IngressConfig::default()
+    }
+}
+
 fn namespace_of(pi: &sluice_operator::ProviderIntegration) -> String {
     pi.metadata
         .namespace
@@ -127,6 +186,7 @@ fn namespace_of(pi: &sluice_operator::ProviderIntegration) -> String {
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Webhooks { command } => webhooks::run(command),
         Command::Crd => {
             print!("{}", sluice_operator::crd_yaml());
             Ok(ExitCode::SUCCESS)
@@ -162,6 +222,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             files,
             secrets_root,
             admin_listen,
+            webhook_listen,
+            state_dir,
         } => {
             let compiled = compile_all(&files, &MountedSecrets { root: secrets_root })?;
             let config = SidecarConfig {
@@ -170,7 +232,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 },
                 drain_timeout: defaults::drain_timeout(),
                 integrations: compiled.into_iter().map(|(_, c)| c).collect(),
-                ingress: Default::default(),
+                ingress: ingress(webhook_listen, state_dir),
             };
             print!("{}", config.to_yaml());
             Ok(ExitCode::SUCCESS)
@@ -179,6 +241,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             files,
             secrets_dir,
             admin_listen,
+            webhook_listen,
+            state_dir,
         } => {
             runtime::init_logging();
             let manifests = Manifests::load(&files).map_err(report_manifest_errors)?;
@@ -196,7 +260,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 },
                 drain_timeout: defaults::drain_timeout(),
                 integrations: compiled.into_iter().map(|(_, c)| c).collect(),
-                ingress: Default::default(),
+                ingress: ingress(webhook_listen, state_dir),
             };
             let summary: Vec<String> = config
                 .integrations
@@ -212,6 +276,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 for line in &summary {
                     println!("{line}");
                 }
+                if let Some(addr) = sidecar.ingress_addr {
+                    println!("webhooks: http://{addr}");
+                }
                 println!("admin: http://{}/metrics", sidecar.admin_addr);
                 runtime::termination_signal().await;
                 sidecar.shutdown().await;
@@ -220,5 +287,172 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `sluice webhooks ...`: dead letters through the admin port or the state dir.
+mod webhooks {
+    use std::path::Path;
+
+    use anyhow::{Context, bail};
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use sluice_sidecar::admin::DeadLetterSummary;
+    use sluice_sidecar::ingress::deliver::{DeadLetter, list_dead_letters};
+
+    use super::{ExitCode, WebhooksCommand};
+
+    pub fn run(command: WebhooksCommand) -> anyhow::Result<ExitCode> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            match command {
+                WebhooksCommand::DeadLetters { source } => {
+                    let letters = match &source.state_dir {
+                        Some(dir) => from_state_dir(dir)?,
+                        None => {
+                            let (status, body) =
+                                call(source.admin, "GET", "/webhooks/dead-letters").await?;
+                            expect_ok(status, &body)?;
+                            serde_json::from_slice::<Vec<DeadLetterSummary>>(&body)?
+                        }
+                    };
+                    if letters.is_empty() {
+                        println!("no dead letters");
+                    }
+                    for l in letters {
+                        println!(
+                            "{}/{}/{}\tid={}\tattempts={}\t{}",
+                            l.integration, l.webhook, l.seq, l.id, l.attempts, l.last_error
+                        );
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                WebhooksCommand::Show { letter, source } => {
+                    let (integration, webhook, seq) = parse_letter(&letter)?;
+                    let text = match &source.state_dir {
+                        Some(dir) => {
+                            let file =
+                                sluice_sidecar::ingress::queue_dir(dir, integration, webhook)
+                                    .join("dead")
+                                    .join(format!("{seq:020}.json"));
+                            std::fs::read_to_string(&file)
+                                .with_context(|| format!("reading {}", file.display()))?
+                        }
+                        None => {
+                            let (status, body) = call(
+                                source.admin,
+                                "GET",
+                                &format!("/webhooks/dead-letters/{integration}/{webhook}/{seq}"),
+                            )
+                            .await?;
+                            expect_ok(status, &body)?;
+                            String::from_utf8_lossy(&body).into_owned()
+                        }
+                    };
+                    let letter: DeadLetter =
+                        serde_json::from_str(&text).context("not a dead letter")?;
+                    println!(
+                        "event {} (seq {}), verified by {}, {} attempts",
+                        letter.event.id,
+                        letter.event.seq,
+                        letter.event.verified_by,
+                        letter.attempts
+                    );
+                    println!("last error: {}", letter.last_error);
+                    for (name, value) in letter.event.header_pairs() {
+                        println!("{name}: {}", String::from_utf8_lossy(&value));
+                    }
+                    println!();
+                    println!("{}", String::from_utf8_lossy(&letter.body_bytes()));
+                    Ok(ExitCode::SUCCESS)
+                }
+                WebhooksCommand::Replay { letter, admin } => {
+                    let (integration, webhook, seq) = parse_letter(&letter)?;
+                    let (status, body) = call(
+                        admin,
+                        "POST",
+                        &format!("/webhooks/dead-letters/{integration}/{webhook}/{seq}/replay"),
+                    )
+                    .await?;
+                    expect_ok(status, &body)?;
+                    println!("queued again: {}", String::from_utf8_lossy(&body).trim());
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        })
+    }
+
+    fn parse_letter(letter: &str) -> anyhow::Result<(&str, &str, u64)> {
+        match letter.split('/').collect::<Vec<_>>().as_slice() {
+            [integration, webhook, seq] => Ok((
+                integration,
+                webhook,
+                seq.parse().context("SEQ must be a number")?,
+            )),
+            _ => bail!(
+                "{letter:?}: expected INTEGRATION/WEBHOOK/SEQ, as `sluice webhooks dead-letters` lists them"
+            ),
+        }
+    }
+
+    fn from_state_dir(dir: &Path) -> anyhow::Result<Vec<DeadLetterSummary>> {
+        let root = dir.join("webhooks");
+        let mut all = Vec::new();
+        for entry in
+            std::fs::read_dir(&root).with_context(|| format!("reading {}", root.display()))?
+        {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some((integration, webhook)) = name.split_once('.') else {
+                continue;
+            };
+            for l in list_dead_letters(&entry.path())? {
+                all.push(DeadLetterSummary {
+                    integration: integration.to_owned(),
+                    webhook: webhook.to_owned(),
+                    seq: l.event.seq,
+                    id: l.event.id,
+                    received_at_ms: l.event.received_at_ms,
+                    attempts: l.attempts,
+                    last_error: l.last_error,
+                });
+            }
+        }
+        all.sort_by_key(|l| l.received_at_ms);
+        Ok(all)
+    }
+
+    fn expect_ok(status: u16, body: &[u8]) -> anyhow::Result<()> {
+        if (200..300).contains(&status) {
+            Ok(())
+        } else {
+            bail!(
+                "the sidecar answered {status}: {}",
+                String::from_utf8_lossy(body).trim()
+            )
+        }
+    }
+
+    async fn call(
+        admin: std::net::SocketAddr,
+        method: &str,
+        path: &str,
+    ) -> anyhow::Result<(u16, Bytes)> {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Full<Bytes>>();
+        let request = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{admin}{path}"))
+            .body(Full::new(Bytes::new()))?;
+        let response =
+            tokio::time::timeout(std::time::Duration::from_secs(10), client.request(request))
+                .await
+                .context("the sidecar did not answer within 10s")?
+                .with_context(|| format!("cannot reach the sidecar's admin port at {admin}"))?;
+        let status = response.status().as_u16();
+        Ok((status, response.into_body().collect().await?.to_bytes()))
     }
 }

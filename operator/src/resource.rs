@@ -47,6 +47,99 @@ pub struct ProviderIntegrationSpec {
     /// Response caching for matched GET endpoints.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cache: Vec<CacheSpec>,
+    /// Webhooks the provider sends: verified, de-duplicated, durably queued
+    /// and delivered to the app.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<WebhookSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebhookSpec {
+    pub name: String,
+    /// Path on the sidecar's webhook port (15080) the provider posts to.
+    pub path: String,
+    /// Where verified events go, e.g. `http://127.0.0.1:8080/hooks/carrier`.
+    pub forward_to: String,
+    pub verify: WebhookVerifySpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup: Option<WebhookDedupSpec>,
+    /// JSON pointer to the event id for schemes without an id header (Stripe: `/id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_pointer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordering: Option<WebhookOrderingSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<WebhookDeliverySpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebhookVerifySpec {
+    pub scheme: sluice_sidecar::config::WebhookScheme,
+    /// Several while a secret is rotated: each may stop at `notAfter`.
+    pub secrets: Vec<WebhookSecretSpec>,
+    /// How far a signed timestamp may be from now, either way (default 5m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerance: Option<Duration>,
+    /// HmacSha256 only: the header with the signature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// HmacSha256 only: Hex (default) or Base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<sluice_sidecar::config::SignatureEncoding>,
+    /// HmacSha256 only: text before the signature, e.g. `sha256=`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebhookSecretSpec {
+    pub secret_ref: SecretKeyRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<Timestamp>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebhookDedupSpec {
+    /// How long an event id is remembered (default 72h).
+    pub ttl: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebhookOrderingSpec {
+    pub object_pointer: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp_pointer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub states: Option<WebhookStatesSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebhookStatesSpec {
+    pub pointer: String,
+    pub order: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebhookDeliverySpec {
+    /// Default 50.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_per_second: Option<f64>,
+    /// Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// Keep events that exhausted their attempts (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<bool>,
+    /// Per attempt (default 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

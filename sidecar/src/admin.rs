@@ -1,9 +1,13 @@
-//! The admin port: `/metrics`, `/healthz`, `/readyz` and `/config`.
+//! The admin port: `/metrics`, `/healthz`, `/readyz`, `/config`, and the
+//! webhook dead letters.
 //!
 //! It serves no secret: the config holds secret file paths, never values.
+//! Dead letters hold provider payloads, so `/webhooks/...` answers only
+//! requests from loopback (`kubectl exec` or `kubectl port-forward`).
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +19,9 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 
 use crate::config::SidecarConfig;
+use crate::ingress::Endpoint;
+use crate::ingress::Ingress;
+use crate::ingress::deliver::{DeadLetter, dead_letter_dir, list_dead_letters};
 use crate::metrics::Metrics;
 
 /// Readiness: true once every listener is bound and every secret loaded.
@@ -35,14 +42,175 @@ pub struct AdminService {
     metrics: Metrics,
     config: Arc<SidecarConfig>,
     ready: Readiness,
+    ingress: Option<Arc<Ingress>>,
+    from_loopback: bool,
+}
+
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(
+            serde_json::to_vec_pretty(value).expect("admin answers serialize"),
+        )))
+        .expect("static parts are valid")
+}
+
+/// One line of `GET /webhooks/dead-letters`.
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetterSummary {
+    pub integration: String,
+    pub webhook: String,
+    pub seq: u64,
+    pub id: String,
+    pub received_at_ms: u64,
+    pub attempts: u32,
+    pub last_error: String,
 }
 
 impl AdminService {
-    pub fn new(metrics: Metrics, config: Arc<SidecarConfig>, ready: Readiness) -> Self {
+    pub fn new(
+        metrics: Metrics,
+        config: Arc<SidecarConfig>,
+        ready: Readiness,
+        ingress: Option<Arc<Ingress>>,
+    ) -> Self {
         Self {
             metrics,
             config,
             ready,
+            ingress,
+            from_loopback: false,
+        }
+    }
+
+    /// The service for one connection.
+    pub fn for_peer(&self, peer: SocketAddr) -> Self {
+        Self {
+            from_loopback: peer.ip().is_loopback(),
+            ..self.clone()
+        }
+    }
+
+    fn endpoint(&self, integration: &str, webhook: &str) -> Option<Arc<Endpoint>> {
+        self.ingress
+            .as_ref()?
+            .endpoints()
+            .find(|e| &*e.integration == integration && &*e.webhook == webhook)
+            .cloned()
+    }
+
+    async fn dead_letters(&self, method: &Method, path: &str) -> Response<Full<Bytes>> {
+        if !self.from_loopback {
+            return json(
+                StatusCode::FORBIDDEN,
+                &serde_json::json!({"error": "dead letters are served to loopback only: use kubectl port-forward or exec"}),
+            );
+        }
+        let Some(ingress) = &self.ingress else {
+            return json(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({"error": "no webhooks are configured"}),
+            );
+        };
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match (method, parts.as_slice()) {
+            (&Method::GET, ["webhooks", "dead-letters"]) => {
+                let mut all = Vec::new();
+                for endpoint in ingress.endpoints() {
+                    match list_dead_letters(&endpoint.queue_dir) {
+                        Ok(letters) => all.extend(letters.into_iter().map(|l| DeadLetterSummary {
+                            integration: endpoint.integration.to_string(),
+                            webhook: endpoint.webhook.to_string(),
+                            seq: l.event.seq,
+                            id: l.event.id,
+                            received_at_ms: l.event.received_at_ms,
+                            attempts: l.attempts,
+                            last_error: l.last_error,
+                        })),
+                        Err(error) => {
+                            return json(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                &serde_json::json!({"error": error.to_string()}),
+                            );
+                        }
+                    }
+                }
+                all.sort_by_key(|l| l.received_at_ms);
+                json(StatusCode::OK, &all)
+            }
+            (
+                method,
+                [
+                    "webhooks",
+                    "dead-letters",
+                    integration,
+                    webhook,
+                    seq,
+                    rest @ ..,
+                ],
+            ) => {
+                let Some(endpoint) = self.endpoint(integration, webhook) else {
+                    return json(
+                        StatusCode::NOT_FOUND,
+                        &serde_json::json!({"error": format!("no webhook {integration}/{webhook}")}),
+                    );
+                };
+                let Ok(seq) = seq.parse::<u64>() else {
+                    return json(
+                        StatusCode::BAD_REQUEST,
+                        &serde_json::json!({"error": "seq must be a number"}),
+                    );
+                };
+                let file = dead_letter_dir(&endpoint.queue_dir).join(format!("{seq:020}.json"));
+                let letter: DeadLetter =
+                    match std::fs::read(&file).map(|b| serde_json::from_slice(&b)) {
+                        Ok(Ok(letter)) => letter,
+                        Ok(Err(e)) => {
+                            return json(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                &serde_json::json!({"error": e.to_string()}),
+                            );
+                        }
+                        Err(_) => {
+                            return json(
+                                StatusCode::NOT_FOUND,
+                                &serde_json::json!({"error": format!("no dead letter {seq}")}),
+                            );
+                        }
+                    };
+                match (method, rest) {
+                    (&Method::GET, []) => json(StatusCode::OK, &letter),
+                    (&Method::POST, ["replay"]) => {
+                        let body = letter.body_bytes();
+                        let mut event = letter.event;
+                        event.body = body;
+                        // Replays skip de-duplication: the id was already seen.
+                        match endpoint.queue.append(event, None).await {
+                            Ok(new_seq) => {
+                                let _ = std::fs::remove_file(&file);
+                                json(
+                                    StatusCode::ACCEPTED,
+                                    &serde_json::json!({"replayed": seq, "seq": new_seq}),
+                                )
+                            }
+                            Err(e) => json(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                &serde_json::json!({"error": e.to_string()}),
+                            ),
+                        }
+                    }
+                    _ => json(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        &serde_json::json!({"error": "GET a dead letter, or POST .../replay"}),
+                    ),
+                }
+            }
+            _ => json(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({"error": "try GET /webhooks/dead-letters"}),
+            ),
         }
     }
 
@@ -98,6 +266,14 @@ impl tower::Service<Request<Incoming>> for AdminService {
     }
 
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        if request.uri().path().starts_with("/webhooks/") {
+            let this = self.clone();
+            return Box::pin(async move {
+                Ok(this
+                    .dead_letters(request.method(), request.uri().path())
+                    .await)
+            });
+        }
         let response = self.respond(&request);
         Box::pin(async move { Ok(response) })
     }

@@ -85,16 +85,17 @@ impl Sidecar {
             &mut tasks,
         )?;
         let mut ingress_addr = None;
-        if let Some(ingress) = ingress {
+        if let Some(ingress) = &ingress {
             let listener = bind("webhook ingress".into(), config.ingress.listen).await?;
             let addr = listener
                 .local_addr()
                 .expect("bound listener has an address");
             tracing::info!(%addr, "webhook ingress listening");
             ingress_addr = Some(addr);
+            let service = IngressService(ingress.clone());
             tasks.spawn(egress::server::serve(
                 listener,
-                IngressService(ingress),
+                move |_| service.clone(),
                 stopped.clone(),
                 drain,
                 "ingress".into(),
@@ -109,7 +110,7 @@ impl Sidecar {
             egress_addrs.push((name.clone(), addr));
             tasks.spawn(egress::server::serve(
                 listener,
-                service,
+                move |_| service.clone(),
                 stopped.clone(),
                 drain,
                 name,
@@ -118,10 +119,10 @@ impl Sidecar {
         let admin_addr = admin_listener
             .local_addr()
             .expect("bound listener has an address");
-        let admin = AdminService::new(metrics.clone(), Arc::new(config), ready.clone());
+        let admin = AdminService::new(metrics.clone(), Arc::new(config), ready.clone(), ingress);
         tasks.spawn(egress::server::serve(
             admin_listener,
-            admin,
+            move |peer: SocketAddr| admin.for_peer(peer),
             stopped.clone(),
             drain,
             "admin".into(),

@@ -19,10 +19,11 @@ use tower::Service;
 pub type ShutdownSignal = watch::Receiver<bool>;
 
 /// Accepts connections on `listener` until `shutdown`, then waits up to
-/// `drain` for the requests in flight to finish.
-pub async fn serve<S, B>(
+/// `drain` for the requests in flight to finish. `service_for` makes the
+/// service of each connection from the peer's address.
+pub async fn serve<S, B, F>(
     listener: TcpListener,
-    service: S,
+    service_for: F,
     mut shutdown: ShutdownSignal,
     drain: Duration,
     name: String,
@@ -35,6 +36,7 @@ pub async fn serve<S, B>(
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    F: Fn(std::net::SocketAddr) -> S,
 {
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -46,7 +48,7 @@ pub async fn serve<S, B>(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, _peer) = match accepted {
+                let (stream, peer) = match accepted {
                     Ok(accepted) => accepted,
                     Err(error) => {
                         // EMFILE and friends: back off instead of spinning.
@@ -57,7 +59,7 @@ pub async fn serve<S, B>(
                 };
                 let _ = stream.set_nodelay(true);
                 let connection = builder
-                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service.clone()))
+                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service_for(peer)))
                     .into_owned();
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {
