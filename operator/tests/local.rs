@@ -282,3 +282,171 @@ fn local_refuses_a_port_in_use() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+fn post(addr: &str, path: &str, headers: &[(&str, String)], body: &str) -> String {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    write!(stream, "{head}\r\n{body}").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+fn sluice_cli(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn dead_letters_are_listed_shown_and_replayed_with_the_cli() {
+    let app_port = free_port();
+    let (hooks, admin_port) = (free_port(), free_port());
+    let dir = temp_dir("deadletters");
+    let manifest = format!(
+        r#"apiVersion: sluice.dev/v1alpha1
+kind: ProviderIntegration
+metadata: {{name: shop}}
+spec:
+  upstream: {{baseUrl: "http://127.0.0.1:9"}}
+  egress: {{port: {}}}
+  webhooks:
+    - name: orders
+      path: /webhooks/orders
+      forwardTo: http://127.0.0.1:{app_port}/in
+      verify: {{scheme: GitHub, secrets: [{{secretRef: {{name: hook, key: secret}}}}]}}
+      delivery: {{maxAttempts: 1, timeout: 1s}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: hook}}
+stringData: {{secret: hook-secret}}
+"#,
+        free_port()
+    );
+    std::fs::write(dir.join("pi.yaml"), manifest).unwrap();
+    let admin = format!("127.0.0.1:{admin_port}");
+    let state = dir.join("state");
+    let (running, banner) = Running::start(&[
+        "local",
+        dir.join("pi.yaml").to_str().unwrap(),
+        "--admin-listen",
+        &admin,
+        "--webhook-listen",
+        &format!("127.0.0.1:{hooks}"),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    assert!(
+        banner.contains(&format!("webhooks: http://127.0.0.1:{hooks}")),
+        "{banner}"
+    );
+
+    let body = r#"{"order":"o-1","total":42}"#;
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"hook-secret");
+    let tag: String = ring::hmac::sign(&key, body.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let headers = [
+        ("x-hub-signature-256", format!("sha256={tag}")),
+        ("x-github-delivery", "delivery-1".to_owned()),
+    ];
+    let answer = post(
+        &format!("127.0.0.1:{hooks}"),
+        "/webhooks/orders",
+        &headers,
+        body,
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // The app is down: one attempt, then a dead letter.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let listing = loop {
+        let (ok, text) = sluice_cli(&["webhooks", "dead-letters", "--admin", &admin]);
+        assert!(ok, "{text}");
+        if text.contains("shop/orders/1") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no dead letter appeared: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        listing.contains("id=delivery-1") && listing.contains("attempts=1"),
+        "{listing}"
+    );
+    let (ok, shown) = sluice_cli(&["webhooks", "show", "shop/orders/1", "--admin", &admin]);
+    assert!(
+        ok && shown.contains(body) && shown.contains("x-github-delivery: delivery-1"),
+        "{shown}"
+    );
+    let (ok, offline) = sluice_cli(&[
+        "webhooks",
+        "dead-letters",
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    assert!(ok && offline.contains("shop/orders/1"), "{offline}");
+
+    // The app is back: replay, and it gets the event byte for byte.
+    let app = TcpListener::bind(("127.0.0.1", app_port)).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        if let Ok((mut stream, _)) = app.accept() {
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut got = Vec::new();
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got).into_owned();
+                if text.contains(r#""total":42}"#) {
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    );
+                    let _ = tx.send(text);
+                    break;
+                }
+            }
+        }
+    });
+    let (ok, replayed) = sluice_cli(&["webhooks", "replay", "shop/orders/1", "--admin", &admin]);
+    assert!(ok, "{replayed}");
+    let request = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the replayed event reached the app");
+    assert!(request.ends_with(body), "{request}");
+    assert!(
+        request
+            .to_lowercase()
+            .contains("x-sluice-event-id: delivery-1"),
+        "{request}"
+    );
+    let (_, after) = sluice_cli(&["webhooks", "dead-letters", "--admin", &admin]);
+    assert!(after.contains("no dead letters"), "{after}");
+    let (ok, bad) = sluice_cli(&["webhooks", "show", "nonsense", "--admin", &admin]);
+    assert!(!ok && bad.contains("INTEGRATION/WEBHOOK/SEQ"), "{bad}");
+    running.stop();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
