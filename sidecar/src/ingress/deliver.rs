@@ -156,7 +156,7 @@ impl Deliverer {
         loop {
             let event = tokio::select! {
                 event = reader.next() => match event { Some(e) => e, None => return },
-                _ = stop.wait_for(|s| *s) => return,
+                _ = stop.wait_for(|s| *s) => { reader.close(); return }
             };
             if let Some(guard) = guard.as_mut()
                 && let Verdict::OutOfOrder(reason) = guard.check(&event.body)
@@ -170,9 +170,13 @@ impl Deliverer {
             }
             let mut attempt = 1;
             let outcome = loop {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(next_slot) => {}
-                    _ = stop.wait_for(|s| *s) => return,
+                // Only sleep when ahead of the rate: the timer's millisecond
+                // granularity would otherwise cap delivery near 1,000/s.
+                if next_slot > Instant::now() {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(next_slot) => {}
+                        _ = stop.wait_for(|s| *s) => { reader.close(); return }
+                    }
                 }
                 next_slot = next_slot.max(Instant::now() - spacing) + spacing;
                 match self.attempt(&event, attempt).await {
@@ -186,7 +190,7 @@ impl Deliverer {
                         let wait = self.backoff(attempt);
                         tokio::select! {
                             _ = tokio::time::sleep(wait) => {}
-                            _ = stop.wait_for(|s| *s) => return,
+                            _ = stop.wait_for(|s| *s) => { reader.close(); return }
                         }
                         attempt += 1;
                     }

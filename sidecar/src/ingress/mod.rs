@@ -244,6 +244,7 @@ impl Ingress {
             received_at_ms: now_ms,
             verified_by: scheme_name(endpoint.scheme).to_owned(),
             headers: StoredEvent::encode_headers(&parts.headers),
+            dedup_expires_ms: None,
             body,
         };
         match endpoint.queue.append(event, Some(expires)).await {

@@ -50,6 +50,10 @@ pub struct StoredEvent {
     pub verified_by: String,
     /// Original headers, values base64 so any byte survives.
     pub headers: Vec<(String, String)>,
+    /// Until when the id counts for de-duplication; the segment holding the
+    /// record is its durable copy until `dedup.log` takes over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup_expires_ms: Option<u64>,
     #[serde(skip)]
     pub body: Bytes,
 }
@@ -237,6 +241,7 @@ pub fn open(
     let mut last_seq = cursor;
     let mut bytes = 0u64;
     let mut pending = 0u64;
+    let mut segment_ids = Vec::new();
     let all = segments(dir)?;
     for (index, (_, path)) in all.iter().enumerate() {
         let mut file = OpenOptions::new().read(true).write(true).open(path)?;
@@ -258,9 +263,15 @@ pub fn open(
             last_seq = last_seq.max(last.seq);
         }
         pending += events.iter().filter(|e| e.seq > cursor).count() as u64;
+        for event in &events {
+            if let Some(expires) = event.dedup_expires_ms.filter(|e| *e > now_ms) {
+                segment_ids.push((event.id.clone(), expires));
+            }
+        }
         bytes += good;
     }
-    let dedup = load_dedup(dir, now_ms)?;
+    let mut dedup = load_dedup(dir, now_ms)?;
+    dedup.extend(segment_ids);
     metrics.depth.set(pending as i64);
     let stats = Arc::new(QueueStats::default());
     stats.bytes.store(bytes, Ordering::Relaxed);
@@ -291,6 +302,8 @@ pub fn open(
         current: None,
         cursor_file_lock: Arc::new(Mutex::new(())),
         depth: metrics.depth,
+        cursor_written: std::time::Instant::now(),
+        cursor_dirty: false,
     };
     Ok((
         QueueWriter {
@@ -383,6 +396,7 @@ impl WriterState {
         let mut dedup_lines = String::new();
         for append in batch.iter_mut() {
             append.event.seq = self.next_seq;
+            append.event.dedup_expires_ms = append.dedup_expires_ms;
             self.next_seq += 1;
             let payload = append.event.to_payload();
             buffer.extend_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -393,8 +407,9 @@ impl WriterState {
             }
         }
         if !dedup_lines.is_empty() {
+            // Not synced here: the segment record carries the id durably; the
+            // log is synced before a segment is deleted (QueueReader::ack).
             self.dedup_log.write_all(dedup_lines.as_bytes())?;
-            self.dedup_log.sync_data()?;
         }
         let (file, size) = self.segment_for_write()?;
         file.write_all(&buffer)?;
@@ -450,7 +465,13 @@ pub struct QueueReader {
     current: Option<(u64, File, u64)>,
     cursor_file_lock: Arc<Mutex<()>>,
     depth: Gauge,
+    /// The cursor on disk lags by at most this; a crash redelivers the gap.
+    cursor_written: std::time::Instant,
+    cursor_dirty: bool,
 }
+
+/// How often the delivery cursor is written while events flow.
+const CURSOR_PERIOD: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl QueueReader {
     pub fn stats(&self) -> Arc<QueueStats> {
@@ -472,6 +493,12 @@ impl QueueReader {
                         continue;
                     }
                 }
+            }
+            // Idle: make the cursor current before waiting.
+            if self.cursor_dirty
+                && let Err(error) = self.flush_cursor()
+            {
+                tracing::error!(%error, "recording webhook progress failed");
             }
             if self.committed.changed().await.is_err() {
                 return None;
@@ -534,22 +561,50 @@ impl QueueReader {
         }
     }
 
-    /// Marks everything up to `seq` done: persists the cursor and removes
-    /// segments that hold only done events.
+    /// Marks everything up to `seq` done. The cursor reaches the disk within
+    /// `CURSOR_PERIOD` (or when the queue goes idle); at-least-once delivery
+    /// covers the gap after a crash.
     pub fn ack(&mut self, seq: u64) -> io::Result<()> {
         self.cursor = seq;
+        self.cursor_dirty = true;
         self.stats.cursor.store(seq, Ordering::Relaxed);
         let last = self.stats.last_seq.load(Ordering::Relaxed);
         self.depth.set(last.saturating_sub(seq) as i64);
+        if self.cursor_written.elapsed() >= CURSOR_PERIOD {
+            self.flush_cursor()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the cursor now if it moved (on a graceful stop).
+    pub fn close(&mut self) {
+        if self.cursor_dirty
+            && let Err(error) = self.flush_cursor()
+        {
+            tracing::error!(%error, "recording webhook progress failed");
+        }
+    }
+
+    /// Writes the cursor and removes segments that hold only done events.
+    fn flush_cursor(&mut self) -> io::Result<()> {
+        let seq = self.cursor;
         let _guard = self.cursor_file_lock.lock().expect("cursor lock");
         let tmp = self.dir.join("cursor.tmp");
         fs::write(&tmp, seq.to_string())?;
         fs::rename(&tmp, self.dir.join("cursor"))?;
+        self.cursor_written = std::time::Instant::now();
+        self.cursor_dirty = false;
         let all = segments(&self.dir)?;
+        let mut dedup_synced = false;
         for window in all.windows(2) {
             let ((first, path), (next_first, _)) = (&window[0], &window[1]);
             // Every event of this segment is below the next segment's first seq.
             if *next_first <= seq + 1 && self.current.as_ref().is_none_or(|(f, _, _)| f != first) {
+                if !dedup_synced {
+                    // The segment was the durable copy of its dedup ids.
+                    File::open(self.dir.join("dedup.log"))?.sync_all()?;
+                    dedup_synced = true;
+                }
                 let size = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
                 fs::remove_file(path)?;
                 self.stats.bytes.fetch_sub(
@@ -577,6 +632,7 @@ mod tests {
             received_at_ms: 1,
             verified_by: "GitHub".into(),
             headers: vec![("x-a".into(), BASE64.encode("1"))],
+            dedup_expires_ms: None,
             body: Bytes::from_static(body.as_bytes()),
         }
     }
@@ -609,6 +665,7 @@ mod tests {
                 (1, "e0", &b"body"[..])
             );
             reader.ack(2).unwrap();
+            reader.flush_cursor().unwrap();
         }
         let (writer, mut reader, recovered) =
             open(&dir, 1 << 30, 0, QueueMetrics::default()).unwrap();
@@ -672,6 +729,25 @@ mod tests {
         assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
         let fsyncs = writer.stats.fsyncs.load(Ordering::Relaxed);
         assert!(fsyncs < 200, "{fsyncs} fsyncs for 200 appends: no grouping");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn dedup_ids_survive_a_crash_through_the_segment() {
+        let dir = temp("dedup-crash");
+        {
+            let (writer, _, _) = open(&dir, 1 << 30, 0, QueueMetrics::default()).unwrap();
+            writer
+                .append(event("evt_1", "x"), Some(10_000))
+                .await
+                .unwrap();
+        }
+        // dedup.log is not synced per batch: pretend the crash lost it.
+        fs::remove_file(dir.join("dedup.log")).unwrap();
+        let (_, _, recovered) = open(&dir, 1 << 30, 5_000, QueueMetrics::default()).unwrap();
+        assert_eq!(recovered.dedup.get("evt_1"), Some(&10_000));
+        let (_, _, later) = open(&dir, 1 << 30, 20_000, QueueMetrics::default()).unwrap();
+        assert!(later.dedup.is_empty(), "expired ids are not recovered");
         fs::remove_dir_all(&dir).unwrap();
     }
 
