@@ -236,3 +236,61 @@ fn checked_in_crd_is_current() {
         "crds/ is stale: run `cargo run --bin sluice -- crd > crds/providerintegrations.sluice.dev.yaml`"
     );
 }
+
+#[test]
+fn webhook_errors_name_the_field() {
+    let webhook = |verify: &str, extra: &str| {
+        format!(
+            "{VALID}  webhooks:\n    - name: events\n      path: /webhooks/carrier\n      forwardTo: http://127.0.0.1:8080/hooks\n      verify: {verify}\n{extra}"
+        )
+    };
+    let good = webhook(
+        "{scheme: StandardWebhooks, secrets: [{secretRef: {name: hook, key: current}}]}",
+        "",
+    );
+    let (ok, text) = check_text(&good);
+    assert!(ok, "{text}");
+    let cases = [
+        (
+            webhook("{scheme: StandardWebhooks, secrets: []}", ""),
+            "spec.webhooks[0].verify.secrets: list at least one secret",
+        ),
+        (
+            webhook("{scheme: Paypal, secrets: []}", ""),
+            "spec.webhooks[0].verify.scheme",
+        ),
+        (
+            webhook(
+                "{scheme: HmacSha256, secrets: [{secretRef: {name: h, key: k}}]}",
+                "",
+            ),
+            "spec.webhooks[0].verify.header: is required for scheme HmacSha256",
+        ),
+        (
+            webhook(
+                "{scheme: GitHub, secrets: [{secretRef: {name: h, key: k}}]}",
+                "      ordering: {objectPointer: data.id, timestampPointer: /created}\n",
+            ),
+            "spec.webhooks[0].ordering.objectPointer",
+        ),
+        (
+            webhook(
+                "{scheme: GitHub, secrets: [{secretRef: {name: h, key: k}}]}",
+                "      delivery: {maxAttempts: 0}\n",
+            ),
+            "spec.webhooks[0].delivery.maxAttempts: 0 is not between 1 and 100",
+        ),
+        (
+            webhook(
+                "{scheme: GitHub, secrets: [{secretRef: {name: h, key: k}}], tolerance: soon}",
+                "",
+            ),
+            "spec.webhooks[0].verify.tolerance",
+        ),
+    ];
+    for (manifest, expected) in cases {
+        let (ok, text) = check_text(&manifest);
+        assert!(!ok, "accepted:\n{manifest}");
+        assert!(text.contains(expected), "expected {expected:?} in:\n{text}");
+    }
+}
