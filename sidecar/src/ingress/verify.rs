@@ -597,6 +597,122 @@ mod tests {
     }
 
     #[test]
+    fn standard_webhooks_v1a_ed25519() {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let pair = signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        use ring::signature::KeyPair;
+        let public = format!("whpk_{}", BASE64.encode(pair.public_key().as_ref()));
+        let sig = BASE64.encode(pair.sign(b"msg_1.1700000000.{}").as_ref());
+        let h = headers(&[
+            ("webhook-id", "msg_1"),
+            ("webhook-timestamp", "1700000000"),
+            ("webhook-signature", &format!("v1,bm90IGl0 v1a,{sig}")),
+        ]);
+        let keys = [WebhookKey { value: &public }];
+        assert!(
+            verify(
+                WebhookScheme::StandardWebhooks,
+                None,
+                &h,
+                b"{}",
+                &keys,
+                at(1700000000),
+                FIVE_MIN
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            verify(
+                WebhookScheme::StandardWebhooks,
+                None,
+                &h,
+                b"{ }",
+                &keys,
+                at(1700000000),
+                FIVE_MIN
+            ),
+            Err(VerifyError::NoMatch)
+        );
+    }
+
+    fn hmac_hex(key: &str, parts: &[&[u8]]) -> String {
+        let tag = hmac::sign(
+            &hmac::Key::new(hmac::HMAC_SHA256, key.as_bytes()),
+            &concat(parts),
+        );
+        tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn shopify_razorpay_and_slack_headers() {
+        let keys = [WebhookKey { value: "shh" }];
+        let body = br#"{"id":1}"#;
+        let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, b"shh"), body);
+        let shopify = headers(&[
+            ("x-shopify-hmac-sha256", &BASE64.encode(tag.as_ref())),
+            ("x-shopify-webhook-id", "w-1"),
+        ]);
+        let ok = verify(
+            WebhookScheme::Shopify,
+            None,
+            &shopify,
+            body,
+            &keys,
+            at(0),
+            FIVE_MIN,
+        )
+        .unwrap();
+        assert_eq!(ok.event_id.as_deref(), Some("w-1"));
+        let razorpay = headers(&[
+            ("x-razorpay-signature", &hmac_hex("shh", &[body])),
+            ("x-razorpay-event-id", "r-1"),
+        ]);
+        let ok = verify(
+            WebhookScheme::Razorpay,
+            None,
+            &razorpay,
+            body,
+            &keys,
+            at(0),
+            FIVE_MIN,
+        )
+        .unwrap();
+        assert_eq!(ok.event_id.as_deref(), Some("r-1"));
+        let slack = headers(&[
+            ("x-slack-request-timestamp", "1700000000"),
+            (
+                "x-slack-signature",
+                &format!("v0={}", hmac_hex("shh", &[b"v0:1700000000:", body])),
+            ),
+        ]);
+        assert!(
+            verify(
+                WebhookScheme::Slack,
+                None,
+                &slack,
+                body,
+                &keys,
+                at(1700000100),
+                FIVE_MIN
+            )
+            .is_ok()
+        );
+        assert!(matches!(
+            verify(
+                WebhookScheme::Slack,
+                None,
+                &slack,
+                body,
+                &keys,
+                at(1700009999),
+                FIVE_MIN
+            ),
+            Err(VerifyError::Stale(_))
+        ));
+    }
+
+    #[test]
     fn hex_decoding() {
         assert_eq!(decode_hex("00ff10"), Some(vec![0, 255, 16]));
         assert_eq!(decode_hex("0"), None);
