@@ -2,7 +2,9 @@
 //! `compile` to sidecar config, and manifest handling for the `sluice` CLI.
 
 pub mod compile;
+pub mod controller;
 pub mod manifest;
+pub mod metrics;
 pub mod resource;
 
 pub use compile::{CompileErrors, FieldError, compile};

@@ -67,6 +67,15 @@ enum Command {
     },
     /// Print the ProviderIntegration CRD.
     Crd,
+    /// Run the controller against the cluster (in-cluster config or KUBECONFIG).
+    Operator {
+        /// Watch one namespace only (default: all).
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Where /metrics, /healthz and /readyz are served.
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        metrics_listen: SocketAddr,
+    },
     /// Webhook dead letters: list, show, replay.
     Webhooks {
         #[command(subcommand)]
@@ -187,6 +196,17 @@ fn namespace_of(pi: &sluice_operator::ProviderIntegration) -> String {
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Webhooks { command } => webhooks::run(command),
+        Command::Operator {
+            namespace,
+            metrics_listen,
+        } => {
+            runtime::init_logging();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(operator::run(namespace, metrics_listen))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Crd => {
             print!("{}", sluice_operator::crd_yaml());
             Ok(ExitCode::SUCCESS)
@@ -454,5 +474,66 @@ mod webhooks {
                 .with_context(|| format!("cannot reach the sidecar's admin port at {admin}"))?;
         let status = response.status().as_u16();
         Ok((status, response.into_body().collect().await?.to_bytes()))
+    }
+}
+
+/// `sluice operator`: the controller plus its health and metrics server.
+mod operator {
+    use std::convert::Infallible;
+    use std::net::SocketAddr;
+
+    use anyhow::Context;
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use sluice_operator::controller;
+    use sluice_operator::metrics::ControllerMetrics;
+
+    pub async fn run(namespace: Option<String>, metrics_listen: SocketAddr) -> anyhow::Result<()> {
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to the cluster (in-cluster config or KUBECONFIG)")?;
+        let metrics = ControllerMetrics::new();
+        let listener = tokio::net::TcpListener::bind(metrics_listen)
+            .await
+            .with_context(|| format!("cannot listen on {metrics_listen}"))?;
+        tracing::info!(addr = %listener.local_addr()?, "operator metrics listening");
+        let served = metrics.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let served = served.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |request: hyper::Request<hyper::body::Incoming>| {
+                            let body = match request.uri().path() {
+                                "/metrics" => served.encode(),
+                                "/healthz" | "/readyz" => "ok\n".to_owned(),
+                                _ => String::new(),
+                            };
+                            let status = if body.is_empty() { 404 } else { 200 };
+                            async move {
+                                Ok::<_, Infallible>(
+                                    hyper::Response::builder()
+                                        .status(status)
+                                        .body(Full::new(Bytes::from(body)))
+                                        .expect("valid response"),
+                                )
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        tracing::info!(
+            namespace = namespace.as_deref().unwrap_or("<all>"),
+            "operator starting"
+        );
+        controller::run(client, metrics, namespace).await;
+        Ok(())
     }
 }

@@ -2,14 +2,19 @@
 //! platform team writes. Field docs become `kubectl explain` text.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sluice_sidecar::config::{ClientAuthMethod, Duration, RetryOn, Timestamp, WhenExceeded};
 
 /// One third-party API as the pods that call it should see it: limits,
 /// credentials, retries, caching, and (later) its webhooks.
-#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("!has(self.rateLimits) || self.rateLimits.all(l, self.rateLimits.filter(m, m.name == l.name).size() == 1)").message("spec.rateLimits: names must be unique"),
+    validation = Rule::new("!has(self.endpoints) || self.endpoints.all(e, self.endpoints.filter(f, f.name == e.name).size() == 1)").message("spec.endpoints: names must be unique"),
+    validation = Rule::new("!has(self.webhooks) || self.webhooks.all(w, self.webhooks.filter(v, v.name == w.name).size() == 1 && self.webhooks.filter(v, v.path == w.path).size() == 1)").message("spec.webhooks: names and paths must be unique")
+)]
 #[kube(
     group = "sluice.dev",
     version = "v1alpha1",
@@ -36,9 +41,11 @@ pub struct ProviderIntegrationSpec {
     pub auth: Option<AuthSpec>,
     /// Named routes (first match wins): the `endpoint` metric label and per-endpoint timeouts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
     pub endpoints: Vec<EndpointSpec>,
     /// Every limit whose match fits a request applies; all must admit it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
     pub rate_limits: Vec<RateLimitSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetrySpec>,
@@ -46,10 +53,12 @@ pub struct ProviderIntegrationSpec {
     pub circuit_breaker: Option<CircuitBreakerSpec>,
     /// Response caching for matched GET endpoints.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
     pub cache: Vec<CacheSpec>,
     /// Webhooks the provider sends: verified, de-duplicated, durably queued
     /// and delivered to the app.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
     pub webhooks: Vec<WebhookSpec>,
 }
 
@@ -142,10 +151,16 @@ pub struct WebhookDeliverySpec {
     pub timeout: Option<Duration>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("!has(self.timeout) || (duration(self.timeout) > duration('0s') && duration(self.timeout) <= duration('1h'))").message("timeout must be between 0s (exclusive) and 1h"),
+    validation = Rule::new("!has(self.totalTimeout) || (duration(self.totalTimeout) > duration('0s') && duration(self.totalTimeout) <= duration('2h'))").message("totalTimeout must be between 0s (exclusive) and 2h"),
+    validation = Rule::new("!has(self.timeout) || !has(self.totalTimeout) || duration(self.totalTimeout) >= duration(self.timeout)").message("totalTimeout must be at least timeout")
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpstreamSpec {
     /// `https://host[:port][/prefix]`; the app's path and query are appended byte for byte.
+    #[schemars(length(max = 2048))]
     pub base_url: String,
     /// Per attempt, up to the response headers (default 10s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -161,7 +176,8 @@ pub struct UpstreamSpec {
     pub max_buffered_body_bytes: Option<u64>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new("!has(self.port) || (self.port >= 1024 && self.port != 15080 && self.port != 15090)").message("port must be 1024-65535, not 15080 (webhooks) or 15090 (admin)"))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EgressSpec {
     /// The app calls `http://127.0.0.1:<port>/...` (default 15001). The injector
@@ -178,7 +194,8 @@ pub struct SecretKeyRef {
     pub key: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new("[has(self.header), has(self.bearer), has(self.basic), has(self.oauth2ClientCredentials)].filter(x, x).size() == 1").message("set exactly one of header, bearer, basic, oauth2ClientCredentials"))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthSpec {
     /// A key in a header of your choice, e.g. `X-Api-Key`.
@@ -195,7 +212,8 @@ pub struct AuthSpec {
     pub oauth2_client_credentials: Option<OAuth2Auth>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.previousSecretRef) == has(self.previousValidUntil)").message("previousSecretRef and previousValidUntil go together"))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HeaderAuth {
     pub name: String,
@@ -207,7 +225,8 @@ pub struct HeaderAuth {
     pub previous_valid_until: Option<Timestamp>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.previousSecretRef) == has(self.previousValidUntil)").message("previousSecretRef and previousValidUntil go together"))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BearerAuth {
     pub secret_ref: SecretKeyRef,
@@ -217,7 +236,8 @@ pub struct BearerAuth {
     pub previous_valid_until: Option<Timestamp>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.previousPasswordRef) == has(self.previousValidUntil)").message("previousPasswordRef and previousValidUntil go together"))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BasicAuth {
     pub username_ref: SecretKeyRef,
@@ -278,7 +298,11 @@ pub enum LimitScope {
     Cluster,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("self.requests >= 1 && self.requests <= 1000000").message("requests must be between 1 and 1000000"),
+    validation = Rule::new("duration(self.per) > duration('0s') && duration(self.per) <= duration('24h')").message("per must be between 0s (exclusive) and 24h")
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RateSpec {
     pub requests: u32,
@@ -296,7 +320,12 @@ pub struct QueueSpec {
     pub max_depth: Option<u32>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("!has(self.burst) || self.burst >= 1").message("burst must be at least 1"),
+    validation = Rule::new("!has(self.burst) || self.burst <= self.rate.requests").message("burst must not exceed rate.requests"),
+    validation = Rule::new("!has(self.queue) || !has(self.whenExceeded) || self.whenExceeded == 'Queue'").message("queue applies only with whenExceeded: Queue")
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RateLimitSpec {
     pub name: String,
