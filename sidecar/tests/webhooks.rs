@@ -505,7 +505,7 @@ async fn delivery_keeps_to_its_rate() {
 }
 
 #[tokio::test]
-async fn a_full_queue_answers_503_with_retry_after_and_loses_nothing() {
+async fn a_full_queue_answers_503_with_retry_after_and_claims_nothing() {
     // The app is down, so nothing drains; the queue holds ~1 KiB.
     let app = TestUpstream::plain(handler(|_, _| async { respond(503, "") })).await;
     let dir = Dir::new("full");
@@ -533,8 +533,11 @@ async fn a_full_queue_answers_503_with_retry_after_and_loses_nothing() {
     }
     assert!(statuses.starts_with(&[200, 200]), "{statuses:?}");
     assert_eq!(statuses.last(), Some(&503), "{statuses:?}");
-    // A refused event was not claimed: the provider's retry is accepted later.
+    // A refused event was not claimed for dedup: its retry is judged afresh
+    // (refused again while full, not answered "duplicate").
     let refused = statuses.iter().position(|s| *s == 503).unwrap();
+    let retry = post(&sidecar, "/wh", &signed[refused], &body).await;
+    assert_eq!((retry.status, retry.text().contains("duplicate")), (503, false), "{}", retry.text());
     let metrics = admin(&sidecar, "/metrics").await.text();
     assert!(
         metric(
