@@ -75,6 +75,9 @@ enum Command {
         /// Where /metrics, /healthz and /readyz are served.
         #[arg(long, default_value = "0.0.0.0:8080")]
         metrics_listen: SocketAddr,
+        /// Namespace of the leader-election Lease (default: $POD_NAMESPACE, else default).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        lease_namespace: String,
     },
     /// Webhook dead letters: list, show, replay.
     Webhooks {
@@ -199,12 +202,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Operator {
             namespace,
             metrics_listen,
+            lease_namespace,
         } => {
             runtime::init_logging();
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(operator::run(namespace, metrics_listen))?;
+            rt.block_on(operator::run(namespace, metrics_listen, lease_namespace))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Crd => {
@@ -488,7 +492,11 @@ mod operator {
     use sluice_operator::controller;
     use sluice_operator::metrics::ControllerMetrics;
 
-    pub async fn run(namespace: Option<String>, metrics_listen: SocketAddr) -> anyhow::Result<()> {
+    pub async fn run(
+        namespace: Option<String>,
+        metrics_listen: SocketAddr,
+        lease_namespace: String,
+    ) -> anyhow::Result<()> {
         let client = kube::Client::try_default()
             .await
             .context("connecting to the cluster (in-cluster config or KUBECONFIG)")?;
@@ -529,11 +537,24 @@ mod operator {
                 });
             }
         });
+        let identity = std::env::var("POD_NAME")
+            .unwrap_or_else(|_| format!("sluice-operator-{}", std::process::id()));
+        let elector = sluice_operator::leader::LeaderElector::new(
+            client.clone(),
+            &lease_namespace,
+            "sluice-operator",
+            identity,
+            std::time::Duration::from_secs(15),
+        );
+        elector.acquire().await;
         tracing::info!(
             namespace = namespace.as_deref().unwrap_or("<all>"),
             "operator starting"
         );
-        controller::run(client, metrics, namespace).await;
+        tokio::select! {
+            _ = controller::run(client, metrics, namespace) => {}
+            _ = elector.keep() => anyhow::bail!("lost the leader lease"),
+        }
         Ok(())
     }
 }
