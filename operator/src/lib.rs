@@ -14,5 +14,26 @@ pub use resource::{ProviderIntegration, ProviderIntegrationSpec};
 /// The CRD as YAML, exactly as checked in under `crds/`.
 pub fn crd_yaml() -> String {
     use kube::CustomResourceExt;
-    serde_yaml_ng::to_string(&ProviderIntegration::crd()).expect("the CRD serializes")
+    let mut crd = serde_json::to_value(ProviderIntegration::crd()).expect("the CRD serializes");
+    drop_unknown_formats(&mut crd);
+    serde_yaml_ng::to_string(&crd).expect("the CRD serializes")
+}
+
+/// schemars marks unsigned integers `format: uint16/32/64`, which the API
+/// server does not know (and warns about); `minimum: 0` already says it.
+fn drop_unknown_formats(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            if map
+                .get("format")
+                .and_then(|f| f.as_str())
+                .is_some_and(|f| f.starts_with("uint"))
+            {
+                map.remove("format");
+            }
+            map.values_mut().for_each(drop_unknown_formats);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_unknown_formats),
+        _ => {}
+    }
 }

@@ -9,12 +9,7 @@ use sluice_sidecar::config::{ClientAuthMethod, Duration, RetryOn, Timestamp, Whe
 
 /// One third-party API as the pods that call it should see it: limits,
 /// credentials, retries, caching, and (later) its webhooks.
-#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
-#[x_kube(
-    validation = Rule::new("!has(self.rateLimits) || self.rateLimits.all(l, self.rateLimits.filter(m, m.name == l.name).size() == 1)").message("spec.rateLimits: names must be unique"),
-    validation = Rule::new("!has(self.endpoints) || self.endpoints.all(e, self.endpoints.filter(f, f.name == e.name).size() == 1)").message("spec.endpoints: names must be unique"),
-    validation = Rule::new("!has(self.webhooks) || self.webhooks.all(w, self.webhooks.filter(v, v.name == w.name).size() == 1 && self.webhooks.filter(v, v.path == w.path).size() == 1)").message("spec.webhooks: names and paths must be unique")
-)]
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "sluice.dev",
     version = "v1alpha1",
@@ -41,11 +36,11 @@ pub struct ProviderIntegrationSpec {
     pub auth: Option<AuthSpec>,
     /// Named routes (first match wins): the `endpoint` metric label and per-endpoint timeouts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub endpoints: Vec<EndpointSpec>,
     /// Every limit whose match fits a request applies; all must admit it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = 32), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub rate_limits: Vec<RateLimitSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetrySpec>,
@@ -58,15 +53,17 @@ pub struct ProviderIntegrationSpec {
     /// Webhooks the provider sends: verified, de-duplicated, durably queued
     /// and delivered to the app.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
+    #[schemars(length(max = 16), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub webhooks: Vec<WebhookSpec>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WebhookSpec {
+    #[schemars(length(max = 63))]
     pub name: String,
     /// Path on the sidecar's webhook port (15080) the provider posts to.
+    #[schemars(length(max = 256))]
     pub path: String,
     /// Where verified events go, e.g. `http://127.0.0.1:8080/hooks/carrier`.
     pub forward_to: String,
@@ -280,6 +277,7 @@ pub struct MatchSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EndpointSpec {
+    #[schemars(length(max = 63))]
     pub name: String,
     #[serde(rename = "match", default)]
     pub matches: MatchSpec,
@@ -328,6 +326,7 @@ pub struct QueueSpec {
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RateLimitSpec {
+    #[schemars(length(max = 63))]
     pub name: String,
     #[serde(rename = "match", default)]
     pub matches: MatchSpec,

@@ -537,7 +537,12 @@ async fn a_full_queue_answers_503_with_retry_after_and_claims_nothing() {
     // (refused again while full, not answered "duplicate").
     let refused = statuses.iter().position(|s| *s == 503).unwrap();
     let retry = post(&sidecar, "/wh", &signed[refused], &body).await;
-    assert_eq!((retry.status, retry.text().contains("duplicate")), (503, false), "{}", retry.text());
+    assert_eq!(
+        (retry.status, retry.text().contains("duplicate")),
+        (503, false),
+        "{}",
+        retry.text()
+    );
     let metrics = admin(&sidecar, "/metrics").await.text();
     assert!(
         metric(

@@ -203,6 +203,7 @@ impl schemars::JsonSchema for Duration {
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
             "type": "string",
+            "maxLength": 32,
             "pattern": DURATION_PATTERN,
             "description": "A duration such as 500ms, 30s, 5m, 1h30m or 72h."
         })

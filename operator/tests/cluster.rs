@@ -1,0 +1,418 @@
+//! The operator against a real kube-apiserver, etcd and
+//! kube-controller-manager (tests/controlplane), started here on loopback
+//! and stopped at the end: CRD schema and CEL rules, reconcile to Ready, live
+//! edits, broken references, garbage collection, idle restarts, and an etcd
+//! outage.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// A running control plane; stopped when dropped, even after a failed assertion.
+struct ControlPlane {
+    dir: PathBuf,
+}
+
+impl ControlPlane {
+    fn up() -> Self {
+        let dir = std::env::temp_dir().join(format!("sluice-cp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let status = Command::new(repo().join("tests/controlplane/up"))
+            .arg(&dir)
+            .status()
+            .expect("running tests/controlplane/up");
+        assert!(
+            status.success(),
+            "the control plane did not start (logs in {})",
+            dir.join("logs").display()
+        );
+        Self { dir }
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("kubeconfig")
+    }
+
+    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut child = Command::new(self.dir.join("bin/kubectl"))
+            .args(args)
+            .env("KUBECONFIG", self.kubeconfig())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        } else {
+            drop(child.stdin.take());
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.kubectl(args, stdin);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&all, None)).unwrap()
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("tests/controlplane/down"))
+            .arg(&self.dir)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+struct Operator {
+    child: Child,
+    metrics: String,
+}
+
+impl Operator {
+    fn start(cp: &ControlPlane) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["operator", "--metrics-listen", &format!("127.0.0.1:{port}")])
+            .env("KUBECONFIG", cp.kubeconfig())
+            .env("SLUICE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(cp.dir.join("logs/operator.log")).unwrap(),
+            ))
+            .spawn()
+            .unwrap();
+        let op = Self {
+            child,
+            metrics: format!("127.0.0.1:{port}"),
+        };
+        wait("the operator's /healthz", Duration::from_secs(20), || {
+            op.scrape().is_some()
+        });
+        op
+    }
+
+    fn scrape(&self) -> Option<String> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&self.metrics).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).ok()?;
+        Some(text)
+    }
+
+    fn counter(&self, name: &str) -> f64 {
+        self.scrape()
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` until it holds, at most `within`.
+fn wait(what: &str, within: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !check() {
+        assert!(
+            started.elapsed() < within,
+            "timed out after {within:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    started.elapsed()
+}
+
+fn ready(cp: &ControlPlane, ns: &str, name: &str) -> Option<(String, String)> {
+    let pi = cp.json(&["get", "providerintegration", "-n", ns, name]);
+    let condition = pi["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")?
+        .clone();
+    Some((
+        condition["status"].as_str()?.to_owned(),
+        condition["message"].as_str().unwrap_or("").to_owned(),
+    ))
+}
+
+fn sluice(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn operator_on_a_real_api_server() {
+    let cp = ControlPlane::up();
+    cp.ok(
+        &[
+            "apply",
+            "--server-side",
+            "-f",
+            repo()
+                .join("crds/providerintegrations.sluice.dev.yaml")
+                .to_str()
+                .unwrap(),
+        ],
+        None,
+    );
+    cp.ok(
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/providerintegrations.sluice.dev",
+            "--timeout=30s",
+        ],
+        None,
+    );
+    for ns in ["shop", "onboarding"] {
+        cp.ok(&["create", "namespace", ns], None);
+    }
+
+    // The API server itself refuses invalid objects, naming the field.
+    let base = "apiVersion: sluice.dev/v1alpha1\nkind: ProviderIntegration\nmetadata: {name: bad, namespace: shop}\nspec:\n  upstream: {baseUrl: 'https://x', timeout: 10s, totalTimeout: 30s}\n";
+    let invalid = [
+        (
+            "  auth: {bearer: {secretRef: {name: a, key: b}}, basic: {usernameRef: {name: a, key: b}, passwordRef: {name: a, key: c}}}\n",
+            "set exactly one of header, bearer, basic, oauth2ClientCredentials",
+        ),
+        (
+            "  rateLimits: [{name: a, rate: {requests: 10, per: 1m}, burst: 0}]\n",
+            "burst must be at least 1",
+        ),
+        (
+            "  rateLimits: [{name: a, rate: {requests: 10, per: 1m}, burst: 20}]\n",
+            "burst must not exceed rate.requests",
+        ),
+        (
+            "  rateLimits: [{name: a, rate: {requests: 10, per: 1m}}, {name: a, rate: {requests: 5, per: 1m}}]\n",
+            "spec.rateLimits[1]: Duplicate value",
+        ),
+        (
+            "  rateLimits: [{name: a, rate: {requests: 10, per: 1 minute}}]\n",
+            "spec.rateLimits[0].rate.per",
+        ),
+        ("  egress: {port: 15090}\n", "port must be 1024-65535"),
+        ("  bogus: true\n", "unknown field \"spec.bogus\""),
+    ];
+    for (extra, expected) in invalid {
+        let out = cp.kubectl(&["apply", "-f", "-"], Some(&format!("{base}{extra}")));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "accepted: {extra}");
+        assert!(
+            stderr.contains(expected),
+            "for {extra:?} expected {expected:?} in: {stderr}"
+        );
+    }
+
+    let operator = Operator::start(&cp);
+    for example in [
+        "examples/carrier.yaml",
+        "examples/payments.yaml",
+        "examples/oauth2-api.yaml",
+    ] {
+        cp.ok(
+            &["apply", "-f", repo().join(example).to_str().unwrap()],
+            None,
+        );
+    }
+    for (ns, name) in [
+        ("shop", "shipping"),
+        ("shop", "payments"),
+        ("onboarding", "kyc"),
+    ] {
+        wait(
+            &format!("{ns}/{name} to be Ready"),
+            Duration::from_secs(30),
+            || ready(&cp, ns, name).is_some_and(|(s, _)| s == "True"),
+        );
+    }
+    // The ConfigMap holds exactly what `sluice render` compiles.
+    let rendered: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&sluice(&["render", "examples/carrier.yaml"])).unwrap();
+    let cm = cp.json(&["get", "configmap", "-n", "shop", "sluice-shipping"]);
+    let stored: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(cm["data"]["integration.yaml"].as_str().unwrap()).unwrap();
+    assert_eq!(stored, rendered["integrations"][0]);
+    assert_eq!(
+        cm["metadata"]["ownerReferences"][0]["kind"],
+        "ProviderIntegration"
+    );
+    let pi = cp.json(&["get", "pi", "-n", "shop", "shipping"]);
+    assert_eq!(
+        pi["status"]["observedGeneration"],
+        pi["metadata"]["generation"]
+    );
+
+    // Edit a limit: the new config lands within seconds.
+    cp.ok(
+        &[
+            "patch",
+            "pi",
+            "-n",
+            "shop",
+            "shipping",
+            "--type=json",
+            "-p",
+            r#"[{"op":"replace","path":"/spec/rateLimits/0/rate/requests","value":12}]"#,
+        ],
+        None,
+    );
+    let took = wait(
+        "the edited limit in the ConfigMap",
+        Duration::from_secs(10),
+        || {
+            cp.json(&["get", "configmap", "-n", "shop", "sluice-shipping"])["data"]["integration.yaml"]
+            .as_str()
+            .is_some_and(|y| y.contains("requests: 12"))
+        },
+    );
+    eprintln!("edit to ConfigMap: {took:?}");
+
+    // A clash with another integration of the same pods: the status says which and why.
+    let clash = std::fs::read_to_string(repo().join("examples/carrier.yaml"))
+        .unwrap()
+        .replace("name: shipping", "name: shipping-two")
+        .replace("port: 15003", "port: 15002");
+    cp.ok(&["apply", "-f", "-"], Some(&clash));
+    wait("the clash to be reported", Duration::from_secs(15), || {
+        ready(&cp, "shop", "shipping-two").is_some_and(|(s, m)| {
+            s == "False" && m.contains("spec.egress.port: 15002") && m.contains("payments")
+        })
+    });
+    let events = cp.ok(
+        &[
+            "get",
+            "events",
+            "-n",
+            "shop",
+            "--field-selector",
+            "involvedObject.name=shipping-two",
+        ],
+        None,
+    );
+    assert!(events.contains("Invalid"), "{events}");
+
+    // Delete: the owned ConfigMap is garbage-collected.
+    cp.ok(&["delete", "pi", "-n", "shop", "shipping"], None);
+    wait(
+        "the ConfigMap to be garbage-collected",
+        Duration::from_secs(30),
+        || {
+            !cp.kubectl(&["get", "configmap", "-n", "shop", "sluice-shipping"], None)
+                .status
+                .success()
+        },
+    );
+
+    // Restart: with nothing changed, no writes at all.
+    drop(operator);
+    let operator = Operator::start(&cp);
+    wait(
+        "the restarted operator to take the lease and reconcile",
+        Duration::from_secs(60),
+        || operator.counter("sluice_operator_reconciles_total") >= 3.0,
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        operator.counter("sluice_operator_api_writes_total"),
+        0.0,
+        "writes after a restart with nothing changed"
+    );
+
+    // etcd down for a few seconds: the operator recovers and keeps working.
+    let etcd_pid = std::fs::read_to_string(cp.dir.join("etcd.pid")).unwrap();
+    Command::new("kill")
+        .args(["-9", etcd_pid.trim()])
+        .status()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let mut restarted = Command::new(cp.dir.join("etcd.sh"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::fs::write(cp.dir.join("etcd.pid"), restarted.id().to_string()).unwrap();
+    wait(
+        "the API server to answer again",
+        Duration::from_secs(30),
+        || {
+            cp.kubectl(&["get", "--raw", "/readyz"], None)
+                .status
+                .success()
+        },
+    );
+    cp.ok(
+        &[
+            "patch",
+            "pi",
+            "-n",
+            "shop",
+            "payments",
+            "--type=json",
+            "-p",
+            r#"[{"op":"replace","path":"/spec/rateLimits/0/rate/requests","value":90}]"#,
+        ],
+        None,
+    );
+    wait("a change after the outage", Duration::from_secs(30), || {
+        cp.json(&["get", "configmap", "-n", "shop", "sluice-payments"])["data"]["integration.yaml"]
+            .as_str()
+            .is_some_and(|y| y.contains("requests: 90"))
+    });
+    drop(operator);
+    // This etcd is our child: stop and reap it here (down finds no pid to kill).
+    let _ = restarted.kill();
+    let _ = restarted.wait();
+}
