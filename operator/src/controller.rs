@@ -41,6 +41,17 @@ pub struct Context {
     pub recorder: Recorder,
     /// Every ProviderIntegration, for checks across integrations.
     pub store: kube::runtime::reflector::Store<ProviderIntegration>,
+    /// Consecutive failed reconciles per object, for exponential backoff.
+    pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+}
+
+fn object_key(pi: &ProviderIntegration) -> String {
+    format!("{}/{}", pi.namespace().unwrap_or_default(), pi.name_any())
+}
+
+/// 1 s, 2 s, 4 s, ... up to 5 minutes.
+pub fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.min(9)).min(Duration::from_secs(300))
 }
 
 /// The ConfigMap holding an integration's compiled config.
@@ -260,10 +271,17 @@ async fn apply_config_map(
     Ok(())
 }
 
-fn error_policy(_pi: Arc<ProviderIntegration>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(pi: Arc<ProviderIntegration>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.errors.inc();
-    tracing::warn!(%error, "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(5))
+    let failures = {
+        let mut all = ctx.failures.lock().expect("failures lock");
+        let count = all.entry(object_key(&pi)).or_insert(0);
+        *count += 1;
+        *count
+    };
+    let wait = backoff(failures - 1);
+    tracing::warn!(%error, integration = %object_key(&pi), failures, retry_in = ?wait, "reconcile failed");
+    Action::requeue(wait)
 }
 
 /// Runs the controller until the process is told to stop.
@@ -290,6 +308,7 @@ pub async fn run(client: Client, metrics: ControllerMetrics, namespace: Option<S
         client,
         metrics,
         store: store.clone(),
+        failures: Default::default(),
     });
     controller
         .shutdown_on_signal()
@@ -337,6 +356,13 @@ mod tests {
             cross_checks(&elsewhere, &all).is_empty(),
             "other pods: no clash"
         );
+    }
+
+    #[test]
+    fn backoff_doubles_to_five_minutes() {
+        assert_eq!(backoff(0), Duration::from_secs(1));
+        assert_eq!(backoff(3), Duration::from_secs(8));
+        assert_eq!(backoff(20), Duration::from_secs(300));
     }
 
     #[test]

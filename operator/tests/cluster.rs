@@ -371,6 +371,21 @@ fn operator_on_a_real_api_server() {
         "writes after a restart with nothing changed"
     );
 
+    // A second replica waits for the Lease; it takes over when the leader dies.
+    let standby = Operator::start(&cp);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        standby.counter("sluice_operator_reconciles_total"),
+        0.0,
+        "two replicas reconciled at once"
+    );
+    drop(operator);
+    let took = wait("the standby to take over", Duration::from_secs(45), || {
+        standby.counter("sluice_operator_reconciles_total") >= 3.0
+    });
+    eprintln!("leader failover: {took:?}");
+    let operator = standby;
+
     // etcd down for a few seconds: the operator recovers and keeps working.
     let etcd_pid = std::fs::read_to_string(cp.dir.join("etcd.pid")).unwrap();
     Command::new("kill")
