@@ -43,10 +43,23 @@ pub struct Context {
     pub store: kube::runtime::reflector::Store<ProviderIntegration>,
     /// Consecutive failed reconciles per object, for exponential backoff.
     pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// The status this process last wrote per object (namespace/name/uid),
+    /// with the resourceVersion it was based on: a reconcile triggered by our
+    /// own write, racing the watch that reports it, must not write it again.
+    pub written:
+        std::sync::Mutex<std::collections::HashMap<String, (String, ProviderIntegrationStatus)>>,
 }
 
 fn object_key(pi: &ProviderIntegration) -> String {
     format!("{}/{}", pi.namespace().unwrap_or_default(), pi.name_any())
+}
+
+fn instance_key(pi: &ProviderIntegration) -> String {
+    format!(
+        "{}/{}",
+        object_key(pi),
+        pi.metadata.uid.as_deref().unwrap_or_default()
+    )
 }
 
 /// 1 s, 2 s, 4 s, ... up to 5 minutes.
@@ -170,7 +183,17 @@ pub async fn reconcile(pi: Arc<ProviderIntegration>, ctx: Arc<Context>) -> Resul
         )],
         pods: pi.status.as_ref().and_then(|s| s.pods.clone()),
     };
-    if pi.status.as_ref() != Some(&desired) {
+    let key = instance_key(&pi);
+    let resource_version = pi.resource_version().unwrap_or_default();
+    // Our last write was based on this very version of the object and said
+    // the same: the watch has not caught up with it yet.
+    let already_written = ctx
+        .written
+        .lock()
+        .expect("written lock")
+        .get(&key)
+        .is_some_and(|(version, status)| *version == resource_version && *status == desired);
+    if pi.status.as_ref() != Some(&desired) && !already_written {
         let api: Api<ProviderIntegration> = Api::namespaced(ctx.client.clone(), &namespace);
         let patch = json!({
             "apiVersion": "sluice.dev/v1alpha1",
@@ -309,6 +332,7 @@ pub async fn run(client: Client, metrics: ControllerMetrics, namespace: Option<S
         metrics,
         store: store.clone(),
         failures: Default::default(),
+        written: Default::default(),
     });
     controller
         .shutdown_on_signal()

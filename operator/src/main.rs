@@ -497,10 +497,25 @@ mod operator {
         metrics_listen: SocketAddr,
         lease_namespace: String,
     ) -> anyhow::Result<()> {
-        let client = kube::Client::try_default()
-            .await
-            .context("connecting to the cluster (in-cluster config or KUBECONFIG)")?;
         let metrics = ControllerMetrics::new();
+        let config = kube::Config::infer()
+            .await
+            .context("finding the cluster (in-cluster config or KUBECONFIG)")?;
+        let counted = metrics.api_requests.clone();
+        // Count every request the operator makes: the scale benchmark reports them.
+        let client = kube::client::ClientBuilder::try_from(config)
+            .context("building the Kubernetes client")?
+            .with_layer(&tower::util::MapRequestLayer::new(
+                move |request: http::Request<kube::client::Body>| {
+                    counted
+                        .get_or_create(&sluice_operator::metrics::RequestLabels {
+                            method: request.method().to_string(),
+                        })
+                        .inc();
+                    request
+                },
+            ))
+            .build();
         let listener = tokio::net::TcpListener::bind(metrics_listen)
             .await
             .with_context(|| format!("cannot listen on {metrics_listen}"))?;

@@ -2,12 +2,21 @@
 
 use std::sync::Arc;
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: String,
+}
+
 #[derive(Clone)]
 pub struct ControllerMetrics {
+    /// Every request the operator's client sends, by HTTP method (watches included).
+    pub api_requests: Family<RequestLabels, Counter>,
     pub reconciles: Counter,
     pub errors: Counter,
     /// Writes to the API (status patches, ConfigMap applies): flat when idle.
@@ -37,6 +46,12 @@ impl ControllerMetrics {
             "Writes made to the Kubernetes API",
             writes.clone(),
         );
+        let api_requests = Family::default();
+        registry.register(
+            "sluice_operator_api_requests",
+            "Requests sent to the Kubernetes API, by method",
+            api_requests.clone(),
+        );
         let duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         registry.register(
             "sluice_operator_reconcile_duration_seconds",
@@ -44,6 +59,7 @@ impl ControllerMetrics {
             duration.clone(),
         );
         Self {
+            api_requests,
             reconciles,
             errors,
             writes,
