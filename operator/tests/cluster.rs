@@ -256,6 +256,29 @@ fn operator_on_a_real_api_server() {
         );
     }
 
+    // ServiceAccount tokens work for real: TokenRequest, then TokenReview.
+    wait(
+        "the default ServiceAccount in shop",
+        Duration::from_secs(30),
+        || {
+            cp.kubectl(&["get", "serviceaccount", "default", "-n", "shop"], None)
+                .status
+                .success()
+        },
+    );
+    let token = cp.ok(&["create", "token", "default", "-n", "shop"], None);
+    let review = format!(
+        "apiVersion: authentication.k8s.io/v1\nkind: TokenReview\nspec: {{token: {}}}\n",
+        token.trim()
+    );
+    let reviewed: serde_json::Value =
+        serde_json::from_str(&cp.ok(&["create", "-f", "-", "-o", "json"], Some(&review))).unwrap();
+    assert_eq!(reviewed["status"]["authenticated"], true, "{reviewed}");
+    assert_eq!(
+        reviewed["status"]["user"]["username"],
+        "system:serviceaccount:shop:default"
+    );
+
     let operator = Operator::start(&cp);
     for example in [
         "examples/carrier.yaml",
