@@ -181,11 +181,24 @@ fn compile_manifests(
     Ok(compiled)
 }
 
-fn ingress(listen: SocketAddr, state_dir: PathBuf) -> IngressConfig {
-    IngressConfig {
-        listen,
-        state_dir,
-        ..IngressConfig::default()
+/// The sidecar config for compiled integrations and the listen addresses.
+fn sidecar_config(
+    compiled: Vec<(String, IntegrationConfig)>,
+    admin_listen: SocketAddr,
+    webhook_listen: SocketAddr,
+    state_dir: PathBuf,
+) -> SidecarConfig {
+    SidecarConfig {
+        admin: AdminConfig {
+            listen: admin_listen,
+        },
+        drain_timeout: defaults::drain_timeout(),
+        integrations: compiled.into_iter().map(|(_, c)| c).collect(),
+        ingress: IngressConfig {
+            listen: webhook_listen,
+            state_dir,
+            ..IngressConfig::default()
+        },
     }
 }
 
@@ -250,14 +263,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             state_dir,
         } => {
             let compiled = compile_all(&files, &MountedSecrets { root: secrets_root })?;
-            let config = SidecarConfig {
-                admin: AdminConfig {
-                    listen: admin_listen,
-                },
-                drain_timeout: defaults::drain_timeout(),
-                integrations: compiled.into_iter().map(|(_, c)| c).collect(),
-                ingress: ingress(webhook_listen, state_dir),
-            };
+            let config = sidecar_config(compiled, admin_listen, webhook_listen, state_dir);
             print!("{}", config.to_yaml());
             Ok(ExitCode::SUCCESS)
         }
@@ -278,14 +284,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let secrets = LocalSecrets::materialize(manifests.secrets.clone(), secrets_dir)
                 .context("writing inline Secrets to a private directory")?;
             let compiled = compile_manifests(&manifests, &secrets)?;
-            let config = SidecarConfig {
-                admin: AdminConfig {
-                    listen: admin_listen,
-                },
-                drain_timeout: defaults::drain_timeout(),
-                integrations: compiled.into_iter().map(|(_, c)| c).collect(),
-                ingress: ingress(webhook_listen, state_dir),
-            };
+            let config = sidecar_config(compiled, admin_listen, webhook_listen, state_dir);
             let summary: Vec<String> = config
                 .integrations
                 .iter()

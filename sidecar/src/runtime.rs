@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use crate::admin::{AdminService, Readiness};
 use crate::config::SidecarConfig;
 use crate::egress::{self, PipelineError};
-use crate::ingress::{Ingress, IngressService};
+use crate::ingress::Ingress;
 use crate::metrics::Metrics;
 use crate::secrets::SecretStore;
 
@@ -92,7 +92,7 @@ impl Sidecar {
                 .expect("bound listener has an address");
             tracing::info!(%addr, "webhook ingress listening");
             ingress_addr = Some(addr);
-            let service = IngressService(ingress.clone());
+            let service = ingress.clone().service();
             tasks.spawn(egress::server::serve(
                 listener,
                 move |_| service.clone(),

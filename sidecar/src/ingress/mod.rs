@@ -15,9 +15,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -95,6 +93,24 @@ pub fn queue_dir(state_dir: &Path, integration: &str, webhook: &str) -> PathBuf 
 }
 
 impl Ingress {
+    /// The service of the ingress port.
+    pub fn service(
+        self: Arc<Self>,
+    ) -> impl tower::Service<
+        Request<Incoming>,
+        Response = Response<Full<Bytes>>,
+        Error = Infallible,
+        Future = impl Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send,
+    > + Clone
+    + Send
+    + 'static {
+        let ingress = self;
+        tower::service_fn(move |request: Request<Incoming>| {
+            let ingress = ingress.clone();
+            async move { Ok::<_, Infallible>(ingress.handle(request).await) }
+        })
+    }
+
     /// Opens every webhook's queue (recovering what a crash left) and spawns
     /// its deliverer. Returns `None` when no integration has webhooks.
     pub fn start(
@@ -418,25 +434,6 @@ fn reply(
             .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
     }
     response
-}
-
-/// The ingress port's service.
-#[derive(Clone)]
-pub struct IngressService(pub Arc<Ingress>);
-
-impl tower::Service<Request<Incoming>> for IngressService {
-    type Response = Response<Full<Bytes>>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
-        let ingress = self.0.clone();
-        Box::pin(async move { Ok(ingress.handle(request).await) })
-    }
 }
 
 impl VerifyError {
