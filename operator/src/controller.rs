@@ -161,8 +161,20 @@ pub async fn reconcile(pi: Arc<ProviderIntegration>, ctx: Arc<Context>) -> Resul
     };
     problems.extend(cross_checks(&pi, &others));
 
-    let previous = pi
-        .status
+    // The status the object really has: the one we wrote, when our write was
+    // based on this very version and the watch has not delivered it yet;
+    // else the stored one.
+    let key = instance_key(&pi);
+    let resource_version = pi.resource_version().unwrap_or_default();
+    let current = ctx
+        .written
+        .lock()
+        .expect("written lock")
+        .get(&key)
+        .filter(|(version, _)| *version == resource_version)
+        .map(|(_, status)| status.clone())
+        .or_else(|| pi.status.clone());
+    let previous = current
         .as_ref()
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
     let (ready, reason, message) = match (&compiled, problems.is_empty()) {
@@ -181,19 +193,9 @@ pub async fn reconcile(pi: Arc<ProviderIntegration>, ctx: Arc<Context>) -> Resul
             generation,
             previous,
         )],
-        pods: pi.status.as_ref().and_then(|s| s.pods.clone()),
+        pods: current.as_ref().and_then(|s| s.pods.clone()),
     };
-    let key = instance_key(&pi);
-    let resource_version = pi.resource_version().unwrap_or_default();
-    // Our last write was based on this very version of the object and said
-    // the same: the watch has not caught up with it yet.
-    let already_written = ctx
-        .written
-        .lock()
-        .expect("written lock")
-        .get(&key)
-        .is_some_and(|(version, status)| *version == resource_version && *status == desired);
-    if pi.status.as_ref() != Some(&desired) && !already_written {
+    if current.as_ref() != Some(&desired) {
         let api: Api<ProviderIntegration> = Api::namespaced(ctx.client.clone(), &namespace);
         let patch = json!({
             "apiVersion": "sluice.dev/v1alpha1",
@@ -207,6 +209,11 @@ pub async fn reconcile(pi: Arc<ProviderIntegration>, ctx: Arc<Context>) -> Resul
         )
         .await?;
         ctx.metrics.writes.inc();
+        tracing::debug!(integration = %key, %resource_version, "status written");
+        ctx.written
+            .lock()
+            .expect("written lock")
+            .insert(key.clone(), (resource_version.clone(), desired.clone()));
         if previous.map(|p| (p.status.as_str(), p.message.as_str()))
             != Some((if ready { "True" } else { "False" }, message.as_str()))
         {
