@@ -210,10 +210,16 @@ pub async fn reconcile(pi: Arc<ProviderIntegration>, ctx: Arc<Context>) -> Resul
         .await?;
         ctx.metrics.writes.inc();
         tracing::debug!(integration = %key, %resource_version, "status written");
-        ctx.written
-            .lock()
-            .expect("written lock")
-            .insert(key.clone(), (resource_version.clone(), desired.clone()));
+        {
+            let mut written = ctx.written.lock().expect("written lock");
+            written.insert(key.clone(), (resource_version.clone(), desired.clone()));
+            // Forget deleted objects now and then, so the map stays the size of the store.
+            if written.len() > 2 * others.len() + 64 {
+                let live: std::collections::HashSet<String> =
+                    others.iter().map(|o| instance_key(o)).collect();
+                written.retain(|k, _| live.contains(k));
+            }
+        }
         if previous.map(|p| (p.status.as_str(), p.message.as_str()))
             != Some((if ready { "True" } else { "False" }, message.as_str()))
         {
