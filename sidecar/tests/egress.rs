@@ -1159,3 +1159,55 @@ async fn bodies_over_the_buffer_limit_stream_and_are_sent_once() {
     );
     sidecar.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_body_that_stalls_is_cut_off_instead_of_hanging_the_app() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Headers and a first chunk, then nothing, with the connection kept open.
+    let stalling = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = stalling.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = stalling.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+                    )
+                    .await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    let config: sluice_sidecar::config::IntegrationConfig = serde_yaml_ng::from_str(&format!(
+        "name: stall\nlisten: 127.0.0.1:0\nupstream: {{baseUrl: 'http://{addr}', timeout: 300ms, totalTimeout: 5s}}\n"
+    ))
+    .unwrap();
+    let sidecar = start(vec![config]).await;
+    let mut app = tokio::net::TcpStream::connect(sidecar.egress_addr("stall").unwrap())
+        .await
+        .unwrap();
+    app.write_all(b"GET /stream HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), app.read_to_end(&mut received)).await;
+    assert!(read.is_ok(), "the app was left hanging on a stalled body");
+    let text = String::from_utf8_lossy(&received);
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.contains("hello"),
+        "{text}"
+    );
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "a cut-off body must not look complete: {text}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    sidecar.shutdown().await;
+}

@@ -1,8 +1,10 @@
 //! The one body type that flows through the egress pipeline, so every layer
 //! has the same `Service<Request<ProxyBody>>` signature.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
@@ -27,9 +29,21 @@ pub enum ProxyBody {
         prefix: Option<Bytes>,
         rest: Incoming,
     },
+    /// An upstream response body that fails if the upstream sends nothing
+    /// for `idle`: a stalled provider must not hang the app.
+    Watched {
+        incoming: Incoming,
+        idle: Duration,
+        deadline: Pin<Box<tokio::time::Sleep>>,
+    },
     /// Anything else (e.g. a response being copied into the cache).
     Boxed(UnsyncBoxBody<Bytes, BoxError>),
 }
+
+/// The error a [`ProxyBody::Watched`] body ends with when the upstream stalls.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent no response data for {0:?}")]
+pub struct BodyIdleTimeout(pub Duration);
 
 impl ProxyBody {
     pub fn full(bytes: impl Into<Bytes>) -> Self {
@@ -38,6 +52,15 @@ impl ProxyBody {
             ProxyBody::Empty
         } else {
             ProxyBody::Full(Some(bytes))
+        }
+    }
+
+    /// An upstream body that errors after `idle` without data.
+    pub fn watched(incoming: Incoming, idle: Duration) -> Self {
+        ProxyBody::Watched {
+            incoming,
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
         }
     }
 
@@ -100,6 +123,7 @@ impl std::fmt::Debug for ProxyBody {
             ProxyBody::Full(_) => "Full",
             ProxyBody::Incoming(_) => "Incoming",
             ProxyBody::Prefixed { .. } => "Prefixed",
+            ProxyBody::Watched { .. } => "Watched",
             ProxyBody::Boxed(_) => "Boxed",
         };
         f.write_str(kind)
@@ -122,6 +146,20 @@ impl Body for ProxyBody {
                 Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
                 None => Pin::new(rest).poll_frame(cx).map_err(Into::into),
             },
+            ProxyBody::Watched {
+                incoming,
+                idle,
+                deadline,
+            } => match Pin::new(incoming).poll_frame(cx) {
+                Poll::Ready(frame) => {
+                    deadline.as_mut().reset(tokio::time::Instant::now() + *idle);
+                    Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+                }
+                Poll::Pending => match deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdleTimeout(*idle))))),
+                    Poll::Pending => Poll::Pending,
+                },
+            },
             ProxyBody::Boxed(body) => Pin::new(body).poll_frame(cx),
         }
     }
@@ -132,6 +170,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(bytes) => bytes.is_none(),
             ProxyBody::Incoming(incoming) => incoming.is_end_stream(),
             ProxyBody::Prefixed { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
+            ProxyBody::Watched { incoming, .. } => incoming.is_end_stream(),
             ProxyBody::Boxed(body) => body.is_end_stream(),
         }
     }
@@ -153,6 +192,7 @@ impl Body for ProxyBody {
                 }
                 hint
             }
+            ProxyBody::Watched { incoming, .. } => incoming.size_hint(),
             ProxyBody::Boxed(body) => body.size_hint(),
         }
     }

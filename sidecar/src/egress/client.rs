@@ -189,6 +189,11 @@ impl Service<Request<ProxyBody>> for UpstreamService {
 
     fn call(&mut self, request: Request<ProxyBody>) -> Self::Future {
         let (mut parts, body) = request.into_parts();
+        // The body may pause at most as long as an attempt may take.
+        let idle = parts
+            .extensions
+            .get::<RequestContext>()
+            .map_or(Duration::from_secs(30), |ctx| ctx.route.attempt_timeout);
         if let Some(ctx) = parts.extensions.get::<RequestContext>() {
             self.metrics
                 .attempts
@@ -215,7 +220,10 @@ impl Service<Request<ProxyBody>> for UpstreamService {
                 Ok(response) => {
                     let (mut parts, incoming) = response.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
-                    Ok(Response::from_parts(parts, ProxyBody::Incoming(incoming)))
+                    Ok(Response::from_parts(
+                        parts,
+                        ProxyBody::watched(incoming, idle),
+                    ))
                 }
                 Err(error) => Err(ProxyError::from_client_error(&error, error.is_connect())),
             }
