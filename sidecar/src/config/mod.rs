@@ -397,10 +397,6 @@ pub enum RetryOn {
     Timeout,
 }
 
-impl RetryOn {
-    pub const NAMES: [&'static str; 3] = ["connect-error", "reset", "timeout"];
-}
-
 impl std::fmt::Display for RetryOn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -617,33 +613,6 @@ pub enum ClientAuthMethod {
     Basic,
     /// `client_id` and `client_secret` in the form body.
     RequestBody,
-}
-
-impl AuthConfig {
-    /// Every secret file this auth reads, for start-up checks and watching.
-    pub fn secret_files(&self) -> Vec<&SecretFile> {
-        match self {
-            AuthConfig::Header {
-                secret, previous, ..
-            }
-            | AuthConfig::Bearer { secret, previous } => std::iter::once(secret)
-                .chain(previous.as_ref().map(|p| &p.secret))
-                .collect(),
-            AuthConfig::Basic {
-                username,
-                password,
-                previous_password,
-            } => [username, password]
-                .into_iter()
-                .chain(previous_password.as_ref().map(|p| &p.secret))
-                .collect(),
-            AuthConfig::Oauth2ClientCredentials {
-                client_id,
-                client_secret,
-                ..
-            } => vec![client_id, client_secret],
-        }
-    }
 }
 
 /// Every default in one place, so `sluice render` can print what will apply.

@@ -31,10 +31,6 @@ impl Timestamp {
             UNIX_EPOCH - Duration::from_secs(self.unix_seconds.unsigned_abs())
         }
     }
-    /// True when `now` is strictly before this timestamp.
-    pub fn is_after(self, now: SystemTime) -> bool {
-        now < self.to_system_time()
-    }
 }
 
 /// Days since 1970-01-01 for a proleptic Gregorian date (Howard Hinnant's algorithm).

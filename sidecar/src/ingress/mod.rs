@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use self::dedup::{DedupStore, MemoryDedup};
 use self::deliver::Deliverer;
 use self::queue::{EnqueueError, QueueWriter, StoredEvent};
-use self::verify::{GenericHmac, VerifyError, WebhookKey};
+use self::verify::{GenericHmac, WebhookKey};
 use crate::config::{IngressConfig, IntegrationConfig, WebhookConfig, WebhookScheme};
 use crate::metrics::{Metrics, Name, WebhookLabels, WebhookResultLabels};
 use crate::secrets::{Secret, SecretError, SecretStore};
@@ -434,11 +434,4 @@ fn reply(
             .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
     }
     response
-}
-
-impl VerifyError {
-    /// For logs: which check failed, never a secret.
-    pub fn describe(&self) -> String {
-        self.to_string()
-    }
 }
