@@ -377,6 +377,20 @@ pub struct BackoffConfig {
     pub jitter: f64,
 }
 
+impl BackoffConfig {
+    /// The wait after attempt `attempt` (1-based): `initial * multiplier^(attempt-1)`,
+    /// capped at `max`, scaled by a random factor in `[1 - jitter, 1 + jitter]`.
+    pub fn delay(&self, attempt: u32) -> std::time::Duration {
+        let exp = self
+            .multiplier
+            .max(1.0)
+            .powi(attempt.saturating_sub(1) as i32);
+        let capped = (self.initial.get().as_secs_f64() * exp).min(self.max.get().as_secs_f64());
+        let factor = 1.0 + self.jitter.clamp(0.0, 1.0) * (fastrand::f64() * 2.0 - 1.0);
+        std::time::Duration::from_secs_f64((capped * factor).max(0.0))
+    }
+}
+
 impl Default for BackoffConfig {
     fn default() -> Self {
         Self {

@@ -16,16 +16,13 @@ use super::body::{ProxyBody, try_clone_request};
 use super::error::ProxyError;
 use super::route::RequestContext;
 use super::step::{Next, PipelineResult, Step};
-use crate::config::{RetryConfig, RetryOn};
+use crate::config::{BackoffConfig, RetryConfig, RetryOn};
 use crate::metrics::{IntegrationLabels, Metrics, Name, RetryLabels};
 
 /// The retry settings of one integration, compiled.
 pub struct RetryRules {
     max_attempts: u32,
-    initial: Duration,
-    max_backoff: Duration,
-    multiplier: f64,
-    jitter: f64,
+    backoff: BackoffConfig,
     statuses: Vec<u16>,
     on_connect_error: bool,
     on_reset: bool,
@@ -67,10 +64,7 @@ impl RetryRules {
         let budget = &config.budget;
         Ok(Self {
             max_attempts: config.max_attempts.max(1),
-            initial: config.backoff.initial.get(),
-            max_backoff: config.backoff.max.get(),
-            multiplier: config.backoff.multiplier.max(1.0),
-            jitter: config.backoff.jitter.clamp(0.0, 1.0),
+            backoff: config.backoff.clone(),
             statuses: config
                 .retry_on
                 .iter()
@@ -137,11 +131,7 @@ impl RetryRules {
 
     /// Exponential backoff for the wait after attempt `attempt` (1-based), with jitter.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self.multiplier.powi(attempt.saturating_sub(1) as i32);
-        let base = self.initial.as_secs_f64() * exp;
-        let capped = base.min(self.max_backoff.as_secs_f64());
-        let factor = 1.0 + self.jitter * (fastrand::f64() * 2.0 - 1.0);
-        Duration::from_secs_f64((capped * factor).max(0.0))
+        self.backoff.delay(attempt)
     }
 }
 

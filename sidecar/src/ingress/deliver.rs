@@ -115,15 +115,6 @@ impl Deliverer {
             })
     }
 
-    fn backoff(&self, attempt: u32) -> Duration {
-        let b = &self.config.backoff;
-        let base = b.initial.get().as_secs_f64()
-            * b.multiplier.max(1.0).powi(attempt.saturating_sub(1) as i32);
-        let capped = base.min(b.max.get().as_secs_f64());
-        let factor = 1.0 + b.jitter.clamp(0.0, 1.0) * (fastrand::f64() * 2.0 - 1.0);
-        Duration::from_secs_f64((capped * factor).max(0.0))
-    }
-
     fn dead_letter(
         &self,
         queue_dir: &std::path::Path,
@@ -187,7 +178,7 @@ impl Deliverer {
                     Err(error) => {
                         self.count("retry");
                         tracing::info!(integration = %self.integration, webhook = %self.webhook, event_id = %event.id, attempt, %error, "webhook delivery failed; retrying");
-                        let wait = self.backoff(attempt);
+                        let wait = self.config.backoff.delay(attempt);
                         tokio::select! {
                             _ = tokio::time::sleep(wait) => {}
                             _ = stop.wait_for(|s| *s) => { reader.close(); return }
