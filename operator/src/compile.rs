@@ -94,6 +94,28 @@ fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
+/// `<path>.name` must be a DNS label, unique among the `what`s of its list.
+fn check_name<'a>(
+    errors: &mut Errors,
+    path: &str,
+    name: &'a str,
+    seen: &mut HashSet<&'a str>,
+    what: &str,
+) {
+    if !is_dns_label(name) {
+        errors.add(
+            format!("{path}.name"),
+            format!("{name:?} must be a DNS label"),
+        );
+    }
+    if !seen.insert(name) {
+        errors.add(
+            format!("{path}.name"),
+            format!("{name:?} is used by an earlier {what}"),
+        );
+    }
+}
+
 fn is_token(s: &str) -> bool {
     // RFC 9110 tchar, for method and header names.
     !s.is_empty()
@@ -386,18 +408,7 @@ pub fn compile(
         .enumerate()
         .map(|(i, e)| {
             let path = format!("spec.endpoints[{i}]");
-            if !is_dns_label(&e.name) {
-                errors.add(
-                    format!("{path}.name"),
-                    format!("{:?} must be a DNS label", e.name),
-                );
-            }
-            if !endpoint_names.insert(e.name.as_str()) {
-                errors.add(
-                    format!("{path}.name"),
-                    format!("{:?} is used by an earlier endpoint", e.name),
-                );
-            }
+            check_name(&mut errors, &path, &e.name, &mut endpoint_names, "endpoint");
             positive(&mut errors, &format!("{path}.timeout"), e.timeout);
             positive(
                 &mut errors,
@@ -430,12 +441,7 @@ pub fn compile(
         .enumerate()
         .map(|(i, l)| {
             let path = format!("spec.rateLimits[{i}]");
-            if !is_dns_label(&l.name) {
-                errors.add(format!("{path}.name"), format!("{:?} must be a DNS label", l.name));
-            }
-            if !limit_names.insert(l.name.as_str()) {
-                errors.add(format!("{path}.name"), format!("{:?} is used by an earlier rate limit", l.name));
-            }
+            check_name(&mut errors, &path, &l.name, &mut limit_names, "rate limit");
             if l.rate.requests == 0 {
                 errors.add(format!("{path}.rate.requests"), "must be at least 1");
             }
@@ -598,18 +604,7 @@ fn compile_webhooks(
         .enumerate()
         .map(|(i, w)| {
             let path = format!("spec.webhooks[{i}]");
-            if !is_dns_label(&w.name) {
-                errors.add(
-                    format!("{path}.name"),
-                    format!("{:?} must be a DNS label", w.name),
-                );
-            }
-            if !names.insert(w.name.as_str()) {
-                errors.add(
-                    format!("{path}.name"),
-                    format!("{:?} is used by an earlier webhook", w.name),
-                );
-            }
+            check_name(errors, &path, &w.name, &mut names, "webhook");
             if !w.path.starts_with('/') || w.path.contains(['?', '#', '*']) {
                 errors.add(
                     format!("{path}.path"),
