@@ -299,7 +299,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 for line in &summary {
                     println!("{line}");
                 }
-                if let Some(addr) = sidecar.ingress_addr {
+                if let Some(addr) = sidecar.ingress_addr() {
                     println!("webhooks: http://{addr}");
                 }
                 println!("admin: http://{}/metrics", sidecar.admin_addr);

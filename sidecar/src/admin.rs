@@ -37,12 +37,28 @@ impl Readiness {
     }
 }
 
+/// The config running now, as `/config` shows it; replaced on every change.
+#[derive(Clone)]
+pub struct LiveConfig(Arc<std::sync::RwLock<Arc<SidecarConfig>>>);
+
+impl LiveConfig {
+    pub fn new(config: SidecarConfig) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(Arc::new(config))))
+    }
+    pub fn get(&self) -> Arc<SidecarConfig> {
+        self.0.read().expect("config lock").clone()
+    }
+    pub fn set(&self, config: SidecarConfig) {
+        *self.0.write().expect("config lock") = Arc::new(config);
+    }
+}
+
 #[derive(Clone)]
 pub struct AdminService {
     metrics: Metrics,
-    config: Arc<SidecarConfig>,
+    config: LiveConfig,
     ready: Readiness,
-    ingress: Option<Arc<Ingress>>,
+    ingress: Arc<Ingress>,
     from_loopback: bool,
 }
 
@@ -72,9 +88,9 @@ pub struct DeadLetterSummary {
 impl AdminService {
     pub fn new(
         metrics: Metrics,
-        config: Arc<SidecarConfig>,
+        config: LiveConfig,
         ready: Readiness,
-        ingress: Option<Arc<Ingress>>,
+        ingress: Arc<Ingress>,
     ) -> Self {
         Self {
             metrics,
@@ -95,10 +111,9 @@ impl AdminService {
 
     fn endpoint(&self, integration: &str, webhook: &str) -> Option<Arc<Endpoint>> {
         self.ingress
-            .as_ref()?
             .endpoints()
+            .into_iter()
             .find(|e| &*e.integration == integration && &*e.webhook == webhook)
-            .cloned()
     }
 
     async fn dead_letters(&self, method: &Method, path: &str) -> Response<Full<Bytes>> {
@@ -108,12 +123,13 @@ impl AdminService {
                 &serde_json::json!({"error": "dead letters are served to loopback only: use kubectl port-forward or exec"}),
             );
         }
-        let Some(ingress) = &self.ingress else {
+        let ingress = &self.ingress;
+        if ingress.is_empty() {
             return json(
                 StatusCode::NOT_FOUND,
                 &serde_json::json!({"error": "no webhooks are configured"}),
             );
-        };
+        }
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match (method, parts.as_slice()) {
             (&Method::GET, ["webhooks", "dead-letters"]) => {
@@ -245,7 +261,8 @@ impl AdminService {
             "/config" => text(
                 StatusCode::OK,
                 "application/json",
-                serde_json::to_string_pretty(&*self.config).expect("config serializes") + "\n",
+                serde_json::to_string_pretty(&*self.config.get()).expect("config serializes")
+                    + "\n",
             ),
             _ => text(
                 StatusCode::NOT_FOUND,

@@ -59,6 +59,11 @@ pub struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WebhookLabels {
     pub integration: Name,
     pub webhook: Name,
@@ -107,6 +112,10 @@ pub struct Families {
     pub webhook_deliveries: Family<WebhookResultLabels, Counter>,
     pub webhook_fsyncs: Family<WebhookLabels, Counter>,
     pub webhook_ack_duration: Family<WebhookLabels, Histogram, fn() -> Histogram>,
+    pub config_reloads: Family<ReloadLabels, Counter>,
+    /// Unix time of the last config change applied (0: the config it started with).
+    pub config_applied: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub config_server_connected: Gauge,
     registry: Registry,
 }
 
@@ -230,7 +239,28 @@ impl Metrics {
             "From the webhook's arrival to the provider's 200 (durably stored)",
             webhook_ack_duration.clone(),
         );
+        let config_reloads = Family::default();
+        registry.register(
+            "sluice_config_reloads",
+            "Config changes received while running, by result (applied, failed: the last good config stays)",
+            config_reloads.clone(),
+        );
+        let config_applied = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "sluice_config_last_applied_timestamp_seconds",
+            "When the running config was last changed (Unix time; 0 until the first live change)",
+            config_applied.clone(),
+        );
+        let config_server_connected = Gauge::default();
+        registry.register(
+            "sluice_config_server_connected",
+            "1 while the sidecar follows the operator's config stream, 0 while it runs on its last good config",
+            config_server_connected.clone(),
+        );
         Self(Arc::new(Families {
+            config_reloads,
+            config_applied,
+            config_server_connected,
             webhook_received,
             webhook_queue_depth,
             webhook_deliveries,

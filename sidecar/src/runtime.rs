@@ -1,20 +1,30 @@
-//! Starting and stopping the whole sidecar: bind every listener and load every
-//! secret first (so a bad port or a missing file fails at start, clearly),
-//! then serve until told to stop, then drain.
+//! Starting, reconfiguring and stopping the whole sidecar.
+//!
+//! At start every listener is bound and every secret loaded first, so a bad
+//! port or a missing file fails clearly. While running, [`Sidecar::apply`]
+//! takes a changed set of integrations: each changed integration gets a new
+//! pipeline that new requests use at once (in-flight ones finish on the old
+//! one), keeping the state whose config did not change (see
+//! [`crate::egress::PipelineState`]); an integration whose new config fails
+//! keeps running on its last good one.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use http::{Request, Response};
+use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio_util::task::TaskTracker;
 
-use crate::admin::{AdminService, Readiness};
-use crate::config::SidecarConfig;
-use crate::egress::{self, PipelineError};
+use crate::admin::{AdminService, LiveConfig, Readiness};
+use crate::config::{IntegrationConfig, SidecarConfig};
+use crate::egress::body::ProxyBody;
+use crate::egress::{self, EgressService, PipelineError, PipelineState};
 use crate::ingress::Ingress;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ReloadLabels};
 use crate::secrets::SecretStore;
 
 /// How often secret files are re-read.
@@ -36,16 +46,65 @@ pub enum StartError {
     Ingress(#[from] crate::ingress::IngressError),
 }
 
+/// A config change that was not (wholly) applied. What it names keeps its
+/// last good config; everything else was applied.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+pub struct ApplyError(pub Vec<StartError>);
+
 /// A running sidecar. Dropping it does not stop it; call [`Sidecar::shutdown`].
 pub struct Sidecar {
-    stop: watch::Sender<bool>,
-    tasks: JoinSet<()>,
-    watcher: tokio::task::JoinHandle<()>,
+    live: Arc<Live>,
     pub admin_addr: SocketAddr,
-    pub egress_addrs: Vec<(String, SocketAddr)>,
-    /// The webhook ingress, when any integration has webhooks.
-    pub ingress_addr: Option<SocketAddr>,
     pub metrics: Metrics,
+}
+
+/// The swappable pipeline behind one egress listener: every request takes
+/// the current one.
+#[derive(Clone)]
+struct CurrentPipeline(Arc<RwLock<EgressService>>);
+
+impl tower::Service<Request<Incoming>> for CurrentPipeline {
+    type Response = Response<ProxyBody>;
+    type Error = std::convert::Infallible;
+    type Future = <EgressService as tower::Service<Request<Incoming>>>::Future;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        // Every pipeline is always ready: its layers queue inside `call`.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        let mut service = self.0.read().expect("pipeline lock").clone();
+        service.call(request)
+    }
+}
+
+/// One integration's egress listener.
+struct EgressSlot {
+    state: PipelineState,
+    current: CurrentPipeline,
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+/// What a running sidecar is made of; reconfigured under `slots`' lock.
+struct Live {
+    base: SidecarConfig,
+    secrets: SecretStore,
+    metrics: Metrics,
+    tasks: TaskTracker,
+    /// Stops the admin and webhook listeners.
+    stop: watch::Sender<bool>,
+    slots: tokio::sync::Mutex<BTreeMap<String, EgressSlot>>,
+    addrs: RwLock<Vec<(String, SocketAddr)>>,
+    ingress: Arc<Ingress>,
+    ingress_addr: RwLock<Option<SocketAddr>>,
+    config: LiveConfig,
+    secret_watcher: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 async fn bind(what: String, addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -60,100 +119,267 @@ impl Sidecar {
         config.check()?;
         let metrics = Metrics::new();
         let secrets = SecretStore::new();
-        let ready = Readiness::default();
-        let mut pipelines = Vec::new();
-        for integration in &config.integrations {
-            let service = egress::pipeline(integration, &secrets, &metrics)?;
-            let listener = bind(
-                format!("integration {}", integration.name),
-                integration.listen,
-            )
-            .await?;
-            pipelines.push((integration.name.clone(), listener, service));
+        let tasks = TaskTracker::new();
+        let (stop, _) = watch::channel(false);
+        let ingress = Ingress::new(&config.ingress, &secrets, &metrics, tasks.clone());
+        let live_config = LiveConfig::new(config.clone());
+        let live = Arc::new(Live {
+            base: SidecarConfig {
+                integrations: Vec::new(),
+                ..config.clone()
+            },
+            secrets: secrets.clone(),
+            metrics: metrics.clone(),
+            tasks,
+            stop,
+            slots: Default::default(),
+            addrs: Default::default(),
+            ingress: ingress.clone(),
+            ingress_addr: Default::default(),
+            config: live_config.clone(),
+            secret_watcher: Default::default(),
+        });
+        // At start, any problem is fatal: there is no last good config.
+        if let Err(mut errors) = live.apply(&config.integrations).await {
+            live.shutdown().await;
+            return Err(errors.0.remove(0));
         }
-        let admin_listener = bind("admin server".into(), config.admin.listen).await?;
-
-        let (stop, stopped) = watch::channel(false);
-        let drain = config.drain_timeout.get();
-        let mut tasks = JoinSet::new();
-        let ingress = Ingress::start(
-            &config.ingress,
-            &config.integrations,
-            &secrets,
-            &metrics,
-            stopped.clone(),
-            &mut tasks,
-        )?;
-        let mut ingress_addr = None;
-        if let Some(ingress) = &ingress {
-            let listener = bind("webhook ingress".into(), config.ingress.listen).await?;
-            let addr = listener
-                .local_addr()
-                .expect("bound listener has an address");
-            tracing::info!(%addr, "webhook ingress listening");
-            ingress_addr = Some(addr);
-            let service = ingress.clone().service();
-            tasks.spawn(egress::server::serve(
-                listener,
-                move |_| service.clone(),
-                stopped.clone(),
-                drain,
-                "ingress".into(),
-            ));
-        }
-        let mut egress_addrs = Vec::new();
-        for (name, listener, service) in pipelines {
-            let addr = listener
-                .local_addr()
-                .expect("bound listener has an address");
-            tracing::info!(integration = %name, %addr, "egress listening");
-            egress_addrs.push((name.clone(), addr));
-            tasks.spawn(egress::server::serve(
-                listener,
-                move |_| service.clone(),
-                stopped.clone(),
-                drain,
-                name,
-            ));
-        }
+        let admin_listener = match bind("admin server".into(), config.admin.listen).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                live.shutdown().await;
+                return Err(error);
+            }
+        };
         let admin_addr = admin_listener
             .local_addr()
             .expect("bound listener has an address");
-        let admin = AdminService::new(metrics.clone(), Arc::new(config), ready.clone(), ingress);
-        tasks.spawn(egress::server::serve(
+        let ready = Readiness::default();
+        let admin = AdminService::new(metrics.clone(), live_config, ready.clone(), ingress);
+        live.tasks.spawn(egress::server::serve(
             admin_listener,
             move |peer: SocketAddr| admin.for_peer(peer),
-            stopped.clone(),
-            drain,
+            live.stop.subscribe(),
+            config.drain_timeout.get(),
             "admin".into(),
         ));
         tracing::info!(%admin_addr, "admin listening");
-        let watcher = secrets.watch(SECRET_POLL_PERIOD, metrics.clone());
+        *live.secret_watcher.lock().expect("watcher lock") =
+            Some(secrets.watch(SECRET_POLL_PERIOD, metrics.clone()));
         ready.set(true);
         Ok(Self {
-            stop,
-            tasks,
-            watcher,
+            live,
             admin_addr,
-            egress_addrs,
-            ingress_addr,
             metrics,
         })
     }
 
+    /// Makes `integrations` the running config (admin and webhook listen
+    /// addresses stay as started). Integrations whose new config fails keep
+    /// their last good one and are named in the error; the rest are applied.
+    pub async fn apply(&self, integrations: &[IntegrationConfig]) -> Result<(), ApplyError> {
+        let result = self.live.apply(integrations).await;
+        let outcome = if result.is_ok() { "applied" } else { "failed" };
+        self.metrics
+            .config_reloads
+            .get_or_create(&ReloadLabels { result: outcome })
+            .inc();
+        self.metrics.config_applied.set(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64(),
+        );
+        result
+    }
+
+    /// The integrations running now.
+    pub fn integrations(&self) -> Vec<IntegrationConfig> {
+        self.live.config.get().integrations.clone()
+    }
+
     /// Stops accepting, lets in-flight requests finish (up to the drain timeout).
-    pub async fn shutdown(mut self) {
-        let _ = self.stop.send(true);
-        while self.tasks.join_next().await.is_some() {}
-        self.watcher.abort();
+    pub async fn shutdown(self) {
+        self.live.shutdown().await;
     }
 
     /// The address a named integration listens on.
     pub fn egress_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.egress_addrs
+        self.live
+            .addrs
+            .read()
+            .expect("addrs lock")
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, a)| *a)
+    }
+
+    /// Every integration's listen address.
+    pub fn egress_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.live.addrs.read().expect("addrs lock").clone()
+    }
+
+    /// The webhook ingress, once any integration has webhooks.
+    pub fn ingress_addr(&self) -> Option<SocketAddr> {
+        *self.live.ingress_addr.read().expect("ingress lock")
+    }
+}
+
+impl Live {
+    async fn apply(&self, integrations: &[IntegrationConfig]) -> Result<(), ApplyError> {
+        let mut slots = self.slots.lock().await;
+        let candidate = SidecarConfig {
+            integrations: integrations.to_vec(),
+            ..self.base.clone()
+        };
+        if let Err(error) = candidate.check() {
+            return Err(ApplyError(vec![error.into()]));
+        }
+        let mut errors = Vec::new();
+        let mut running = Vec::new();
+        for config in integrations {
+            match self.apply_one(&mut slots, config).await {
+                Ok(()) => running.push(config.clone()),
+                Err(error) => {
+                    tracing::error!(integration = %config.name, %error, "config not applied; this integration keeps its last good config");
+                    errors.push(error);
+                    if let Some(slot) = slots.get(&config.name) {
+                        running.push(slot.state.config().clone());
+                    }
+                }
+            }
+        }
+        let wanted: Vec<&str> = integrations.iter().map(|c| c.name.as_str()).collect();
+        let removed: Vec<String> = slots
+            .keys()
+            .filter(|name| !wanted.contains(&name.as_str()))
+            .cloned()
+            .collect();
+        for name in removed {
+            let slot = slots.remove(&name).expect("listed above");
+            tracing::info!(integration = %name, "integration removed; draining its listener");
+            let _ = slot.stop.send(true);
+        }
+        // Webhooks: served only for integrations running their new config.
+        match self.ingress.reconfigure(&running).await {
+            Ok(()) => {
+                if let Err(error) = self.ensure_ingress_listener().await {
+                    errors.push(error);
+                }
+            }
+            Err(error) => errors.push(error.into()),
+        }
+        *self.addrs.write().expect("addrs lock") = slots
+            .iter()
+            .map(|(name, slot)| (name.clone(), slot.addr))
+            .collect();
+        self.config.set(SidecarConfig {
+            integrations: running,
+            ..self.base.clone()
+        });
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ApplyError(errors))
+        }
+    }
+
+    /// Starts, changes or keeps one integration.
+    async fn apply_one(
+        &self,
+        slots: &mut BTreeMap<String, EgressSlot>,
+        config: &IntegrationConfig,
+    ) -> Result<(), StartError> {
+        let existing = slots.get(&config.name);
+        if existing.is_some_and(|slot| slot.state.config() == config) {
+            return Ok(());
+        }
+        let rebind = existing.is_none_or(|slot| slot.state.config().listen != config.listen);
+        // Bind before building: building changes the running limiter.
+        let listener = if rebind {
+            Some(bind(format!("integration {}", config.name), config.listen).await?)
+        } else {
+            None
+        };
+        let (service, state) = egress::build(
+            config,
+            &self.secrets,
+            &self.metrics,
+            existing.map(|slot| &slot.state),
+        )?;
+        match (listener, slots.get_mut(&config.name)) {
+            (None, Some(slot)) => {
+                *slot.current.0.write().expect("pipeline lock") = service;
+                slot.state = state;
+                tracing::info!(integration = %config.name, "config applied");
+            }
+            (Some(listener), previous) => {
+                let addr = listener
+                    .local_addr()
+                    .expect("bound listener has an address");
+                if let Some(old) = previous {
+                    tracing::info!(integration = %config.name, from = %old.addr, to = %addr, "listen address changed; draining the old listener");
+                    let _ = old.stop.send(true);
+                }
+                tracing::info!(integration = %config.name, %addr, "egress listening");
+                let current = CurrentPipeline(Arc::new(RwLock::new(service)));
+                let (stop, stopped) = watch::channel(false);
+                let serving = current.clone();
+                self.tasks.spawn(egress::server::serve(
+                    listener,
+                    move |_| serving.clone(),
+                    stopped,
+                    self.base.drain_timeout.get(),
+                    config.name.clone(),
+                ));
+                slots.insert(
+                    config.name.clone(),
+                    EgressSlot {
+                        state,
+                        current,
+                        addr,
+                        stop,
+                    },
+                );
+            }
+            (None, None) => unreachable!("a new integration is always bound"),
+        }
+        Ok(())
+    }
+
+    /// Binds the webhook port the first time any integration has webhooks.
+    async fn ensure_ingress_listener(&self) -> Result<(), StartError> {
+        if self.ingress.is_empty() || self.ingress_addr.read().expect("ingress lock").is_some() {
+            return Ok(());
+        }
+        let listener = bind("webhook ingress".into(), self.base.ingress.listen).await?;
+        let addr = listener
+            .local_addr()
+            .expect("bound listener has an address");
+        tracing::info!(%addr, "webhook ingress listening");
+        let service = self.ingress.clone().service();
+        self.tasks.spawn(egress::server::serve(
+            listener,
+            move |_| service.clone(),
+            self.stop.subscribe(),
+            self.base.drain_timeout.get(),
+            "ingress".into(),
+        ));
+        *self.ingress_addr.write().expect("ingress lock") = Some(addr);
+        Ok(())
+    }
+
+    async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        for slot in self.slots.lock().await.values() {
+            let _ = slot.stop.send(true);
+        }
+        self.ingress.stop().await;
+        self.tasks.close();
+        self.tasks.wait().await;
+        if let Some(watcher) = self.secret_watcher.lock().expect("watcher lock").take() {
+            watcher.abort();
+        }
     }
 }
 

@@ -141,7 +141,7 @@ async fn post(
     headers: &[(String, String)],
     body: &str,
 ) -> Answer {
-    let app = App::new(sidecar.ingress_addr.expect("ingress is listening"));
+    let app = App::new(sidecar.ingress_addr().expect("ingress is listening"));
     let pairs: Vec<(&str, &str)> = headers
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
@@ -325,7 +325,7 @@ async fn forged_stale_duplicate_and_oversized_webhooks_never_reach_the_app() {
         post(&sidecar, "/nowhere", &signed[0], body).await.status,
         404
     );
-    let get = App::new(sidecar.ingress_addr.unwrap()).get("/wh").await;
+    let get = App::new(sidecar.ingress_addr().unwrap()).get("/wh").await;
     assert_eq!(get.status, 405);
 
     wait_for(&app, 1, Duration::from_secs(5)).await;

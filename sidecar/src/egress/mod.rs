@@ -29,7 +29,7 @@ use self::auth::{AuthStep, Credentials, CredentialsError};
 use self::body::ProxyBody;
 use self::cache::{CacheStep, ResponseCache};
 use self::circuit::{CircuitBreaker, CircuitStep};
-use self::client::{ClientBuildError, Upstream, UpstreamService};
+use self::client::{ClientBuildError, HttpsClient, Upstream, UpstreamService};
 use self::observe::ObserveLayer;
 use self::ratelimit::{RateLimitStep, RateLimiter};
 use self::retry::{RetryRules, RetryRulesError, RetryStep};
@@ -67,6 +67,36 @@ pub enum PipelineError {
     },
 }
 
+/// The parts of an integration's pipeline that hold state: kept across a
+/// config change wherever their own config did not change, so a reload does
+/// not reset limiter history, open circuits, retry budgets, OAuth2 tokens,
+/// cached responses or pooled connections.
+#[derive(Clone)]
+pub struct PipelineState {
+    config: IntegrationConfig,
+    limiter: Arc<RateLimiter>,
+    breaker: Option<Arc<CircuitBreaker>>,
+    retry: Arc<RetryRules>,
+    cache: Arc<ResponseCache>,
+    credentials: Option<Credentials>,
+    client: HttpsClient,
+}
+
+impl PipelineState {
+    pub fn config(&self) -> &IntegrationConfig {
+        &self.config
+    }
+}
+
+/// Builds the whole egress pipeline of one integration; see [`build`].
+pub fn pipeline(
+    config: &IntegrationConfig,
+    secrets: &SecretStore,
+    metrics: &Metrics,
+) -> Result<EgressService, PipelineError> {
+    build(config, secrets, metrics, None).map(|(service, _)| service)
+}
+
 /// Builds the whole egress pipeline of one integration, outermost first:
 ///
 /// ```text
@@ -77,13 +107,21 @@ pub enum PipelineError {
 ///
 /// The cache sits above the breaker so cached answers still flow while the
 /// provider is down; the limiter sits below retry so retries spend rate too.
-pub fn pipeline(
+///
+/// With `previous` (the same integration's running pipeline) the stateful
+/// parts are carried over as [`PipelineState`] explains; nothing of the
+/// previous pipeline changes unless the whole build succeeds.
+pub fn build(
     config: &IntegrationConfig,
     secrets: &SecretStore,
     metrics: &Metrics,
-) -> Result<EgressService, PipelineError> {
+    previous: Option<&PipelineState>,
+) -> Result<(EgressService, PipelineState), PipelineError> {
     let name: Name = Arc::from(config.name.as_str());
     let integration = || config.name.clone();
+    let same = |f: &dyn Fn(&IntegrationConfig, &IntegrationConfig) -> bool| {
+        previous.is_some_and(|p| f(&p.config, config))
+    };
     let router = Router::new(config).map_err(|source| PipelineError::Route {
         integration: integration(),
         source,
@@ -93,46 +131,85 @@ pub fn pipeline(
             integration: integration(),
             source,
         })?;
-    let client = client::build_client(
-        config.upstream.ca_bundle.as_deref(),
-        config.upstream.timeout.get(),
-    )
-    .map_err(|source| PipelineError::Client {
-        integration: integration(),
-        source,
-    })?;
-    let credentials = config
-        .auth
-        .as_ref()
-        .map(|auth| {
-            Credentials::new(
-                auth,
-                secrets,
-                &name,
-                client.clone(),
-                config.upstream.timeout.get(),
-                metrics.clone(),
-            )
-        })
-        .transpose()
-        .map_err(|source| PipelineError::Credentials {
+    let same_client = same(&|a, b| {
+        a.upstream.ca_bundle == b.upstream.ca_bundle && a.upstream.timeout == b.upstream.timeout
+    });
+    let client = match previous {
+        Some(p) if same_client => p.client.clone(),
+        _ => client::build_client(
+            config.upstream.ca_bundle.as_deref(),
+            config.upstream.timeout.get(),
+        )
+        .map_err(|source| PipelineError::Client {
             integration: integration(),
             source,
-        })?;
-    let retry = RetryRules::new(
-        &config.retry,
-        config.upstream.max_buffered_body_bytes,
-        name.clone(),
-        metrics.clone(),
-    )
-    .map_err(|source| PipelineError::Retry {
-        integration: integration(),
-        source,
-    })?;
-    let breaker = config
-        .circuit_breaker
-        .clone()
-        .map(|c| CircuitBreaker::new(c, name.clone(), metrics));
+        })?,
+    };
+    let credentials = match previous {
+        Some(p) if same_client && p.config.auth == config.auth => p.credentials.clone(),
+        _ => config
+            .auth
+            .as_ref()
+            .map(|auth| {
+                Credentials::new(
+                    auth,
+                    secrets,
+                    &name,
+                    client.clone(),
+                    config.upstream.timeout.get(),
+                    metrics.clone(),
+                )
+            })
+            .transpose()
+            .map_err(|source| PipelineError::Credentials {
+                integration: integration(),
+                source,
+            })?,
+    };
+    let retry = match previous {
+        Some(p)
+            if same(&|a, b| {
+                a.retry == b.retry
+                    && a.upstream.max_buffered_body_bytes == b.upstream.max_buffered_body_bytes
+            }) =>
+        {
+            p.retry.clone()
+        }
+        _ => Arc::new(
+            RetryRules::new(
+                &config.retry,
+                config.upstream.max_buffered_body_bytes,
+                name.clone(),
+                metrics.clone(),
+            )
+            .map_err(|source| PipelineError::Retry {
+                integration: integration(),
+                source,
+            })?,
+        ),
+    };
+    let breaker = match previous {
+        Some(p) if same(&|a, b| a.circuit_breaker == b.circuit_breaker) => p.breaker.clone(),
+        _ => config
+            .circuit_breaker
+            .clone()
+            .map(|c| CircuitBreaker::new(c, name.clone(), metrics)),
+    };
+    let cache = match previous {
+        Some(p) if same(&|a, b| a.cache == b.cache) => p.cache.clone(),
+        _ => ResponseCache::new(&config.cache, name.clone(), metrics.clone()),
+    };
+    // Last, as it changes the running limiter: everything above succeeded.
+    let (limiter, router) = match previous {
+        Some(p) => {
+            let slots = p.limiter.reconfigure(&config.rate_limits);
+            (p.limiter.clone(), router.with_limit_slots(&slots))
+        }
+        None => (
+            RateLimiter::new(name.clone(), &config.rate_limits, metrics.clone()),
+            router,
+        ),
+    };
 
     let service = ServiceBuilder::new()
         .layer(ObserveLayer::new(
@@ -141,29 +218,30 @@ pub fn pipeline(
             metrics.clone(),
         ))
         .layer(StepLayer(TimeoutStep::total()))
-        .layer(StepLayer(CacheStep::new(ResponseCache::new(
-            &config.cache,
-            name.clone(),
-            metrics.clone(),
-        ))))
-        .layer(StepLayer(CircuitStep::new(breaker)))
-        .layer(StepLayer(RetryStep::new(retry)))
-        .layer(StepLayer(RateLimitStep::new(RateLimiter::new(
-            name.clone(),
-            &config.rate_limits,
-            metrics.clone(),
-        ))))
+        .layer(StepLayer(CacheStep::new(cache.clone())))
+        .layer(StepLayer(CircuitStep::new(breaker.clone())))
+        .layer(StepLayer(RetryStep::new(retry.clone())))
+        .layer(StepLayer(RateLimitStep::new(limiter.clone())))
         .layer(StepLayer(TimeoutStep::attempt()))
         .layer(StepLayer(AuthStep::new(
-            credentials,
+            credentials.clone(),
             name.clone(),
             metrics.clone(),
         )))
         .service(UpstreamService::new(
-            client,
+            client.clone(),
             upstream,
             name,
             metrics.clone(),
         ));
-    Ok(BoxCloneSyncService::new(service))
+    let state = PipelineState {
+        config: config.clone(),
+        limiter,
+        breaker,
+        retry,
+        cache,
+        credentials,
+        client,
+    };
+    Ok((BoxCloneSyncService::new(service), state))
 }

@@ -46,9 +46,62 @@ struct Limit {
     log: VecDeque<Instant>,
     waiting: usize,
     depth_gauge: prometheus_client::metrics::gauge::Gauge,
+    /// No longer in the config: admits everything. Its slot stays, so
+    /// requests routed by the previous config still find it.
+    retired: bool,
 }
 
 impl Limit {
+    fn new(
+        config: &RateLimitConfig,
+        depth_gauge: prometheus_client::metrics::gauge::Gauge,
+    ) -> Self {
+        let mut limit = Limit {
+            depth_gauge,
+            name: Arc::from(config.name.as_str()),
+            requests: 1,
+            window: Duration::ZERO,
+            interval: Duration::ZERO,
+            tolerance: Duration::ZERO,
+            when_exceeded: config.when_exceeded,
+            max_wait: Duration::ZERO,
+            max_depth: 0,
+            tat: Instant::now(),
+            log: VecDeque::new(),
+            waiting: 0,
+            retired: false,
+        };
+        limit.configure(config);
+        limit
+    }
+
+    /// Takes the new numbers and keeps the history: the admissions already
+    /// made are facts about the provider's window whatever the new limit is.
+    fn configure(&mut self, c: &RateLimitConfig) {
+        let requests = c.requests.max(1) as usize;
+        let interval = c.per.get() / c.requests.max(1);
+        // The GCRA's debt is so many requests' worth of the old interval:
+        // keep it as the same number of requests at the new one.
+        let now = Instant::now();
+        if self.tat > now && !self.interval.is_zero() && interval != self.interval {
+            let owed = (self.tat - now).as_secs_f64() / self.interval.as_secs_f64();
+            self.tat = now + interval.mul_f64(owed);
+        }
+        self.requests = requests;
+        self.window = c.per.get() + window_guard(c.per.get());
+        self.interval = interval;
+        self.tolerance = interval * c.burst.saturating_sub(1);
+        self.when_exceeded = c.when_exceeded;
+        self.max_wait = c.queue.max_wait.get();
+        self.max_depth = c.queue.max_depth as usize;
+        self.retired = false;
+        while self.log.len() > requests {
+            self.log.pop_front();
+        }
+        self.log
+            .reserve(requests.min(4096).saturating_sub(self.log.len()));
+    }
+
     fn forget_expired(&mut self, now: Instant) {
         while self.log.front().is_some_and(|&t| t + self.window <= now) {
             self.log.pop_front();
@@ -56,11 +109,17 @@ impl Limit {
     }
 
     fn has_room(&mut self, now: Instant) -> bool {
+        if self.retired {
+            return true;
+        }
         self.forget_expired(now);
         self.log.len() < self.requests && self.tat <= now + self.tolerance
     }
 
     fn consume(&mut self, now: Instant) {
+        if self.retired {
+            return;
+        }
         self.tat = self.tat.max(now) + self.interval;
         self.log.push_back(now);
     }
@@ -68,6 +127,9 @@ impl Limit {
     /// When the request `ahead` places behind the next one could be admitted,
     /// assuming nothing else arrives. An estimate for queueing decisions.
     fn available_at(&self, now: Instant, ahead: usize) -> Instant {
+        if self.retired {
+            return now;
+        }
         let gcra = (self.tat.max(now) + self.interval * ahead as u32)
             .checked_sub(self.tolerance)
             .unwrap_or(now)
@@ -180,40 +242,11 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     /// Spawns the dispatcher on the current Tokio runtime; it ends when the
-    /// limiter is dropped.
+    /// limiter is dropped. `configs[i]` gets slot `i`.
     pub fn new(integration: Name, configs: &[RateLimitConfig], metrics: Metrics) -> Arc<Self> {
-        let now = Instant::now();
-        let limits = configs
-            .iter()
-            .map(|c| {
-                let requests = c.requests.max(1) as usize;
-                let interval = c.per.get() / c.requests.max(1);
-                let name: Name = Arc::from(c.name.as_str());
-                Limit {
-                    depth_gauge: metrics
-                        .ratelimit_queue_depth
-                        .get_or_create(&LimitLabels {
-                            integration: integration.clone(),
-                            limit: name.clone(),
-                        })
-                        .clone(),
-                    name,
-                    requests,
-                    window: c.per.get() + window_guard(c.per.get()),
-                    interval,
-                    tolerance: interval * c.burst.saturating_sub(1),
-                    when_exceeded: c.when_exceeded,
-                    max_wait: c.queue.max_wait.get(),
-                    max_depth: c.queue.max_depth as usize,
-                    tat: now,
-                    log: VecDeque::with_capacity(requests.min(4096)),
-                    waiting: 0,
-                }
-            })
-            .collect();
         let limiter = Arc::new(Self {
             state: Mutex::new(State {
-                limits,
+                limits: Vec::new(),
                 waiters: BTreeMap::new(),
                 next_seq: 0,
             }),
@@ -221,13 +254,50 @@ impl RateLimiter {
             integration,
             metrics,
         });
-        if !configs.is_empty() {
-            tokio::spawn(dispatcher(
-                Arc::downgrade(&limiter),
-                limiter.wake_dispatcher.clone(),
-            ));
-        }
+        limiter.reconfigure(configs);
+        tokio::spawn(dispatcher(
+            Arc::downgrade(&limiter),
+            limiter.wake_dispatcher.clone(),
+        ));
         limiter
+    }
+
+    /// Applies a changed config in place, so nothing resets: a limit keeps
+    /// its slot, its admission history and its waiters by name; a new name
+    /// gets a new slot; a name no longer configured is retired (admits
+    /// everything, its waiters are let go when their other limits allow).
+    /// Returns the slot of each of `configs`, for [`super::route::Router::with_limit_slots`].
+    pub fn reconfigure(&self, configs: &[RateLimitConfig]) -> Vec<usize> {
+        let mut state = self.state.lock().expect("rate limiter lock poisoned");
+        let mut slots = Vec::with_capacity(configs.len());
+        for config in configs {
+            match state.limits.iter().position(|l| *l.name == *config.name) {
+                Some(slot) => {
+                    state.limits[slot].configure(config);
+                    slots.push(slot);
+                }
+                None => {
+                    let gauge = self
+                        .metrics
+                        .ratelimit_queue_depth
+                        .get_or_create(&LimitLabels {
+                            integration: self.integration.clone(),
+                            limit: Arc::from(config.name.as_str()),
+                        })
+                        .clone();
+                    state.limits.push(Limit::new(config, gauge));
+                    slots.push(state.limits.len() - 1);
+                }
+            }
+        }
+        for (slot, limit) in state.limits.iter_mut().enumerate() {
+            if !slots.contains(&slot) {
+                limit.retired = true;
+            }
+        }
+        drop(state);
+        self.wake_dispatcher.notify_one();
+        slots
     }
 
     fn reject(&self, limit: &Name, reason: &'static str) {

@@ -178,10 +178,8 @@ pub struct RetryStep {
 }
 
 impl RetryStep {
-    pub fn new(rules: RetryRules) -> Self {
-        Self {
-            rules: Arc::new(rules),
-        }
+    pub fn new(rules: Arc<RetryRules>) -> Self {
+        Self { rules }
     }
 }
 

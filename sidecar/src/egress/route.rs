@@ -128,7 +128,7 @@ pub const DEFAULT_ENDPOINT: &str = "default";
 #[derive(Clone, Debug)]
 pub struct Route {
     pub endpoint: Arc<str>,
-    /// Indexes into the integration's rate limits; all must admit.
+    /// The limiter slots of the rate limits that apply; all must admit.
     pub limits: Vec<usize>,
     pub cache_ttl: Option<Duration>,
     pub attempt_timeout: Duration,
@@ -148,7 +148,8 @@ struct Endpoint {
 #[derive(Debug)]
 pub struct Router {
     endpoints: Vec<Endpoint>,
-    limits: Vec<(Arc<str>, Matcher)>,
+    /// Name, matcher and the limiter slot of each rate limit.
+    limits: Vec<(Arc<str>, Matcher, usize)>,
     cache: Vec<(Matcher, Duration)>,
     attempt_timeout: Duration,
     total_timeout: Duration,
@@ -173,7 +174,14 @@ impl Router {
             limits: config
                 .rate_limits
                 .iter()
-                .map(|l| Ok((Arc::from(l.name.as_str()), Matcher::compile(&l.matches)?)))
+                .enumerate()
+                .map(|(slot, l)| {
+                    Ok((
+                        Arc::from(l.name.as_str()),
+                        Matcher::compile(&l.matches)?,
+                        slot,
+                    ))
+                })
                 .collect::<Result<_, MatchError>>()?,
             cache: config
                 .cache
@@ -187,22 +195,34 @@ impl Router {
         })
     }
 
+    /// Points the rate limits at the limiter slots a reconfigured limiter
+    /// gave them (`slots[i]` for the config's `rateLimits[i]`).
+    pub fn with_limit_slots(mut self, slots: &[usize]) -> Self {
+        for (limit, &slot) in self.limits.iter_mut().zip(slots) {
+            limit.2 = slot;
+        }
+        self
+    }
+
     /// Endpoint: the first matching endpoint, else the first matching limit's name.
     pub fn route(&self, method: &Method, path: &str) -> Route {
         let endpoint = self
             .endpoints
             .iter()
             .find(|e| e.matcher.matches(method, path));
+        let mut first_limit = None;
         let limits: Vec<usize> = self
             .limits
             .iter()
-            .enumerate()
-            .filter(|(_, (_, m))| m.matches(method, path))
-            .map(|(i, _)| i)
+            .filter(|(_, m, _)| m.matches(method, path))
+            .inspect(|(name, _, _)| {
+                first_limit.get_or_insert_with(|| name.clone());
+            })
+            .map(|(_, _, slot)| *slot)
             .collect();
-        let name = match (endpoint, limits.first()) {
+        let name = match (endpoint, first_limit) {
             (Some(e), _) => e.name.clone(),
-            (None, Some(&i)) => self.limits[i].0.clone(),
+            (None, Some(limit)) => limit,
             (None, None) => self.default_endpoint.clone(),
         };
         let cacheable = method == Method::GET || method == Method::HEAD;

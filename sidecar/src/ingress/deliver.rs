@@ -139,15 +139,20 @@ impl Deliverer {
         std::fs::rename(&tmp, dir.join(format!("{:020}.json", event.seq)))
     }
 
-    /// Runs until `stop` turns true or the queue closes.
-    pub async fn run(self, mut reader: QueueReader, mut stop: watch::Receiver<bool>) {
+    /// Runs until `stop` turns true or the queue closes; gives the reader
+    /// back, so a changed delivery config can carry on where this one stopped.
+    pub async fn run(
+        self,
+        mut reader: QueueReader,
+        mut stop: watch::Receiver<bool>,
+    ) -> QueueReader {
         let mut guard = self.ordering.clone().map(OrderingGuard::new);
         let spacing = Duration::from_secs_f64(1.0 / self.config.rate_per_second.max(0.001));
         let mut next_slot = Instant::now();
         loop {
             let event = tokio::select! {
-                event = reader.next() => match event { Some(e) => e, None => return },
-                _ = stop.wait_for(|s| *s) => { reader.close(); return }
+                event = reader.next() => match event { Some(e) => e, None => return reader },
+                _ = stop.wait_for(|s| *s) => { reader.close(); return reader }
             };
             if let Some(guard) = guard.as_mut()
                 && let Verdict::OutOfOrder(reason) = guard.check(&event.body)
@@ -166,7 +171,7 @@ impl Deliverer {
                 if next_slot > Instant::now() {
                     tokio::select! {
                         _ = tokio::time::sleep_until(next_slot) => {}
-                        _ = stop.wait_for(|s| *s) => { reader.close(); return }
+                        _ = stop.wait_for(|s| *s) => { reader.close(); return reader }
                     }
                 }
                 next_slot = next_slot.max(Instant::now() - spacing) + spacing;
@@ -181,7 +186,7 @@ impl Deliverer {
                         let wait = self.config.backoff.delay(attempt);
                         tokio::select! {
                             _ = tokio::time::sleep(wait) => {}
-                            _ = stop.wait_for(|s| *s) => { reader.close(); return }
+                            _ = stop.wait_for(|s| *s) => { reader.close(); return reader }
                         }
                         attempt += 1;
                     }

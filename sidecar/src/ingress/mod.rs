@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -24,12 +24,15 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
 use self::dedup::{DedupStore, MemoryDedup};
 use self::deliver::Deliverer;
-use self::queue::{EnqueueError, QueueWriter, StoredEvent};
+use self::queue::{EnqueueError, QueueReader, QueueWriter, StoredEvent};
 use self::verify::{GenericHmac, WebhookKey};
-use crate::config::{IngressConfig, IntegrationConfig, WebhookConfig, WebhookScheme};
+use crate::config::{
+    DeliveryConfig, IngressConfig, IntegrationConfig, OrderingConfig, WebhookConfig, WebhookScheme,
+};
 use crate::metrics::{Metrics, Name, WebhookLabels, WebhookResultLabels};
 use crate::secrets::{Secret, SecretError, SecretStore};
 
@@ -71,11 +74,35 @@ pub enum IngressError {
     DuplicatePath(String),
 }
 
-/// All webhook endpoints of the sidecar, by path.
+/// All webhook endpoints of the sidecar, by path; reconfigured live.
 pub struct Ingress {
-    routes: HashMap<String, Arc<Endpoint>>,
-    max_body_bytes: u64,
+    routes: RwLock<Arc<HashMap<String, Arc<Endpoint>>>>,
+    /// Every queue opened since start, by `integration.webhook`. A queue
+    /// outlives its webhook's removal from the config: what was accepted is
+    /// still delivered.
+    queues: tokio::sync::Mutex<HashMap<String, OpenQueue>>,
+    config: IngressConfig,
+    secrets: SecretStore,
     metrics: Metrics,
+    tasks: TaskTracker,
+}
+
+/// One webhook's durable queue and the deliverer draining it.
+struct OpenQueue {
+    writer: QueueWriter,
+    dedup: Arc<dyn DedupStore>,
+    dir: PathBuf,
+    delivery: DeliverySettings,
+    stop_deliverer: watch::Sender<bool>,
+    deliverer: tokio::task::JoinHandle<QueueReader>,
+}
+
+/// What a deliverer is started with; a change restarts it.
+#[derive(Clone, PartialEq)]
+struct DeliverySettings {
+    forward_to: http::Uri,
+    delivery: DeliveryConfig,
+    ordering: Option<OrderingConfig>,
 }
 
 fn now_ms() -> u64 {
@@ -111,28 +138,56 @@ impl Ingress {
         })
     }
 
-    /// Opens every webhook's queue (recovering what a crash left) and spawns
-    /// its deliverer. Returns `None` when no integration has webhooks.
-    pub fn start(
+    /// An ingress with no webhooks yet; [`Ingress::reconfigure`] adds them.
+    pub fn new(
         config: &IngressConfig,
-        integrations: &[IntegrationConfig],
         secrets: &SecretStore,
         metrics: &Metrics,
-        stop: watch::Receiver<bool>,
-        tasks: &mut tokio::task::JoinSet<()>,
-    ) -> Result<Option<Arc<Ingress>>, IngressError> {
+        tasks: TaskTracker,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            routes: RwLock::default(),
+            queues: tokio::sync::Mutex::default(),
+            config: config.clone(),
+            secrets: secrets.clone(),
+            metrics: metrics.clone(),
+            tasks,
+        })
+    }
+
+    /// Makes the webhooks of `integrations` the ones served. New webhooks'
+    /// queues are opened (recovering what a crash left) and their deliverers
+    /// started; a webhook whose delivery settings changed gets a new
+    /// deliverer that carries on where the old one stopped. All or nothing:
+    /// on an error the webhooks served before stay as they were.
+    pub async fn reconfigure(
+        &self,
+        integrations: &[IntegrationConfig],
+    ) -> Result<(), IngressError> {
+        let mut queues = self.queues.lock().await;
         let mut routes = HashMap::new();
+        let mut restarts = Vec::new();
         for integration in integrations {
             for webhook in &integration.webhooks {
-                let endpoint = open_endpoint(
-                    config,
-                    integration,
-                    webhook,
-                    secrets,
-                    metrics,
-                    stop.clone(),
-                    tasks,
-                )?;
+                let key = format!("{}.{}", integration.name, webhook.name);
+                let settings = DeliverySettings {
+                    forward_to: webhook.forward_to.parse().map_err(|_| {
+                        IngressError::ForwardTo {
+                            integration: integration.name.clone(),
+                            webhook: webhook.name.clone(),
+                            url: webhook.forward_to.clone(),
+                        }
+                    })?,
+                    delivery: webhook.delivery.clone(),
+                    ordering: webhook.ordering.clone(),
+                };
+                if !queues.contains_key(&key) {
+                    let queue = self.open_queue(integration, webhook, settings.clone())?;
+                    queues.insert(key.clone(), queue);
+                } else if queues[&key].delivery != settings {
+                    restarts.push((key.clone(), settings));
+                }
+                let endpoint = self.endpoint(integration, webhook, &queues[&key])?;
                 if routes
                     .insert(webhook.path.clone(), Arc::new(endpoint))
                     .is_some()
@@ -141,18 +196,158 @@ impl Ingress {
                 }
             }
         }
-        if routes.is_empty() {
-            return Ok(None);
+        for (key, settings) in restarts {
+            let queue = queues.get_mut(&key).expect("restarted queues are open");
+            let _ = queue.stop_deliverer.send(true);
+            let reader = (&mut queue.deliverer)
+                .await
+                .expect("a deliverer does not panic");
+            let (integration, webhook) = key.split_once('.').expect("keys are integration.webhook");
+            let (stop, deliverer) = self.spawn_deliverer(integration, webhook, &settings, reader);
+            queue.stop_deliverer = stop;
+            queue.deliverer = deliverer;
+            queue.delivery = settings;
+            tracing::info!(%integration, %webhook, "webhook delivery settings changed; deliverer restarted");
         }
-        Ok(Some(Arc::new(Ingress {
-            routes,
-            max_body_bytes: config.max_body_bytes,
-            metrics: metrics.clone(),
-        })))
+        *self.routes.write().expect("routes lock") = Arc::new(routes);
+        Ok(())
     }
 
-    pub fn endpoints(&self) -> impl Iterator<Item = &Arc<Endpoint>> {
-        self.routes.values()
+    /// Whether any webhook is served.
+    pub fn is_empty(&self) -> bool {
+        self.routes.read().expect("routes lock").is_empty()
+    }
+
+    /// Stops every deliverer (the queues keep what they did not deliver).
+    pub async fn stop(&self) {
+        for queue in self.queues.lock().await.values() {
+            let _ = queue.stop_deliverer.send(true);
+        }
+    }
+
+    fn spawn_deliverer(
+        &self,
+        integration: &str,
+        webhook: &str,
+        settings: &DeliverySettings,
+        reader: QueueReader,
+    ) -> (watch::Sender<bool>, tokio::task::JoinHandle<QueueReader>) {
+        let client = crate::egress::client::build_client(None, settings.delivery.timeout.get())
+            .expect("a client without extra CA certificates always builds");
+        let deliverer = Deliverer {
+            integration: Arc::from(integration),
+            webhook: Arc::from(webhook),
+            forward_to: settings.forward_to.clone(),
+            config: settings.delivery.clone(),
+            ordering: settings.ordering.clone(),
+            client,
+            metrics: self.metrics.clone(),
+        };
+        let (stop, stopped) = watch::channel(false);
+        (stop, self.tasks.spawn(deliverer.run(reader, stopped)))
+    }
+
+    fn open_queue(
+        &self,
+        integration: &IntegrationConfig,
+        webhook: &WebhookConfig,
+        delivery: DeliverySettings,
+    ) -> Result<OpenQueue, IngressError> {
+        let dir = queue_dir(&self.config.state_dir, &integration.name, &webhook.name);
+        let labels = WebhookLabels {
+            integration: Arc::from(integration.name.as_str()),
+            webhook: Arc::from(webhook.name.as_str()),
+        };
+        let (writer, reader, recovered) = queue::open(
+            &dir,
+            self.config.max_queue_bytes,
+            now_ms(),
+            queue::QueueMetrics {
+                fsyncs: self.metrics.webhook_fsyncs.get_or_create(&labels).clone(),
+                depth: self
+                    .metrics
+                    .webhook_queue_depth
+                    .get_or_create(&labels)
+                    .clone(),
+            },
+        )
+        .map_err(|source| IngressError::State {
+            dir: dir.clone(),
+            source,
+        })?;
+        if recovered.pending > 0 {
+            tracing::info!(integration = %integration.name, webhook = %webhook.name, pending = recovered.pending, "resuming delivery of accepted webhooks");
+        }
+        let (stop_deliverer, deliverer) =
+            self.spawn_deliverer(&integration.name, &webhook.name, &delivery, reader);
+        Ok(OpenQueue {
+            writer,
+            dedup: Arc::new(MemoryDedup::new(recovered.dedup)),
+            dir,
+            delivery,
+            stop_deliverer,
+            deliverer,
+        })
+    }
+
+    /// The receiving side of one webhook: its verification settings and secrets.
+    fn endpoint(
+        &self,
+        integration: &IntegrationConfig,
+        webhook: &WebhookConfig,
+        queue: &OpenQueue,
+    ) -> Result<Endpoint, IngressError> {
+        let name: Name = Arc::from(integration.name.as_str());
+        let loaded = webhook
+            .verify
+            .secrets
+            .iter()
+            .map(|s| {
+                Ok((
+                    self.secrets
+                        .load(s.secret.path(), &name)
+                        .map_err(|source| IngressError::Secret {
+                            integration: integration.name.clone(),
+                            webhook: webhook.name.clone(),
+                            source,
+                        })?,
+                    s.not_after.map(|t| t.to_system_time()),
+                ))
+            })
+            .collect::<Result<Vec<_>, IngressError>>()?;
+        let generic = (webhook.verify.scheme == WebhookScheme::HmacSha256).then(|| GenericHmac {
+            header: webhook
+                .verify
+                .header
+                .clone()
+                .unwrap_or_else(|| "x-signature".into())
+                .to_ascii_lowercase(),
+            encoding: webhook.verify.encoding,
+            prefix: webhook.verify.prefix.clone().unwrap_or_default(),
+        });
+        Ok(Endpoint {
+            integration: name,
+            webhook: Arc::from(webhook.name.as_str()),
+            scheme: webhook.verify.scheme,
+            generic,
+            secrets: loaded,
+            tolerance: webhook.verify.tolerance.get(),
+            id_pointer: webhook.id_pointer.clone(),
+            dedup_ttl: webhook.dedup.ttl.get(),
+            dedup: queue.dedup.clone(),
+            queue: queue.writer.clone(),
+            queue_dir: queue.dir.clone(),
+        })
+    }
+
+    /// The webhooks served now.
+    pub fn endpoints(&self) -> Vec<Arc<Endpoint>> {
+        self.routes
+            .read()
+            .expect("routes lock")
+            .values()
+            .cloned()
+            .collect()
     }
 
     fn count(&self, endpoint: &Endpoint, result: &'static str) {
@@ -168,7 +363,13 @@ impl Ingress {
 
     async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
         let started = Instant::now();
-        let Some(endpoint) = self.routes.get(request.uri().path()).cloned() else {
+        let endpoint = self
+            .routes
+            .read()
+            .expect("routes lock")
+            .get(request.uri().path())
+            .cloned();
+        let Some(endpoint) = endpoint else {
             return reply(
                 StatusCode::NOT_FOUND,
                 "no webhook is configured at this path",
@@ -183,7 +384,7 @@ impl Ingress {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.max_body_bytes) {
+        if declared.is_some_and(|n| n > self.config.max_body_bytes) {
             self.count(&endpoint, "too_large");
             return reply(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -192,7 +393,7 @@ impl Ingress {
             );
         }
         let (parts, body) = request.into_parts();
-        let body = match Limited::new(body, self.max_body_bytes as usize)
+        let body = match Limited::new(body, self.config.max_body_bytes as usize)
             .collect()
             .await
         {
@@ -291,100 +492,6 @@ impl Ingress {
             }
         }
     }
-}
-
-fn open_endpoint(
-    config: &IngressConfig,
-    integration: &IntegrationConfig,
-    webhook: &WebhookConfig,
-    secrets: &SecretStore,
-    metrics: &Metrics,
-    stop: watch::Receiver<bool>,
-    tasks: &mut tokio::task::JoinSet<()>,
-) -> Result<Endpoint, IngressError> {
-    let name: Name = Arc::from(integration.name.as_str());
-    let webhook_name: Name = Arc::from(webhook.name.as_str());
-    let secret_error = |source| IngressError::Secret {
-        integration: integration.name.clone(),
-        webhook: webhook.name.clone(),
-        source,
-    };
-    let loaded = webhook
-        .verify
-        .secrets
-        .iter()
-        .map(|s| {
-            Ok((
-                secrets.load(s.secret.path(), &name).map_err(secret_error)?,
-                s.not_after.map(|t| t.to_system_time()),
-            ))
-        })
-        .collect::<Result<Vec<_>, IngressError>>()?;
-    let forward_to: http::Uri =
-        webhook
-            .forward_to
-            .parse()
-            .map_err(|_| IngressError::ForwardTo {
-                integration: integration.name.clone(),
-                webhook: webhook.name.clone(),
-                url: webhook.forward_to.clone(),
-            })?;
-    let dir = queue_dir(&config.state_dir, &integration.name, &webhook.name);
-    let labels = WebhookLabels {
-        integration: name.clone(),
-        webhook: webhook_name.clone(),
-    };
-    let (writer, reader, recovered) = queue::open(
-        &dir,
-        config.max_queue_bytes,
-        now_ms(),
-        queue::QueueMetrics {
-            fsyncs: metrics.webhook_fsyncs.get_or_create(&labels).clone(),
-            depth: metrics.webhook_queue_depth.get_or_create(&labels).clone(),
-        },
-    )
-    .map_err(|source| IngressError::State {
-        dir: dir.clone(),
-        source,
-    })?;
-    if recovered.pending > 0 {
-        tracing::info!(integration = %name, webhook = %webhook_name, pending = recovered.pending, "resuming delivery of accepted webhooks");
-    }
-    let client = crate::egress::client::build_client(None, webhook.delivery.timeout.get())
-        .expect("a client without extra CA certificates always builds");
-    let deliverer = Deliverer {
-        integration: name.clone(),
-        webhook: webhook_name.clone(),
-        forward_to,
-        config: webhook.delivery.clone(),
-        ordering: webhook.ordering.clone(),
-        client,
-        metrics: metrics.clone(),
-    };
-    tasks.spawn(deliverer.run(reader, stop));
-    let generic = (webhook.verify.scheme == WebhookScheme::HmacSha256).then(|| GenericHmac {
-        header: webhook
-            .verify
-            .header
-            .clone()
-            .unwrap_or_else(|| "x-signature".into())
-            .to_ascii_lowercase(),
-        encoding: webhook.verify.encoding,
-        prefix: webhook.verify.prefix.clone().unwrap_or_default(),
-    });
-    Ok(Endpoint {
-        integration: name,
-        webhook: webhook_name,
-        scheme: webhook.verify.scheme,
-        generic,
-        secrets: loaded,
-        tolerance: webhook.verify.tolerance.get(),
-        id_pointer: webhook.id_pointer.clone(),
-        dedup_ttl: webhook.dedup.ttl.get(),
-        dedup: Arc::new(MemoryDedup::new(recovered.dedup)),
-        queue: writer,
-        queue_dir: dir,
-    })
 }
 
 pub fn scheme_name(scheme: WebhookScheme) -> &'static str {
