@@ -3,6 +3,7 @@
 
 pub mod compile;
 pub mod controller;
+pub mod inject;
 pub mod leader;
 pub mod manifest;
 pub mod metrics;

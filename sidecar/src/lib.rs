@@ -7,5 +7,6 @@ pub mod ingress;
 pub mod metrics;
 pub mod runtime;
 pub mod secrets;
+pub mod source;
 
 pub use runtime::{Sidecar, StartError};

@@ -199,7 +199,7 @@ impl Sidecar {
     }
 
     /// Stops accepting, lets in-flight requests finish (up to the drain timeout).
-    pub async fn shutdown(self) {
+    pub async fn shutdown(&self) {
         self.live.shutdown().await;
     }
 

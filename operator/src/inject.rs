@@ -1,0 +1,567 @@
+//! The injector's core: which ProviderIntegrations select a pod, and the pod
+//! spec with the sidecar added. Pure, shared by the admission webhook and
+//! `sluice inject -f`.
+//!
+//! The sidecar runs as a native sidecar (an init container with
+//! `restartPolicy: Always`): it is up before the app's containers start and
+//! stops after them, and a Job's pod still completes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapProjection, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    HTTPGetAction, KeyToPath, PodSpec, Probe, ProjectedVolumeSource, ResourceRequirements,
+    SeccompProfile, SecretVolumeSource, SecurityContext, ServiceAccountTokenProjection, Volume,
+    VolumeMount, VolumeProjection,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::{Deserialize, Serialize};
+use sluice_sidecar::config::{DEFAULT_ADMIN_PORT, DEFAULT_EGRESS_PORT, DEFAULT_WEBHOOK_PORT};
+
+use crate::compile::{self, POD_SECRETS_ROOT, SecretPaths};
+use crate::controller::{CONFIG_KEY, config_map_name};
+use crate::resource::{ProviderIntegration, SecretKeyRef};
+
+/// The label that opts a pod or a namespace in (`enabled`) or a pod out (`disabled`).
+pub const INJECT_LABEL: &str = "sluice.dev/inject";
+/// Set on injected pods: the operator watches them (and only them).
+pub const INJECTED_LABEL: &str = "sluice.dev/injected";
+/// The integrations a pod was injected with, comma-separated.
+pub const INTEGRATIONS_ANNOTATION: &str = "sluice.dev/integrations";
+pub const SIDECAR_NAME: &str = "sluice-sidecar";
+/// Where the sidecar finds its integrations (one file per ConfigMap).
+pub const CONFIG_DIR: &str = "/etc/sluice/integrations";
+pub const STATE_DIR: &str = "/var/run/sluice/state";
+pub const TOKEN_DIR: &str = "/var/run/secrets/sluice";
+/// The audience of the token the sidecar shows the config stream.
+pub const TOKEN_AUDIENCE: &str = "sluice";
+/// The sidecar's user: not root, as Pod Security `restricted` asks.
+pub const SIDECAR_UID: i64 = 65532;
+
+/// How sidecars are made: the operator's flags or the chart's values.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InjectorSettings {
+    pub image: String,
+    #[serde(default = "default_pull_policy")]
+    pub image_pull_policy: String,
+    /// The operator's config stream; without it sidecars follow their
+    /// mounted ConfigMaps only (the kubelet refreshes them in about a minute).
+    #[serde(default)]
+    pub config_server: Option<ConfigServer>,
+    #[serde(default = "default_cpu_request")]
+    pub cpu_request: String,
+    #[serde(default = "default_memory_request")]
+    pub memory_request: String,
+    #[serde(default = "default_memory_limit")]
+    pub memory_limit: String,
+    /// Tokio worker threads of the sidecar; match the CPU limit you give it.
+    #[serde(default = "default_workers")]
+    pub workers: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigServer {
+    /// `https://sluice-operator.sluice-system.svc:9443`
+    pub url: String,
+    /// PEM of the CA that signs the operator's serving certificate.
+    pub ca_pem: String,
+}
+
+fn default_pull_policy() -> String {
+    "IfNotPresent".into()
+}
+fn default_cpu_request() -> String {
+    "50m".into()
+}
+fn default_memory_request() -> String {
+    "32Mi".into()
+}
+fn default_memory_limit() -> String {
+    "128Mi".into()
+}
+fn default_workers() -> u16 {
+    1
+}
+
+impl InjectorSettings {
+    pub fn new(image: impl Into<String>) -> Self {
+        Self {
+            image: image.into(),
+            image_pull_policy: default_pull_policy(),
+            config_server: None,
+            cpu_request: default_cpu_request(),
+            memory_request: default_memory_request(),
+            memory_limit: default_memory_limit(),
+            workers: default_workers(),
+        }
+    }
+}
+
+/// Whether a label selector selects `labels`. An absent selector selects
+/// nothing; `{}` selects every pod (as everywhere in Kubernetes).
+pub fn selector_matches(selector: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> bool {
+    let Some(selector) = selector else {
+        return false;
+    };
+    let labels_ok = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let expressions_ok = selector.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or_default();
+        let value = labels.get(&e.key);
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            // The API server refuses other operators; select nothing if one slips by.
+            _ => false,
+        }
+    });
+    labels_ok && expressions_ok
+}
+
+/// The integrations of `namespace` that select a pod with `labels`, by name.
+pub fn selecting<'a>(
+    integrations: impl IntoIterator<Item = &'a ProviderIntegration>,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+) -> Vec<&'a ProviderIntegration> {
+    let mut selected: Vec<&ProviderIntegration> = integrations
+        .into_iter()
+        .filter(|pi| pi.metadata.namespace.as_deref().unwrap_or("default") == namespace)
+        .filter(|pi| selector_matches(pi.spec.pod_selector.as_ref(), labels))
+        .collect();
+    selected.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    selected
+}
+
+/// Records the Secrets `compile` asks for: exactly the ones to mount.
+struct RecordingSecrets(std::cell::RefCell<BTreeSet<String>>);
+
+impl SecretPaths for RecordingSecrets {
+    fn path_of(&self, reference: &SecretKeyRef) -> Option<std::path::PathBuf> {
+        self.0.borrow_mut().insert(reference.name.clone());
+        Some(std::path::Path::new(POD_SECRETS_ROOT).join(&reference.name).join(&reference.key))
+    }
+}
+
+/// The Secrets an integration references (whether or not it compiles).
+pub fn referenced_secrets(pi: &ProviderIntegration) -> BTreeSet<String> {
+    let recorder = RecordingSecrets(Default::default());
+    let _ = compile::compile(pi, &recorder);
+    recorder.0.into_inner()
+}
+
+/// `SLUICE_<NAME>_URL`: the name upper-cased, `-` and `.` as `_`.
+pub fn url_env_name(integration: &str) -> String {
+    let name: String = integration
+        .chars()
+        .map(|c| match c {
+            '-' | '.' => '_',
+            c => c.to_ascii_uppercase(),
+        })
+        .collect();
+    format!("SLUICE_{name}_URL")
+}
+
+/// A volume name (a DNS label) for a Secret's volume; long names are hashed.
+fn secret_volume_name(secret: &str) -> String {
+    let name = format!("sluice-secret-{secret}");
+    if name.len() <= 63 {
+        return name;
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
+    let hex: String = digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("sluice-secret-{}-{hex}", &secret[..30].trim_end_matches(['-', '.']))
+}
+
+/// Whether the pod already has the sidecar (injection is idempotent).
+pub fn is_injected(spec: &PodSpec) -> bool {
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .any(|c| c.name == SIDECAR_NAME)
+}
+
+/// Adds the sidecar for `selected` to a pod's metadata and spec. Returns
+/// `false` (and changes nothing) when there is nothing to do: no
+/// integration selects the pod, or it already has the sidecar.
+pub fn inject(
+    meta: &mut ObjectMeta,
+    spec: &mut PodSpec,
+    selected: &[&ProviderIntegration],
+    settings: &InjectorSettings,
+) -> bool {
+    if selected.is_empty() || is_injected(spec) {
+        return false;
+    }
+    let names: Vec<String> = selected
+        .iter()
+        .map(|pi| pi.metadata.name.clone().unwrap_or_default())
+        .collect();
+    meta.labels
+        .get_or_insert_with(Default::default)
+        .insert(INJECTED_LABEL.into(), "true".into());
+    meta.annotations
+        .get_or_insert_with(Default::default)
+        .insert(INTEGRATIONS_ANNOTATION.into(), names.join(","));
+
+    let secrets: BTreeSet<String> = selected.iter().flat_map(|pi| referenced_secrets(pi)).collect();
+    let has_webhooks = selected.iter().any(|pi| !pi.spec.webhooks.is_empty());
+
+    let mut volumes = vec![
+        Volume {
+            name: "sluice-config".into(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(
+                    names
+                        .iter()
+                        .map(|name| VolumeProjection {
+                            config_map: Some(ConfigMapProjection {
+                                name: config_map_name(name),
+                                items: Some(vec![KeyToPath {
+                                    key: CONFIG_KEY.into(),
+                                    path: format!("{name}.yaml"),
+                                    ..KeyToPath::default()
+                                }]),
+                                // Not compiled yet (or invalid): the stream brings it later.
+                                optional: Some(true),
+                            }),
+                            ..VolumeProjection::default()
+                        })
+                        .collect(),
+                ),
+                ..ProjectedVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "sluice-state".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+    ];
+    let mut mounts = vec![
+        VolumeMount {
+            name: "sluice-config".into(),
+            mount_path: CONFIG_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: "sluice-state".into(),
+            mount_path: STATE_DIR.into(),
+            ..VolumeMount::default()
+        },
+    ];
+    for secret in &secrets {
+        let volume = secret_volume_name(secret);
+        volumes.push(Volume {
+            name: volume.clone(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                // Mounted into the sidecar alone; its non-root user must read it.
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: volume,
+            mount_path: format!("{POD_SECRETS_ROOT}/{secret}"),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
+    let mut args = vec![
+        format!("--config-dir={CONFIG_DIR}"),
+        format!("--admin-listen=0.0.0.0:{DEFAULT_ADMIN_PORT}"),
+        format!("--webhook-listen=0.0.0.0:{DEFAULT_WEBHOOK_PORT}"),
+        format!("--state-dir={STATE_DIR}"),
+        format!("--workers={}", settings.workers),
+    ];
+    let mut env = Vec::new();
+    if let Some(server) = &settings.config_server {
+        volumes.push(Volume {
+            name: "sluice-token".into(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some(TOKEN_AUDIENCE.into()),
+                        expiration_seconds: Some(3600),
+                        path: "token".into(),
+                        ..ServiceAccountTokenProjection::default()
+                    }),
+                    ..VolumeProjection::default()
+                }]),
+                ..ProjectedVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: "sluice-token".into(),
+            mount_path: TOKEN_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        args.push(format!("--config-server={}", server.url));
+        args.push(format!("--config-token-file={TOKEN_DIR}/token"));
+        env.push(EnvVar {
+            name: "SLUICE_CONFIG_CA".into(),
+            value: Some(server.ca_pem.clone()),
+            value_from: None,
+        });
+    }
+    let mut ports = vec![ContainerPort {
+        name: Some("sluice-admin".into()),
+        container_port: DEFAULT_ADMIN_PORT.into(),
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    }];
+    if has_webhooks {
+        ports.push(ContainerPort {
+            name: Some("sluice-webhooks".into()),
+            container_port: DEFAULT_WEBHOOK_PORT.into(),
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        });
+    }
+    let probe = |path: &str, period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(DEFAULT_ADMIN_PORT.into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    };
+    let quantity = |q: &str| Quantity(q.to_owned());
+    let sidecar = Container {
+        name: SIDECAR_NAME.into(),
+        image: Some(settings.image.clone()),
+        image_pull_policy: Some(settings.image_pull_policy.clone()),
+        restart_policy: Some("Always".into()),
+        args: Some(args),
+        env: (!env.is_empty()).then_some(env),
+        ports: Some(ports),
+        // Up to 30 s to bind and load secrets; the app starts after that.
+        startup_probe: Some(probe("/readyz", 1, 30)),
+        readiness_probe: Some(probe("/readyz", 5, 3)),
+        liveness_probe: Some(probe("/healthz", 10, 3)),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_owned(), quantity(&settings.cpu_request)),
+                ("memory".to_owned(), quantity(&settings.memory_request)),
+            ])),
+            limits: Some(BTreeMap::from([(
+                "memory".to_owned(),
+                quantity(&settings.memory_limit),
+            )])),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            run_as_user: Some(SIDECAR_UID),
+            run_as_group: Some(SIDECAR_UID),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    };
+    // First, so init containers after it can call providers through it too.
+    spec.init_containers
+        .get_or_insert_with(Vec::new)
+        .insert(0, sidecar);
+    spec.volumes.get_or_insert_with(Vec::new).extend(volumes);
+
+    // The app learns each integration's address; a value it set itself wins.
+    for container in &mut spec.containers {
+        let env = container.env.get_or_insert_with(Vec::new);
+        for pi in selected {
+            let name = pi.metadata.name.as_deref().unwrap_or_default();
+            let var = url_env_name(name);
+            if env.iter().any(|e| e.name == var) {
+                continue;
+            }
+            let port = pi
+                .spec
+                .egress
+                .as_ref()
+                .and_then(|e| e.port)
+                .unwrap_or(DEFAULT_EGRESS_PORT);
+            env.push(EnvVar {
+                name: var,
+                value: Some(format!("http://127.0.0.1:{port}")),
+                value_from: None,
+            });
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Pod;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    fn pi(yaml: &str) -> ProviderIntegration {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    fn carrier() -> ProviderIntegration {
+        pi("apiVersion: sluice.dev/v1alpha1
+kind: ProviderIntegration
+metadata: {name: carrier-api, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: checkout}}
+  upstream: {baseUrl: 'https://api.carrier.example'}
+  egress: {port: 15003}
+  auth:
+    header:
+      name: X-Api-Key
+      secretRef: {name: carrier-key, key: current}
+      previousSecretRef: {name: carrier-key-old, key: value}
+      previousValidUntil: '2026-12-01T00:00:00Z'
+  webhooks:
+    - name: events
+      path: /webhooks/carrier
+      forwardTo: http://127.0.0.1:8080/hooks
+      verify:
+        scheme: StandardWebhooks
+        secrets: [{secretRef: {name: carrier-webhook, key: current}}]
+")
+    }
+
+    fn pod() -> Pod {
+        serde_yaml_ng::from_str(
+            "metadata: {name: checkout-1, namespace: shop, labels: {app: checkout}}
+spec:
+  containers:
+    - name: app
+      image: shop/checkout
+      env: [{name: SLUICE_CARRIER_API_URL, value: 'http://override'}]
+    - name: worker
+      image: shop/worker
+",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn selectors_follow_kubernetes_semantics() {
+        let labels = BTreeMap::from([("app".to_owned(), "checkout".to_owned())]);
+        assert!(!selector_matches(None, &labels), "absent selects nothing");
+        assert!(selector_matches(Some(&LabelSelector::default()), &labels));
+        let expr = |key: &str, op: &str, values: &[&str]| LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: key.into(),
+                operator: op.into(),
+                values: Some(values.iter().map(|v| v.to_string()).collect()),
+            }]),
+            ..LabelSelector::default()
+        };
+        assert!(selector_matches(Some(&expr("app", "In", &["checkout", "x"])), &labels));
+        assert!(!selector_matches(Some(&expr("app", "NotIn", &["checkout"])), &labels));
+        assert!(selector_matches(Some(&expr("tier", "DoesNotExist", &[])), &labels));
+        assert!(!selector_matches(Some(&expr("tier", "Exists", &[])), &labels));
+    }
+
+    #[test]
+    fn injects_a_restricted_native_sidecar_with_exactly_the_referenced_secrets() {
+        let carrier = carrier();
+        let mut pod = pod();
+        let mut settings = InjectorSettings::new("ghcr.io/sluice/sidecar:0.1.0");
+        settings.config_server = Some(ConfigServer {
+            url: "https://sluice-operator.sluice-system.svc:9443".into(),
+            ca_pem: "-----BEGIN CERTIFICATE-----\n".into(),
+        });
+        let spec = pod.spec.as_mut().unwrap();
+        assert!(inject(&mut pod.metadata, spec, &[&carrier], &settings));
+        let spec = pod.spec.as_ref().unwrap();
+        let sidecar = &spec.init_containers.as_ref().unwrap()[0];
+        assert_eq!(sidecar.name, SIDECAR_NAME);
+        assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
+        assert!(sidecar.startup_probe.is_some() && sidecar.readiness_probe.is_some());
+        let security = sidecar.security_context.as_ref().unwrap();
+        assert_eq!(security.run_as_non_root, Some(true));
+        assert_eq!(security.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            security.capabilities.as_ref().unwrap().drop.as_deref(),
+            Some(&["ALL".to_owned()][..])
+        );
+        let secret_volumes: Vec<&str> = spec
+            .volumes
+            .iter()
+            .flatten()
+            .filter_map(|v| v.secret.as_ref()?.secret_name.as_deref())
+            .collect();
+        assert_eq!(secret_volumes, ["carrier-key", "carrier-key-old", "carrier-webhook"]);
+        let ports: Vec<i32> = sidecar.ports.iter().flatten().map(|p| p.container_port).collect();
+        assert_eq!(ports, [15090, 15080]);
+        // The app's own value wins; the other container gets the address.
+        let env = |i: usize| spec.containers[i].env.clone().unwrap_or_default();
+        assert_eq!(
+            env(0).iter().find(|e| e.name == "SLUICE_CARRIER_API_URL").unwrap().value.as_deref(),
+            Some("http://override")
+        );
+        assert_eq!(
+            env(1).iter().find(|e| e.name == "SLUICE_CARRIER_API_URL").unwrap().value.as_deref(),
+            Some("http://127.0.0.1:15003")
+        );
+        assert!(sidecar.args.as_ref().unwrap().iter().any(|a| a.starts_with("--config-server=https://")));
+        assert_eq!(
+            pod.metadata.annotations.as_ref().unwrap()[INTEGRATIONS_ANNOTATION],
+            "carrier-api"
+        );
+
+        // Idempotent: a second pass changes nothing.
+        let before = pod.clone();
+        let spec = pod.spec.as_mut().unwrap();
+        assert!(!inject(&mut pod.metadata, spec, &[&carrier], &settings));
+        assert_eq!(pod, before);
+    }
+
+    #[test]
+    fn only_integrations_of_the_pods_namespace_that_select_it() {
+        let carrier = carrier();
+        let mut elsewhere = carrier.clone();
+        elsewhere.metadata.namespace = Some("other".into());
+        let mut unselective = carrier.clone();
+        unselective.metadata.name = Some("maps".into());
+        unselective.spec.pod_selector = None;
+        let all = [carrier.clone(), elsewhere, unselective];
+        let labels = BTreeMap::from([("app".to_owned(), "checkout".to_owned())]);
+        let chosen = selecting(&all, "shop", &labels);
+        assert_eq!(chosen.len(), 1);
+        assert_eq!(chosen[0].metadata.name.as_deref(), Some("carrier-api"));
+        assert!(selecting(&all, "shop", &BTreeMap::new()).is_empty());
+    }
+
+    #[test]
+    fn names_fit_kubernetes_limits() {
+        assert_eq!(url_env_name("carrier-api.v2"), "SLUICE_CARRIER_API_V2_URL");
+        let long = "a".repeat(60);
+        let volume = secret_volume_name(&long);
+        assert!(volume.len() <= 63, "{volume}");
+        assert_ne!(volume, secret_volume_name(&"a".repeat(61)));
+    }
+}
