@@ -8,6 +8,7 @@ pub mod leader;
 pub mod manifest;
 pub mod metrics;
 pub mod resource;
+pub mod tls;
 
 pub use compile::{CompileErrors, FieldError, compile};
 pub use resource::{ProviderIntegration, ProviderIntegrationSpec};
