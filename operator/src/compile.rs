@@ -479,9 +479,7 @@ pub fn compile(
             if max_depth == 0 {
                 errors.add(format!("{path}.queue.maxDepth"), "must be at least 1");
             }
-            // Cluster scope: the operator divides the rate among ready pods
-            // (issue #5); until then each pod gets the whole rate.
-            let _ = l.scope.unwrap_or(LimitScope::Pod);
+            // Cluster scope is divided among the pods by `share_cluster_limits`.
             RateLimitConfig {
                 name: l.name.clone(),
                 matches: compile_match(&mut errors, &format!("{path}.match"), &l.matches),
@@ -919,9 +917,71 @@ pub fn check_together(compiled: &[(String, IntegrationConfig)]) -> Vec<String> {
         .collect()
 }
 
+/// A pod's share of the `scope: Cluster` limits when `pods` pods run the
+/// integration: each pod enforces `requests / pods` (rounded down, at least
+/// 1) and a burst cut the same way, so together they stay within the
+/// provider's limit. `Pod` limits are left as they are.
+pub fn share_cluster_limits(
+    pi: &ProviderIntegration,
+    mut config: IntegrationConfig,
+    pods: u32,
+) -> IntegrationConfig {
+    let pods = pods.max(1);
+    for (limit, spec) in config.rate_limits.iter_mut().zip(&pi.spec.rate_limits) {
+        if spec.scope == Some(LimitScope::Cluster) {
+            limit.requests = (limit.requests / pods).max(1);
+            limit.burst = (limit.burst / pods).clamp(1, limit.requests);
+        }
+    }
+    config
+}
+
+/// When a Cluster limit cannot be divided among `pods` without going over:
+/// fewer requests than pods, each pod still needing one.
+pub fn cluster_share_problems(pi: &ProviderIntegration, pods: u32) -> Vec<String> {
+    pi.spec
+        .rate_limits
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.scope == Some(LimitScope::Cluster) && l.rate.requests < pods)
+        .map(|(i, l)| {
+            format!(
+                "spec.rateLimits[{i}].rate.requests: {} per {} cannot be shared by {pods} pods (each needs at least 1); together they may send {pods}",
+                l.rate.requests, l.rate.per
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_limits_are_divided_among_pods_and_pod_limits_are_not() {
+        let pi = pi("  upstream: {baseUrl: 'https://x.example'}
+  rateLimits:
+    - {name: shared, match: {}, rate: {requests: 100, per: 1m}, burst: 10, scope: Cluster}
+    - {name: mine, match: {}, rate: {requests: 30, per: 1m}, burst: 5}
+    - {name: tiny, match: {}, rate: {requests: 2, per: 1s}, scope: Cluster}
+");
+        let config = compile(&pi, &mounted()).unwrap();
+        let shared = |n: u32| {
+            let c = share_cluster_limits(&pi, config.clone(), n);
+            c.rate_limits
+                .iter()
+                .map(|l| (l.requests, l.burst))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(shared(1), [(100, 10), (30, 5), (2, 2)]);
+        assert_eq!(shared(0), shared(1), "no pods yet: the first gets it all");
+        assert_eq!(shared(3), [(33, 3), (30, 5), (1, 1)]);
+        assert_eq!(shared(20), [(5, 1), (30, 5), (1, 1)]);
+        assert!(cluster_share_problems(&pi, 2).is_empty());
+        let problems = cluster_share_problems(&pi, 3);
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].starts_with("spec.rateLimits[2].rate.requests"), "{problems:?}");
+    }
 
     fn pi(spec_yaml: &str) -> ProviderIntegration {
         let yaml = format!(

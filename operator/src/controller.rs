@@ -20,7 +20,8 @@ use serde_json::json;
 
 use crate::compile::{self, MountedSecrets, POD_SECRETS_ROOT};
 use crate::metrics::ControllerMetrics;
-use crate::resource::{ProviderIntegration, ProviderIntegrationStatus};
+use crate::resource::{PodCounts, ProviderIntegration, ProviderIntegrationStatus};
+use crate::view::ClusterView;
 
 pub const FIELD_MANAGER: &str = "sluice-operator";
 /// The key of the compiled config in the owned ConfigMap.
@@ -41,6 +42,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Every ProviderIntegration, for checks across integrations.
     pub store: kube::runtime::reflector::Store<ProviderIntegration>,
+    /// The injected pods, for status counts and Cluster limit shares.
+    pub view: Arc<ClusterView>,
     /// Consecutive failed reconciles per object, for exponential backoff.
     pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
     /// The status this process last wrote per object (namespace/name/uid),
@@ -160,6 +163,10 @@ pub async fn reconcile(pi: Arc<ProviderIntegration>, ctx: Arc<Context>) -> Resul
         Err(errors) => errors.0.iter().map(|e| e.to_string()).collect(),
     };
     problems.extend(cross_checks(&pi, &others));
+    // Each pod enforces its share of the Cluster limits.
+    let pods = ctx.view.live_pods(&pi);
+    let compiled = compiled.map(|config| compile::share_cluster_limits(&pi, config, pods));
+    let warnings = compile::cluster_share_problems(&pi, pods);
 
     // The status the object really has: the one we wrote, when our write was
     // based on this very version and the watch has not delivered it yet;
@@ -180,7 +187,7 @@ pub async fn reconcile(pi: Arc<ProviderIntegration>, ctx: Arc<Context>) -> Resul
     let (ready, reason, message) = match (&compiled, problems.is_empty()) {
         (Ok(config), true) => {
             apply_config_map(&ctx, &pi, &namespace, &name, config).await?;
-            (true, "Compiled", String::new())
+            (true, "Compiled", warnings.join("; "))
         }
         _ => (false, "Invalid", problems.join("; ")),
     };
@@ -193,7 +200,11 @@ pub async fn reconcile(pi: Arc<ProviderIntegration>, ctx: Arc<Context>) -> Resul
             generation,
             previous,
         )],
-        pods: current.as_ref().and_then(|s| s.pods.clone()),
+        pods: Some(PodCounts {
+            selected: pods,
+            injected: pods,
+            in_sync: None,
+        }),
     };
     if current.as_ref() != Some(&desired) {
         let api: Api<ProviderIntegration> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -321,7 +332,12 @@ fn error_policy(pi: Arc<ProviderIntegration>, error: &Error, ctx: Arc<Context>) 
 }
 
 /// Runs the controller until the process is told to stop.
-pub async fn run(client: Client, metrics: ControllerMetrics, namespace: Option<String>) {
+pub async fn run(
+    client: Client,
+    metrics: ControllerMetrics,
+    namespace: Option<String>,
+    view: Arc<ClusterView>,
+) {
     let api: Api<ProviderIntegration> = match &namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
@@ -338,8 +354,16 @@ pub async fn run(client: Client, metrics: ControllerMetrics, namespace: Option<S
         config_maps,
         watcher::Config::default().labels("app.kubernetes.io/managed-by=sluice"),
     );
+    // Pods coming and going change status counts and Cluster shares.
+    let (pod_events, pod_changes) = tokio::sync::mpsc::unbounded_channel();
+    view.announce_pods_to(pod_events);
+    let controller = controller.reconcile_on(futures_util::stream::unfold(
+        pod_changes,
+        |mut changes| async move { changes.recv().await.map(|change| (change, changes)) },
+    ));
     let store = controller.store();
     let ctx = Arc::new(Context {
+        view,
         recorder: Recorder::new(client.clone(), reporter),
         client,
         metrics,

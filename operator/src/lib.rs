@@ -1,14 +1,21 @@
 //! Sluice's control plane: the `ProviderIntegration` resource, the pure
 //! `compile` to sidecar config, and manifest handling for the `sluice` CLI.
 
+pub mod admission;
+pub mod app;
 pub mod compile;
 pub mod controller;
 pub mod inject;
 pub mod leader;
 pub mod manifest;
 pub mod metrics;
+pub mod missed;
+pub mod offline;
 pub mod resource;
+pub mod server;
+pub mod stream;
 pub mod tls;
+pub mod view;
 
 pub use compile::{CompileErrors, FieldError, compile};
 pub use resource::{ProviderIntegration, ProviderIntegrationSpec};

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use sluice_operator::compile::{
     self, MountedSecrets, POD_SECRETS_ROOT, SecretPaths, check_together,
 };
+use sluice_operator::inject::InjectorSettings;
 use sluice_operator::manifest::{LocalSecrets, Manifests};
 use sluice_sidecar::config::{
     AdminConfig, IngressConfig, IntegrationConfig, SidecarConfig, defaults,
@@ -67,23 +68,98 @@ enum Command {
     },
     /// Print the ProviderIntegration CRD.
     Crd,
-    /// Run the controller against the cluster (in-cluster config or KUBECONFIG).
-    Operator {
-        /// Watch one namespace only (default: all).
+    /// Run the controller, the injector webhook and the config stream
+    /// (in-cluster config or KUBECONFIG).
+    Operator(OperatorArgs),
+    /// Add the sidecar to the pods of Pod, Deployment, StatefulSet, DaemonSet,
+    /// ReplicaSet, Job and CronJob manifests, offline (for GitOps). The
+    /// ProviderIntegrations come from the same files.
+    Inject {
+        /// Manifests to inject; ProviderIntegrations in them select the pods.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        sidecar: SidecarArgs,
+        /// The operator's config stream URL, for live config (needs --config-ca-file).
+        #[arg(long, requires = "config_ca_file")]
+        config_server: Option<String>,
+        /// The CA of the operator's serving certificate (PEM).
         #[arg(long)]
-        namespace: Option<String>,
-        /// Where /metrics, /healthz and /readyz are served.
-        #[arg(long, default_value = "0.0.0.0:8080")]
-        metrics_listen: SocketAddr,
-        /// Namespace of the leader-election Lease (default: $POD_NAMESPACE, else default).
-        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
-        lease_namespace: String,
+        config_ca_file: Option<PathBuf>,
     },
     /// Webhook dead letters: list, show, replay.
     Webhooks {
         #[command(subcommand)]
         command: WebhooksCommand,
     },
+}
+
+#[derive(clap::Args)]
+struct OperatorArgs {
+    /// Watch one namespace only (default: all).
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Where /metrics, /healthz and /readyz are served.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    metrics_listen: SocketAddr,
+    /// The admission webhook and the sidecars' config stream (HTTPS).
+    #[arg(long, default_value = "0.0.0.0:9443")]
+    webhook_listen: SocketAddr,
+    /// The operator's namespace: Lease, certificate Secret; never injected.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// The Service in front of the operator's replicas.
+    #[arg(long, default_value = "sluice-operator")]
+    service_name: String,
+    /// The port of that Service for the webhook and config stream.
+    #[arg(long, default_value_t = 443)]
+    service_port: u16,
+    /// Register the webhook by URL instead of the Service (operator outside the cluster).
+    #[arg(long)]
+    webhook_url: Option<String>,
+    /// The MutatingWebhookConfiguration whose caBundle the operator keeps current.
+    #[arg(long, default_value = "sluice")]
+    webhook_configuration: String,
+    /// The Secret (in the operator's namespace) holding the operator's CA and certificate.
+    #[arg(long, default_value = "sluice-operator-tls")]
+    tls_secret: String,
+    /// Read tls.crt, tls.key and ca.crt from DIR (cert-manager) instead.
+    #[arg(long)]
+    tls_dir: Option<PathBuf>,
+    #[command(flatten)]
+    sidecar: SidecarArgs,
+}
+
+/// How injected sidecars are made.
+#[derive(clap::Args)]
+struct SidecarArgs {
+    #[arg(long, env = "SLUICE_SIDECAR_IMAGE", default_value = concat!("ghcr.io/sluice-dev/sluice-sidecar:", env!("CARGO_PKG_VERSION")))]
+    sidecar_image: String,
+    #[arg(long, default_value = "IfNotPresent")]
+    sidecar_image_pull_policy: String,
+    #[arg(long, default_value = "50m")]
+    sidecar_cpu_request: String,
+    #[arg(long, default_value = "32Mi")]
+    sidecar_memory_request: String,
+    #[arg(long, default_value = "128Mi")]
+    sidecar_memory_limit: String,
+    /// Worker threads per sidecar: match its CPU limit.
+    #[arg(long, default_value_t = 1)]
+    sidecar_workers: u16,
+}
+
+impl SidecarArgs {
+    fn settings(&self) -> InjectorSettings {
+        InjectorSettings {
+            image: self.sidecar_image.clone(),
+            image_pull_policy: self.sidecar_image_pull_policy.clone(),
+            config_server: None,
+            cpu_request: self.sidecar_cpu_request.clone(),
+            memory_request: self.sidecar_memory_request.clone(),
+            memory_limit: self.sidecar_memory_limit.clone(),
+            workers: self.sidecar_workers,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -212,16 +288,52 @@ fn namespace_of(pi: &sluice_operator::ProviderIntegration) -> String {
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Webhooks { command } => webhooks::run(command),
-        Command::Operator {
-            namespace,
-            metrics_listen,
-            lease_namespace,
-        } => {
+        Command::Operator(args) => {
             runtime::init_logging();
+            let options = sluice_operator::app::Options {
+                namespace: args.namespace,
+                operator_namespace: args.lease_namespace,
+                metrics_listen: args.metrics_listen,
+                webhook_listen: args.webhook_listen,
+                service_name: args.service_name,
+                service_port: args.service_port,
+                webhook_url: args.webhook_url,
+                webhook_configuration: args.webhook_configuration,
+                tls_secret: args.tls_secret,
+                tls_dir: args.tls_dir,
+                sidecar: args.sidecar.settings(),
+            };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(operator::run(namespace, metrics_listen, lease_namespace))?;
+            rt.block_on(sluice_operator::app::run(options))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inject {
+            files,
+            sidecar,
+            config_server,
+            config_ca_file,
+        } => {
+            let mut settings = sidecar.settings();
+            if let (Some(url), Some(ca)) = (config_server, config_ca_file) {
+                settings.config_server = Some(sluice_operator::inject::ConfigServer {
+                    url,
+                    ca_pem: std::fs::read_to_string(&ca)
+                        .with_context(|| format!("reading {}", ca.display()))?,
+                });
+            }
+            let texts = files
+                .iter()
+                .map(|f| {
+                    std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let (output, report) = sluice_operator::offline::inject_documents(&texts, &settings)?;
+            for line in report {
+                eprintln!("{line}");
+            }
+            print!("{output}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Crd => {
@@ -477,98 +589,5 @@ mod webhooks {
                 .with_context(|| format!("cannot reach the sidecar's admin port at {admin}"))?;
         let status = response.status().as_u16();
         Ok((status, response.into_body().collect().await?.to_bytes()))
-    }
-}
-
-/// `sluice operator`: the controller plus its health and metrics server.
-mod operator {
-    use std::convert::Infallible;
-    use std::net::SocketAddr;
-
-    use anyhow::Context;
-    use bytes::Bytes;
-    use http_body_util::Full;
-    use sluice_operator::controller;
-    use sluice_operator::metrics::ControllerMetrics;
-
-    pub async fn run(
-        namespace: Option<String>,
-        metrics_listen: SocketAddr,
-        lease_namespace: String,
-    ) -> anyhow::Result<()> {
-        let metrics = ControllerMetrics::new();
-        let config = kube::Config::infer()
-            .await
-            .context("finding the cluster (in-cluster config or KUBECONFIG)")?;
-        let counted = metrics.api_requests.clone();
-        // Count every request the operator makes: the scale benchmark reports them.
-        let client = kube::client::ClientBuilder::try_from(config)
-            .context("building the Kubernetes client")?
-            .with_layer(&tower::util::MapRequestLayer::new(
-                move |request: http::Request<kube::client::Body>| {
-                    counted
-                        .get_or_create(&sluice_operator::metrics::RequestLabels {
-                            method: request.method().to_string(),
-                        })
-                        .inc();
-                    request
-                },
-            ))
-            .build();
-        let listener = tokio::net::TcpListener::bind(metrics_listen)
-            .await
-            .with_context(|| format!("cannot listen on {metrics_listen}"))?;
-        tracing::info!(addr = %listener.local_addr()?, "operator metrics listening");
-        let served = metrics.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let served = served.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(
-                        move |request: hyper::Request<hyper::body::Incoming>| {
-                            let body = match request.uri().path() {
-                                "/metrics" => served.encode(),
-                                "/healthz" | "/readyz" => "ok\n".to_owned(),
-                                _ => String::new(),
-                            };
-                            let status = if body.is_empty() { 404 } else { 200 };
-                            async move {
-                                Ok::<_, Infallible>(
-                                    hyper::Response::builder()
-                                        .status(status)
-                                        .body(Full::new(Bytes::from(body)))
-                                        .expect("valid response"),
-                                )
-                            }
-                        },
-                    );
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        let identity = std::env::var("POD_NAME")
-            .unwrap_or_else(|_| format!("sluice-operator-{}", std::process::id()));
-        let elector = sluice_operator::leader::LeaderElector::new(
-            client.clone(),
-            &lease_namespace,
-            "sluice-operator",
-            identity,
-            std::time::Duration::from_secs(15),
-        );
-        elector.acquire().await;
-        tracing::info!(
-            namespace = namespace.as_deref().unwrap_or("<all>"),
-            "operator starting"
-        );
-        tokio::select! {
-            _ = controller::run(client, metrics, namespace) => {}
-            _ = elector.keep() => anyhow::bail!("lost the leader lease"),
-        }
-        Ok(())
     }
 }

@@ -13,8 +13,24 @@ pub struct RequestLabels {
     pub method: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
 #[derive(Clone)]
 pub struct ControllerMetrics {
+    /// Pod admissions by result: injected, unchanged (not selected, opted
+    /// out, already injected), error.
+    pub injections: Family<ResultLabels, Counter>,
+    /// Pods selected by an integration that run without the sidecar.
+    pub injections_missed: Counter,
+    /// Config stream polls by result: changed, unchanged, denied, error.
+    pub config_polls: Family<ResultLabels, Counter>,
+    /// Sidecars waiting on the config stream now.
+    pub config_watchers: prometheus_client::metrics::gauge::Gauge,
+    /// Serving certificate renewals (and creations) made by this replica.
+    pub certificate_renewals: Counter,
     /// Every request the operator's client sends, by HTTP method (watches included).
     pub api_requests: Family<RequestLabels, Counter>,
     pub reconciles: Counter,
@@ -58,7 +74,42 @@ impl ControllerMetrics {
             "Time per reconcile",
             duration.clone(),
         );
+        let injections = Family::default();
+        registry.register(
+            "sluice_operator_injections",
+            "Pod admissions by result (injected, unchanged, error)",
+            injections.clone(),
+        );
+        let injections_missed = Counter::default();
+        registry.register(
+            "sluice_operator_injections_missed",
+            "Pods selected by a ProviderIntegration that were created without the sidecar (the injector was unavailable, or the integration came later)",
+            injections_missed.clone(),
+        );
+        let config_polls = Family::default();
+        registry.register(
+            "sluice_operator_config_polls",
+            "Sidecar config stream polls by result (changed, unchanged, denied, error)",
+            config_polls.clone(),
+        );
+        let config_watchers = prometheus_client::metrics::gauge::Gauge::default();
+        registry.register(
+            "sluice_operator_config_watchers",
+            "Sidecars waiting on this replica's config stream",
+            config_watchers.clone(),
+        );
+        let certificate_renewals = Counter::default();
+        registry.register(
+            "sluice_operator_certificate_renewals",
+            "Serving certificates created or renewed by this replica",
+            certificate_renewals.clone(),
+        );
         Self {
+            injections,
+            injections_missed,
+            config_polls,
+            config_watchers,
+            certificate_renewals,
             api_requests,
             reconciles,
             errors,

@@ -20,12 +20,14 @@ use sluice_sidecar::config::{ClientAuthMethod, Duration, RetryOn, Timestamp, Whe
     category = "sluice",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Upstream","type":"string","jsonPath":".spec.upstream.baseUrl"}"#,
-    printcolumn = r#"{"name":"Pods","type":"integer","jsonPath":".status.pods.inSync"}"#,
+    printcolumn = r#"{"name":"Pods","type":"integer","jsonPath":".status.pods.injected"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProviderIntegrationSpec {
-    /// Pods in this namespace that get this integration. Empty selects none.
+    /// Pods in this namespace that get this integration (with the label
+    /// `sluice.dev/inject: enabled` on them or their namespace). Absent
+    /// selects no pod; `{}` selects every pod of the namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_selector: Option<LabelSelector>,
     pub upstream: UpstreamSpec,
@@ -435,7 +437,10 @@ pub struct ProviderIntegrationStatus {
 #[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PodCounts {
+    /// Live pods this integration selects that run the sidecar.
     pub selected: u32,
     pub injected: u32,
-    pub in_sync: u32,
+    /// Reserved: sidecars confirmed on the current config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_sync: Option<u32>,
 }

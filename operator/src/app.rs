@@ -1,0 +1,251 @@
+//! `sluice operator`: every replica serves the admission webhook, the config
+//! stream and its metrics from its own view of the cluster; the replica
+//! holding the Lease also runs the controller and writes certificates.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::Full;
+use kube::Client;
+
+use crate::admission::Injector;
+use crate::inject::InjectorSettings;
+use crate::leader::LeaderElector;
+use crate::metrics::{ControllerMetrics, RequestLabels};
+use crate::server::{CertKeeper, CertSource};
+use crate::stream::ConfigStream;
+use crate::tls::ReloadingCert;
+use crate::view::ClusterView;
+use crate::controller;
+
+/// Everything `sluice operator` is told on its command line.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Watch one namespace only (default: all).
+    pub namespace: Option<String>,
+    /// The operator's own namespace: its Lease, its certificate Secret; never injected.
+    pub operator_namespace: String,
+    pub metrics_listen: SocketAddr,
+    pub webhook_listen: SocketAddr,
+    /// The Service in front of the replicas (certificate names, stream URL).
+    pub service_name: String,
+    /// The port of that Service that reaches `webhook_listen`.
+    pub service_port: u16,
+    /// Register the webhook by URL (the operator runs outside the cluster).
+    pub webhook_url: Option<String>,
+    pub webhook_configuration: String,
+    pub tls_secret: String,
+    /// Certificates from files (cert-manager) instead of the managed Secret.
+    pub tls_dir: Option<PathBuf>,
+    pub sidecar: InjectorSettings,
+}
+
+impl Options {
+    /// The DNS names (or IP) the serving certificate must carry.
+    pub fn certificate_names(&self) -> Vec<String> {
+        match &self.webhook_url {
+            Some(url) => {
+                let host = url
+                    .parse::<http::Uri>()
+                    .ok()
+                    .and_then(|u| u.host().map(|h| h.trim_matches(['[', ']']).to_owned()))
+                    .unwrap_or_default();
+                vec![host]
+            }
+            None => {
+                let (svc, ns) = (&self.service_name, &self.operator_namespace);
+                vec![
+                    format!("{svc}.{ns}.svc"),
+                    format!("{svc}.{ns}.svc.cluster.local"),
+                    format!("{svc}.{ns}"),
+                    svc.clone(),
+                ]
+            }
+        }
+    }
+
+    /// What sidecars dial for the config stream.
+    pub fn stream_url(&self) -> String {
+        match &self.webhook_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!(
+                "https://{}.{}.svc:{}",
+                self.service_name, self.operator_namespace, self.service_port
+            ),
+        }
+    }
+}
+
+async fn client(metrics: &ControllerMetrics) -> anyhow::Result<Client> {
+    let config = kube::Config::infer()
+        .await
+        .context("finding the cluster (in-cluster config or KUBECONFIG)")?;
+    let counted = metrics.api_requests.clone();
+    // Count every request the operator makes: the scale benchmark reports them.
+    Ok(kube::client::ClientBuilder::try_from(config)
+        .context("building the Kubernetes client")?
+        .with_layer(&tower::util::MapRequestLayer::new(
+            move |request: http::Request<kube::client::Body>| {
+                counted
+                    .get_or_create(&RequestLabels {
+                        method: request.method().to_string(),
+                    })
+                    .inc();
+                request
+            },
+        ))
+        .build())
+}
+
+/// `/metrics`, `/healthz` and `/readyz` (ready once the view has listed and
+/// a serving certificate is loaded).
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    metrics: ControllerMetrics,
+    ready: Arc<dyn Fn() -> bool + Send + Sync>,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let (metrics, ready) = (metrics.clone(), ready.clone());
+        tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    let (status, body) = match request.uri().path() {
+                        "/metrics" => (200, metrics.encode()),
+                        "/healthz" => (200, "ok\n".to_owned()),
+                        "/readyz" if ready() => (200, "ok\n".to_owned()),
+                        "/readyz" => (503, "not ready: listing the cluster or waiting for a certificate\n".to_owned()),
+                        _ => (404, "not found: /metrics, /healthz, /readyz\n".to_owned()),
+                    };
+                    async move {
+                        Ok::<_, Infallible>(
+                            hyper::Response::builder()
+                                .status(status)
+                                .body(Full::new(Bytes::from(body)))
+                                .expect("valid response"),
+                        )
+                    }
+                });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// Runs until the process is stopped (or loses the Lease it held).
+pub async fn run(options: Options) -> anyhow::Result<()> {
+    let metrics = ControllerMetrics::new();
+    let client = client(&metrics).await?;
+    let view = ClusterView::start(client.clone(), options.namespace.as_deref());
+    let view_ready = Arc::new(AtomicBool::new(false));
+    let cert = Arc::new(ReloadingCert::default());
+
+    let metrics_listener = tokio::net::TcpListener::bind(options.metrics_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", options.metrics_listen))?;
+    let webhook_listener = tokio::net::TcpListener::bind(options.webhook_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", options.webhook_listen))?;
+    tracing::info!(
+        metrics = %metrics_listener.local_addr()?,
+        webhook = %webhook_listener.local_addr()?,
+        "operator listening"
+    );
+    let ready = {
+        let (view_ready, cert) = (view_ready.clone(), cert.clone());
+        Arc::new(move || view_ready.load(Ordering::Acquire) && cert.is_set())
+    };
+    tokio::spawn(serve_metrics(metrics_listener, metrics.clone(), ready));
+
+    let injector = Arc::new(Injector {
+        view: view.clone(),
+        settings: RwLock::new(options.sidecar.clone()),
+        skip_namespaces: vec!["kube-system".into(), options.operator_namespace.clone()],
+        metrics: metrics.clone(),
+    });
+    let stream = Arc::new(ConfigStream::new(
+        view.clone(),
+        client.clone(),
+        metrics.clone(),
+    ));
+    let tls = Arc::new(crate::tls::server_config(cert.clone())?);
+    tokio::spawn(crate::server::serve(
+        webhook_listener,
+        tls,
+        injector.clone(),
+        stream,
+        view_ready.clone(),
+    ));
+    let leader = Arc::new(AtomicBool::new(false));
+    let source = match &options.tls_dir {
+        Some(dir) => CertSource::Files { dir: dir.clone() },
+        None => CertSource::Managed {
+            namespace: options.operator_namespace.clone(),
+            secret: options.tls_secret.clone(),
+            names: options.certificate_names(),
+            webhook_configuration: options.webhook_configuration.clone(),
+            webhook_url: options.webhook_url.clone(),
+        },
+    };
+    tokio::spawn(
+        CertKeeper {
+            client: client.clone(),
+            source,
+            cert,
+            injector,
+            leader: leader.clone(),
+            metrics: metrics.clone(),
+            stream_url: Some(options.stream_url()),
+        }
+        .run(),
+    );
+    {
+        let (view, view_ready) = (view.clone(), view_ready.clone());
+        tokio::spawn(async move {
+            view.wait_until_ready().await;
+            view_ready.store(true, Ordering::Release);
+            tracing::info!("cluster view listed; serving admissions and config polls");
+        });
+    }
+
+    let identity = std::env::var("POD_NAME")
+        .unwrap_or_else(|_| format!("sluice-operator-{}", std::process::id()));
+    let elector = LeaderElector::new(
+        client.clone(),
+        &options.operator_namespace,
+        "sluice-operator",
+        identity,
+        Duration::from_secs(15),
+    );
+    tokio::select! {
+        _ = elector.acquire() => {}
+        _ = sluice_sidecar::runtime::termination_signal() => return Ok(()),
+    }
+    leader.store(true, Ordering::Release);
+    tracing::info!(
+        namespace = options.namespace.as_deref().unwrap_or("<all>"),
+        "leader: controller starting"
+    );
+    let skip = vec!["kube-system".to_owned(), options.operator_namespace.clone()];
+    tokio::spawn(crate::missed::run(
+        client.clone(),
+        view.clone(),
+        skip,
+        metrics.clone(),
+    ));
+    tokio::select! {
+        _ = controller::run(client, metrics, options.namespace.clone(), view) => {}
+        _ = elector.keep() => anyhow::bail!("lost the leader lease"),
+    }
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! Pods that should have the sidecar and do not: opted in, selected by a
+//! ProviderIntegration, created without it (the injector was down with
+//! `failurePolicy: Ignore`, or the integration came after the pod). Each is
+//! counted once and gets a Warning Event saying to restart it. Leader only.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+
+use crate::inject::{INJECT_LABEL, INJECTED_LABEL, selecting};
+use crate::metrics::ControllerMetrics;
+use crate::view::ClusterView;
+
+/// Whether a pod asked for the sidecar: its label, else its namespace's.
+pub fn opted_in(
+    pod_labels: &BTreeMap<String, String>,
+    namespace_labels: Option<&BTreeMap<String, String>>,
+) -> bool {
+    match pod_labels.get(INJECT_LABEL).map(String::as_str) {
+        Some("enabled") => true,
+        Some(_) => false,
+        None => namespace_labels
+            .and_then(|l| l.get(INJECT_LABEL))
+            .is_some_and(|v| v == "enabled"),
+    }
+}
+
+pub async fn run(
+    client: Client,
+    view: Arc<ClusterView>,
+    skip_namespaces: Vec<String>,
+    metrics: ControllerMetrics,
+) {
+    let (namespaces, writer) = reflector::store::<Namespace>();
+    let namespace_watch = watcher(Api::<Namespace>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .for_each(|_| async {});
+    tokio::spawn(namespace_watch);
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: crate::controller::FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    );
+    let pods = watcher(
+        Api::<PartialObjectMeta<Pod>>::all(client),
+        watcher::Config::default().labels(&format!("!{INJECTED_LABEL}")),
+    )
+    .default_backoff();
+    let mut pods = std::pin::pin!(pods);
+    let mut reported: HashSet<String> = HashSet::new();
+    let _ = namespaces.wait_until_ready().await;
+    view.wait_until_ready().await;
+    while let Some(event) = pods.next().await {
+        let pod: PartialObjectMeta<Pod> = match event {
+            Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => pod,
+            Ok(watcher::Event::Delete(pod)) => {
+                reported.remove(pod.uid().as_deref().unwrap_or_default());
+                continue;
+            }
+            Ok(_) => continue,
+            Err(error) => {
+                tracing::warn!(%error, "pod watch failed; retrying with backoff");
+                continue;
+            }
+        };
+        let namespace = pod.namespace().unwrap_or_default();
+        let uid = pod.uid().unwrap_or_default();
+        if skip_namespaces.contains(&namespace)
+            || pod.metadata.deletion_timestamp.is_some()
+            || reported.contains(&uid)
+        {
+            continue;
+        }
+        let namespace_labels = namespaces
+            .get(&ObjectRef::new(&namespace))
+            .map(|ns| ns.labels().clone());
+        if !opted_in(pod.labels(), namespace_labels.as_ref()) {
+            continue;
+        }
+        let integrations = view.integrations.state();
+        let selected: Vec<String> = selecting(
+            integrations.iter().map(|p| p.as_ref()),
+            &namespace,
+            pod.labels(),
+        )
+        .iter()
+        .map(|pi| pi.name_any())
+        .collect();
+        if selected.is_empty() {
+            continue;
+        }
+        reported.insert(uid);
+        metrics.injections_missed.inc();
+        tracing::warn!(%namespace, pod = %pod.name_any(), integrations = %selected.join(","), "pod runs without the sidecar its integrations need");
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "NotInjected".into(),
+            note: Some(format!(
+                "selected by ProviderIntegration {} but created without the Sluice sidecar (the injector was unavailable, or the integration came later); restart the pod to inject it",
+                selected.join(", ")
+            )),
+            action: "Inject".into(),
+            secondary: None,
+        };
+        if let Err(error) = recorder.publish(&event, &pod.object_ref(&())).await {
+            tracing::warn!(%error, "publishing an Event failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pod_label_wins_over_the_namespace_label() {
+        let labels = |v: &str| BTreeMap::from([(INJECT_LABEL.to_owned(), v.to_owned())]);
+        let none = BTreeMap::new();
+        assert!(opted_in(&labels("enabled"), None));
+        assert!(opted_in(&none, Some(&labels("enabled"))));
+        assert!(!opted_in(&labels("disabled"), Some(&labels("enabled"))));
+        assert!(!opted_in(&none, Some(&none)));
+        assert!(!opted_in(&none, None));
+    }
+}

@@ -1,0 +1,191 @@
+//! What every operator replica keeps in memory to answer admissions and
+//! config polls without calling the API server: the ProviderIntegrations,
+//! the ConfigMaps the controller wrote, and the injected pods. Reflectors
+//! (list + watch) keep it current; every change bumps `changed`, which wakes
+//! the sidecars' long polls.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::Api;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use tokio::sync::{mpsc, watch};
+
+use crate::controller::{CONFIG_KEY, config_map_name};
+use crate::inject::{INJECTED_LABEL, selecting};
+use crate::resource::ProviderIntegration;
+
+pub struct ClusterView {
+    pub integrations: Store<ProviderIntegration>,
+    pub config_maps: Store<ConfigMap>,
+    pub injected_pods: Store<Pod>,
+    changed: watch::Sender<u64>,
+    /// Where pod changes are announced to the controller (leader only).
+    pod_events: Mutex<Option<mpsc::UnboundedSender<ObjectRef<ProviderIntegration>>>>,
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+impl ClusterView {
+    /// Starts the reflectors; the view fills as they list.
+    pub fn start(client: Client, namespace: Option<&str>) -> Arc<Self> {
+        let (integrations, pi_writer) = reflector::store();
+        let (config_maps, cm_writer) = reflector::store();
+        let (injected_pods, pod_writer) = reflector::store();
+        let (changed, _) = watch::channel(0);
+        let view = Arc::new(Self {
+            integrations,
+            config_maps,
+            injected_pods,
+            changed,
+            pod_events: Mutex::new(None),
+        });
+        let pis = watcher(
+            api::<ProviderIntegration>(&client, namespace),
+            watcher::Config::default().any_semantic(),
+        )
+        .default_backoff()
+        .reflect(pi_writer);
+        let cms = watcher(
+            api::<ConfigMap>(&client, namespace),
+            watcher::Config::default().labels("app.kubernetes.io/managed-by=sluice"),
+        )
+        .default_backoff()
+        .reflect(cm_writer);
+        let pods = watcher(
+            api::<Pod>(&client, namespace),
+            watcher::Config::default().labels(&format!("{INJECTED_LABEL}=true")),
+        )
+        .default_backoff()
+        .modify(|pod| {
+            // The view needs labels, phase and deletion only: drop the rest.
+            pod.metadata.managed_fields = None;
+            pod.spec = None;
+            if let Some(status) = pod.status.as_mut() {
+                status.container_statuses = None;
+                status.init_container_statuses = None;
+                status.conditions = None;
+            }
+        })
+        .reflect(pod_writer);
+        tokio::spawn(drain(pis, view.clone(), |_, _| {}));
+        tokio::spawn(drain(cms, view.clone(), |_, _| {}));
+        tokio::spawn(drain(pods, view.clone(), |view, pod: &Pod| {
+            view.announce_pod(pod)
+        }));
+        view
+    }
+
+    /// A receiver that sees every change of the view.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Whether every reflector has listed once.
+    pub async fn wait_until_ready(&self) {
+        let _ = self.integrations.wait_until_ready().await;
+        let _ = self.config_maps.wait_until_ready().await;
+        let _ = self.injected_pods.wait_until_ready().await;
+    }
+
+    /// From now on, pod changes are sent to `events` as the integrations they concern.
+    pub fn announce_pods_to(&self, events: mpsc::UnboundedSender<ObjectRef<ProviderIntegration>>) {
+        *self.pod_events.lock().expect("pod events lock") = Some(events);
+    }
+
+    fn announce_pod(&self, pod: &Pod) {
+        let guard = self.pod_events.lock().expect("pod events lock");
+        let Some(events) = guard.as_ref() else {
+            return;
+        };
+        let namespace = pod.namespace().unwrap_or_default();
+        let all = self.integrations.state();
+        for pi in selecting(all.iter().map(|p| p.as_ref()), &namespace, pod.labels()) {
+            let _ = events.send(ObjectRef::from_obj(pi));
+        }
+    }
+
+    /// Injected pods that count for `pi`'s Cluster limits: selected, not
+    /// terminating, not finished. A pod not yet ready counts: it may send
+    /// requests already, and counting it keeps the sum under the limit.
+    pub fn live_pods(&self, pi: &ProviderIntegration) -> u32 {
+        let namespace = pi.namespace().unwrap_or_default();
+        self.injected_pods
+            .state()
+            .iter()
+            .filter(|pod| pod.namespace().as_deref() == Some(namespace.as_str()))
+            .filter(|pod| pod.metadata.deletion_timestamp.is_none())
+            .filter(|pod| {
+                !matches!(
+                    pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded" | "Failed")
+                )
+            })
+            .filter(|pod| {
+                crate::inject::selector_matches(pi.spec.pod_selector.as_ref(), pod.labels())
+            })
+            .count() as u32
+    }
+
+    /// The compiled configs of the integrations that select a pod (those
+    /// compiled so far), in name order.
+    pub fn configs_for(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Vec<(String, String)> {
+        let all = self.integrations.state();
+        selecting(all.iter().map(|p| p.as_ref()), namespace, labels)
+            .into_iter()
+            .filter_map(|pi| {
+                let name = pi.name_any();
+                let cm = self
+                    .config_maps
+                    .get(&ObjectRef::new(&config_map_name(&name)).within(namespace))?;
+                // Written for this very object (not a stale one of the same name).
+                let owned = cm
+                    .owner_references()
+                    .iter()
+                    .any(|o| Some(&o.uid) == pi.metadata.uid.as_ref());
+                let yaml = cm.data.as_ref()?.get(CONFIG_KEY)?.clone();
+                owned.then_some((name, yaml))
+            })
+            .collect()
+    }
+}
+
+/// Runs a reflector stream, bumping the change counter on every event.
+async fn drain<K, S>(stream: S, view: Arc<ClusterView>, on_object: impl Fn(&ClusterView, &K))
+where
+    S: futures_util::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+{
+    let mut stream = std::pin::pin!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(event) => {
+                match &event {
+                    watcher::Event::Apply(obj) | watcher::Event::Delete(obj) => {
+                        on_object(&view, obj)
+                    }
+                    watcher::Event::InitApply(obj) => on_object(&view, obj),
+                    watcher::Event::Init | watcher::Event::InitDone => {}
+                }
+                view.changed.send_modify(|n| *n += 1);
+            }
+            Err(error) => tracing::warn!(%error, "watch failed; retrying with backoff"),
+        }
+    }
+}
