@@ -99,6 +99,7 @@ pub struct Families {
     pub attempts: Family<EndpointLabels, Counter>,
     pub retries: Family<RetryLabels, Counter>,
     pub ratelimit_queue_depth: Family<LimitLabels, Gauge>,
+    pub ratelimit_queue_capacity: Family<LimitLabels, Gauge>,
     pub ratelimit_wait: Family<LimitLabels, Histogram, fn() -> Histogram>,
     pub ratelimit_rejected: Family<LimitReasonLabels, Counter>,
     pub retry_budget_exhausted: Family<IntegrationLabels, Counter>,
@@ -148,6 +149,12 @@ impl Metrics {
             "sluice_egress_retries",
             "Retries, by the reason the previous attempt failed",
             retries.clone(),
+        );
+        let ratelimit_queue_capacity = Family::default();
+        registry.register(
+            "sluice_ratelimit_queue_capacity",
+            "The queue's maxDepth: alert before depth reaches 80 % of it",
+            ratelimit_queue_capacity.clone(),
         );
         let ratelimit_queue_depth = Family::default();
         registry.register(
@@ -271,6 +278,7 @@ impl Metrics {
             attempts,
             retries,
             ratelimit_queue_depth,
+            ratelimit_queue_capacity,
             ratelimit_wait,
             ratelimit_rejected,
             retry_budget_exhausted,

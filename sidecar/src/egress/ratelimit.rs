@@ -271,6 +271,13 @@ impl RateLimiter {
         let mut state = self.state.lock().expect("rate limiter lock poisoned");
         let mut slots = Vec::with_capacity(configs.len());
         for config in configs {
+            self.metrics
+                .ratelimit_queue_capacity
+                .get_or_create(&LimitLabels {
+                    integration: self.integration.clone(),
+                    limit: Arc::from(config.name.as_str()),
+                })
+                .set(config.queue.max_depth as i64);
             match state.limits.iter().position(|l| *l.name == *config.name) {
                 Some(slot) => {
                     state.limits[slot].configure(config);

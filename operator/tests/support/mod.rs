@@ -1,0 +1,211 @@
+//! Shared by the end-to-end tests: a real control plane (tests/controlplane)
+//! on loopback, the `sluice` binary as the operator, and polling helpers.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// A running control plane; stopped when dropped, even after a failed assertion.
+pub struct ControlPlane {
+    pub dir: PathBuf,
+}
+
+impl ControlPlane {
+    pub fn up() -> Self {
+        let dir = std::env::temp_dir().join(format!("sluice-cp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let status = Command::new(repo().join("tests/controlplane/up"))
+            .arg(&dir)
+            .status()
+            .expect("running tests/controlplane/up");
+        assert!(
+            status.success(),
+            "the control plane did not start (logs in {})",
+            dir.join("logs").display()
+        );
+        Self { dir }
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("kubeconfig")
+    }
+
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut child = Command::new(self.dir.join("bin/kubectl"))
+            .args(args)
+            .env("KUBECONFIG", self.kubeconfig())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        } else {
+            drop(child.stdin.take());
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    pub fn ok(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.kubectl(args, stdin);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&all, None)).unwrap()
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("tests/controlplane/down"))
+            .arg(&self.dir)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub struct Operator {
+    pub child: Child,
+    pub metrics: String,
+}
+
+impl Operator {
+    /// The operator with cluster-admin credentials and default flags.
+    pub fn start(cp: &ControlPlane) -> Self {
+        let webhook = format!("127.0.0.1:{}", free_port());
+        Self::start_with(cp, &cp.kubeconfig(), &["--webhook-listen", &webhook], "operator")
+    }
+
+    /// The operator with `kubeconfig`'s credentials and extra flags; its log
+    /// goes to logs/NAME.log.
+    pub fn start_with(cp: &ControlPlane, kubeconfig: &Path, args: &[&str], name: &str) -> Self {
+        let port = free_port();
+        let log = cp.dir.join(format!("logs/{name}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["operator", "--metrics-listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("SLUICE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log)
+                    .unwrap(),
+            ))
+            .spawn()
+            .unwrap();
+        let op = Self {
+            child,
+            metrics: format!("127.0.0.1:{port}"),
+        };
+        wait("the operator's /healthz", Duration::from_secs(20), || {
+            op.scrape().is_some()
+        });
+        op
+    }
+
+    pub fn scrape(&self) -> Option<String> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&self.metrics).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).ok()?;
+        Some(text)
+    }
+
+    pub fn counter(&self, name: &str) -> f64 {
+        self.scrape()
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free loopback port (bound and released; tests bind it right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `check` until it holds, at most `within`.
+pub fn wait(what: &str, within: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !check() {
+        assert!(
+            started.elapsed() < within,
+            "timed out after {within:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    started.elapsed()
+}
+
+pub fn ready(cp: &ControlPlane, ns: &str, name: &str) -> Option<(String, String)> {
+    let pi = cp.json(&["get", "providerintegration", "-n", ns, name]);
+    let condition = pi["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")?
+        .clone();
+    Some((
+        condition["status"].as_str()?.to_owned(),
+        condition["message"].as_str().unwrap_or("").to_owned(),
+    ))
+}
+
+pub fn sluice(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
