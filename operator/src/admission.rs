@@ -42,8 +42,10 @@ impl Injector {
             Ok(review) => review,
             Err(error) => {
                 self.count("error");
-                return AdmissionResponse::invalid(format!("not an AdmissionReview of a Pod: {error}"))
-                    .into_review();
+                return AdmissionResponse::invalid(format!(
+                    "not an AdmissionReview of a Pod: {error}"
+                ))
+                .into_review();
             }
         };
         let request: AdmissionRequest<Pod> = match review.try_into() {

@@ -15,6 +15,7 @@ use http_body_util::Full;
 use kube::Client;
 
 use crate::admission::Injector;
+use crate::controller;
 use crate::inject::InjectorSettings;
 use crate::leader::LeaderElector;
 use crate::metrics::{ControllerMetrics, RequestLabels};
@@ -22,7 +23,6 @@ use crate::server::{CertKeeper, CertSource};
 use crate::stream::ConfigStream;
 use crate::tls::ReloadingCert;
 use crate::view::ClusterView;
-use crate::controller;
 
 /// Everything `sluice operator` is told on its command line.
 #[derive(Clone, Debug)]
@@ -44,6 +44,8 @@ pub struct Options {
     /// Certificates from files (cert-manager) instead of the managed Secret.
     pub tls_dir: Option<PathBuf>,
     pub sidecar: InjectorSettings,
+    /// How often the serving certificate is checked for renewal and reload.
+    pub tls_check_interval: Duration,
 }
 
 impl Options {
@@ -117,13 +119,17 @@ async fn serve_metrics(
         };
         let (metrics, ready) = (metrics.clone(), ready.clone());
         tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            let service = hyper::service::service_fn(
+                move |request: hyper::Request<hyper::body::Incoming>| {
                     let (status, body) = match request.uri().path() {
                         "/metrics" => (200, metrics.encode()),
                         "/healthz" => (200, "ok\n".to_owned()),
                         "/readyz" if ready() => (200, "ok\n".to_owned()),
-                        "/readyz" => (503, "not ready: listing the cluster or waiting for a certificate\n".to_owned()),
+                        "/readyz" => (
+                            503,
+                            "not ready: listing the cluster or waiting for a certificate\n"
+                                .to_owned(),
+                        ),
                         _ => (404, "not found: /metrics, /healthz, /readyz\n".to_owned()),
                     };
                     async move {
@@ -134,7 +140,8 @@ async fn serve_metrics(
                                 .expect("valid response"),
                         )
                     }
-                });
+                },
+            );
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                 .await;
@@ -206,6 +213,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             leader: leader.clone(),
             metrics: metrics.clone(),
             stream_url: Some(options.stream_url()),
+            period: options.tls_check_interval,
         }
         .run(),
     );

@@ -918,8 +918,8 @@ pub fn check_together(compiled: &[(String, IntegrationConfig)]) -> Vec<String> {
 }
 
 /// A pod's share of the `scope: Cluster` limits when `pods` pods run the
-/// integration: each pod enforces `requests / pods` (rounded down, at least
-/// 1) and a burst cut the same way, so together they stay within the
+/// integration: each pod enforces `requests / pods`, rounded down and at
+/// least 1, and a burst cut the same way, so together they stay within the
 /// provider's limit. `Pod` limits are left as they are.
 pub fn share_cluster_limits(
     pi: &ProviderIntegration,
@@ -980,7 +980,10 @@ mod tests {
         assert!(cluster_share_problems(&pi, 2).is_empty());
         let problems = cluster_share_problems(&pi, 3);
         assert_eq!(problems.len(), 1);
-        assert!(problems[0].starts_with("spec.rateLimits[2].rate.requests"), "{problems:?}");
+        assert!(
+            problems[0].starts_with("spec.rateLimits[2].rate.requests"),
+            "{problems:?}"
+        );
     }
 
     fn pi(spec_yaml: &str) -> ProviderIntegration {

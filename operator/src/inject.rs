@@ -103,7 +103,10 @@ impl InjectorSettings {
 
 /// Whether a label selector selects `labels`. An absent selector selects
 /// nothing; `{}` selects every pod (as everywhere in Kubernetes).
-pub fn selector_matches(selector: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> bool {
+pub fn selector_matches(
+    selector: Option<&LabelSelector>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
     let Some(selector) = selector else {
         return false;
     };
@@ -148,7 +151,11 @@ struct RecordingSecrets(std::cell::RefCell<BTreeSet<String>>);
 impl SecretPaths for RecordingSecrets {
     fn path_of(&self, reference: &SecretKeyRef) -> Option<std::path::PathBuf> {
         self.0.borrow_mut().insert(reference.name.clone());
-        Some(std::path::Path::new(POD_SECRETS_ROOT).join(&reference.name).join(&reference.key))
+        Some(
+            std::path::Path::new(POD_SECRETS_ROOT)
+                .join(&reference.name)
+                .join(&reference.key),
+        )
     }
 }
 
@@ -178,8 +185,14 @@ fn secret_volume_name(secret: &str) -> String {
         return name;
     }
     let digest = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
-    let hex: String = digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
-    format!("sluice-secret-{}-{hex}", &secret[..30].trim_end_matches(['-', '.']))
+    let hex: String = digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!(
+        "sluice-secret-{}-{hex}",
+        &secret[..30].trim_end_matches(['-', '.'])
+    )
 }
 
 /// Whether the pod already has the sidecar (injection is idempotent).
@@ -214,7 +227,10 @@ pub fn inject(
         .get_or_insert_with(Default::default)
         .insert(INTEGRATIONS_ANNOTATION.into(), names.join(","));
 
-    let secrets: BTreeSet<String> = selected.iter().flat_map(|pi| referenced_secrets(pi)).collect();
+    let secrets: BTreeSet<String> = selected
+        .iter()
+        .flat_map(|pi| referenced_secrets(pi))
+        .collect();
     let has_webhooks = selected.iter().any(|pi| !pi.spec.webhooks.is_empty());
 
     let mut volumes = vec![
@@ -479,10 +495,22 @@ spec:
             }]),
             ..LabelSelector::default()
         };
-        assert!(selector_matches(Some(&expr("app", "In", &["checkout", "x"])), &labels));
-        assert!(!selector_matches(Some(&expr("app", "NotIn", &["checkout"])), &labels));
-        assert!(selector_matches(Some(&expr("tier", "DoesNotExist", &[])), &labels));
-        assert!(!selector_matches(Some(&expr("tier", "Exists", &[])), &labels));
+        assert!(selector_matches(
+            Some(&expr("app", "In", &["checkout", "x"])),
+            &labels
+        ));
+        assert!(!selector_matches(
+            Some(&expr("app", "NotIn", &["checkout"])),
+            &labels
+        ));
+        assert!(selector_matches(
+            Some(&expr("tier", "DoesNotExist", &[])),
+            &labels
+        ));
+        assert!(!selector_matches(
+            Some(&expr("tier", "Exists", &[])),
+            &labels
+        ));
     }
 
     #[test]
@@ -514,20 +542,45 @@ spec:
             .flatten()
             .filter_map(|v| v.secret.as_ref()?.secret_name.as_deref())
             .collect();
-        assert_eq!(secret_volumes, ["carrier-key", "carrier-key-old", "carrier-webhook"]);
-        let ports: Vec<i32> = sidecar.ports.iter().flatten().map(|p| p.container_port).collect();
+        assert_eq!(
+            secret_volumes,
+            ["carrier-key", "carrier-key-old", "carrier-webhook"]
+        );
+        let ports: Vec<i32> = sidecar
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| p.container_port)
+            .collect();
         assert_eq!(ports, [15090, 15080]);
         // The app's own value wins; the other container gets the address.
         let env = |i: usize| spec.containers[i].env.clone().unwrap_or_default();
         assert_eq!(
-            env(0).iter().find(|e| e.name == "SLUICE_CARRIER_API_URL").unwrap().value.as_deref(),
+            env(0)
+                .iter()
+                .find(|e| e.name == "SLUICE_CARRIER_API_URL")
+                .unwrap()
+                .value
+                .as_deref(),
             Some("http://override")
         );
         assert_eq!(
-            env(1).iter().find(|e| e.name == "SLUICE_CARRIER_API_URL").unwrap().value.as_deref(),
+            env(1)
+                .iter()
+                .find(|e| e.name == "SLUICE_CARRIER_API_URL")
+                .unwrap()
+                .value
+                .as_deref(),
             Some("http://127.0.0.1:15003")
         );
-        assert!(sidecar.args.as_ref().unwrap().iter().any(|a| a.starts_with("--config-server=https://")));
+        assert!(
+            sidecar
+                .args
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|a| a.starts_with("--config-server=https://"))
+        );
         assert_eq!(
             pod.metadata.annotations.as_ref().unwrap()[INTEGRATIONS_ANNOTATION],
             "carrier-api"

@@ -128,6 +128,9 @@ struct OperatorArgs {
     tls_dir: Option<PathBuf>,
     #[command(flatten)]
     sidecar: SidecarArgs,
+    /// How often the serving certificate is checked (renewal, reload).
+    #[arg(long, default_value = "30s")]
+    tls_check_interval: sluice_sidecar::config::Duration,
 }
 
 /// How injected sidecars are made.
@@ -302,6 +305,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 tls_secret: args.tls_secret,
                 tls_dir: args.tls_dir,
                 sidecar: args.sidecar.settings(),
+                tls_check_interval: args.tls_check_interval.get(),
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -40,10 +40,13 @@ pub async fn run(
     metrics: ControllerMetrics,
 ) {
     let (namespaces, writer) = reflector::store::<Namespace>();
-    let namespace_watch = watcher(Api::<Namespace>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .for_each(|_| async {});
+    let namespace_watch = watcher(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .for_each(|_| async {});
     tokio::spawn(namespace_watch);
     let recorder = Recorder::new(
         client.clone(),

@@ -65,7 +65,9 @@ pub fn inject_documents(
         .iter()
         .filter(|d| {
             d["kind"] == "ProviderIntegration"
-                && d["apiVersion"].as_str().is_some_and(|v| v.starts_with("sluice.dev/"))
+                && d["apiVersion"]
+                    .as_str()
+                    .is_some_and(|v| v.starts_with("sluice.dev/"))
         })
         .map(|d| {
             serde_json::from_value(d.clone()).map_err(|e| OfflineError::Invalid {
@@ -115,8 +117,14 @@ pub fn inject_documents(
         let object = template
             .as_object_mut()
             .ok_or_else(|| invalid("the pod template is not a mapping".into()))?;
-        object.insert("metadata".into(), serde_json::to_value(&meta).expect("serializes"));
-        object.insert("spec".into(), serde_json::to_value(&spec).expect("serializes"));
+        object.insert(
+            "metadata".into(),
+            serde_json::to_value(&meta).expect("serializes"),
+        );
+        object.insert(
+            "spec".into(),
+            serde_json::to_value(&spec).expect("serializes"),
+        );
         let names: Vec<&str> = selected
             .iter()
             .filter_map(|pi| pi.metadata.name.as_deref())
@@ -199,21 +207,31 @@ spec: {ports: [{port: 80}]}
             .collect();
         assert_eq!(docs.len(), 5);
         let deployment = &docs[1]["spec"]["template"];
-        assert_eq!(deployment["spec"]["initContainers"][0]["name"], "sluice-sidecar");
-        assert_eq!(deployment["spec"]["initContainers"][0]["restartPolicy"], "Always");
+        assert_eq!(
+            deployment["spec"]["initContainers"][0]["name"],
+            "sluice-sidecar"
+        );
+        assert_eq!(
+            deployment["spec"]["initContainers"][0]["restartPolicy"],
+            "Always"
+        );
         assert_eq!(
             deployment["spec"]["containers"][0]["env"][0]["name"],
             "SLUICE_CARRIER_URL"
         );
         let volumes = deployment["spec"]["volumes"].as_array().unwrap();
-        assert!(volumes.iter().any(|v| v["secret"]["secretName"] == "carrier-token"));
+        assert!(
+            volumes
+                .iter()
+                .any(|v| v["secret"]["secretName"] == "carrier-token")
+        );
         let cron = &docs[2]["spec"]["jobTemplate"]["spec"]["template"]["spec"];
         assert_eq!(cron["initContainers"][0]["name"], "sluice-sidecar");
         assert_eq!(cron["restartPolicy"], "OnFailure");
         assert!(docs[3]["spec"]["template"]["spec"]["initContainers"].is_null());
 
         // Running it again on its own output changes nothing more.
-        let (again, report) = inject_documents(&[output.clone()], &settings).unwrap();
+        let (again, report) = inject_documents(std::slice::from_ref(&output), &settings).unwrap();
         assert_eq!(again, output);
         assert_eq!(report[0], "deployment/checkout: already has the sidecar");
     }

@@ -34,7 +34,6 @@ use crate::metrics::ControllerMetrics;
 use crate::stream::ConfigStream;
 use crate::tls::{self, Authority, ReloadingCert};
 
-
 /// Where the serving certificate comes from.
 #[derive(Clone, Debug)]
 pub enum CertSource {
@@ -67,6 +66,8 @@ pub struct CertKeeper {
     pub metrics: ControllerMetrics,
     /// The config stream's public URL, given to sidecars with the CA.
     pub stream_url: Option<String>,
+    /// How often the certificate is checked once loaded.
+    pub period: Duration,
 }
 
 fn text(secret: &Secret, key: &str) -> Option<String> {
@@ -78,14 +79,14 @@ fn text(secret: &Secret, key: &str) -> Option<String> {
 }
 
 impl CertKeeper {
-    /// Runs for as long as the operator does: checks every 30 s (every 2 s
-    /// until a certificate is loaded).
+    /// Runs for as long as the operator does: checks every `period` (every
+    /// 2 s until a certificate is loaded).
     pub async fn run(self) {
         let mut loaded: Option<String> = None;
         let mut warned_missing_webhook = false;
         loop {
             let outcome = match &self.source {
-                CertSource::Files { dir } => self.from_files(dir),
+                CertSource::Files { dir } => self.read_files(dir),
                 CertSource::Managed { .. } => self.managed(&mut warned_missing_webhook).await,
             };
             match outcome {
@@ -101,22 +102,34 @@ impl CertKeeper {
                         }
                     }
                     if let Some(url) = &self.stream_url {
-                        self.injector.settings.write().expect("settings lock").config_server =
-                            Some(ConfigServer {
-                                url: url.clone(),
-                                ca_pem,
-                            });
+                        self.injector
+                            .settings
+                            .write()
+                            .expect("settings lock")
+                            .config_server = Some(ConfigServer {
+                            url: url.clone(),
+                            ca_pem,
+                        });
                     }
                 }
-                Ok(None) => tracing::info!("waiting for the leader to create the serving certificate"),
+                Ok(None) => {
+                    tracing::info!("waiting for the leader to create the serving certificate")
+                }
                 Err(error) => tracing::warn!(%error, "certificate upkeep failed; retrying"),
             }
-            let period = if loaded.is_some() { 30 } else { 2 };
-            tokio::time::sleep(Duration::from_secs(period)).await;
+            let period = if loaded.is_some() {
+                self.period
+            } else {
+                Duration::from_secs(2)
+            };
+            tokio::time::sleep(period).await;
         }
     }
 
-    fn from_files(&self, dir: &std::path::Path) -> anyhow::Result<Option<(String, String, String)>> {
+    fn read_files(
+        &self,
+        dir: &std::path::Path,
+    ) -> anyhow::Result<Option<(String, String, String)>> {
         let read = |name: &str| {
             std::fs::read_to_string(dir.join(name))
                 .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join(name).display()))
@@ -167,7 +180,11 @@ impl CertKeeper {
             _ if !leader => {
                 // Serve what is there (if anything) until the leader renews it.
                 return Ok(existing.and_then(|s| {
-                    Some((text(&s, "tls.crt")?, text(&s, "tls.key")?, text(&s, "ca.crt")?))
+                    Some((
+                        text(&s, "tls.crt")?,
+                        text(&s, "tls.key")?,
+                        text(&s, "ca.crt")?,
+                    ))
                 }));
             }
             current => {
@@ -181,16 +198,30 @@ impl CertKeeper {
                     .duration_since(SystemTime::UNIX_EPOCH)?
                     .as_secs();
                 let data = BTreeMap::from([
-                    ("ca.crt".to_owned(), ByteString(ca.cert_pem.clone().into_bytes())),
-                    ("ca.key".to_owned(), ByteString(ca.key_pem.clone().into_bytes())),
-                    ("tls.crt".to_owned(), ByteString(serving.cert_pem.clone().into_bytes())),
-                    ("tls.key".to_owned(), ByteString(serving.key_pem.clone().into_bytes())),
+                    (
+                        "ca.crt".to_owned(),
+                        ByteString(ca.cert_pem.clone().into_bytes()),
+                    ),
+                    (
+                        "ca.key".to_owned(),
+                        ByteString(ca.key_pem.clone().into_bytes()),
+                    ),
+                    (
+                        "tls.crt".to_owned(),
+                        ByteString(serving.cert_pem.clone().into_bytes()),
+                    ),
+                    (
+                        "tls.key".to_owned(),
+                        ByteString(serving.key_pem.clone().into_bytes()),
+                    ),
                 ]);
                 let object = Secret {
                     metadata: ObjectMeta {
                         name: Some(secret.clone()),
                         namespace: Some(namespace.clone()),
-                        resource_version: existing.as_ref().and_then(|s| s.metadata.resource_version.clone()),
+                        resource_version: existing
+                            .as_ref()
+                            .and_then(|s| s.metadata.resource_version.clone()),
                         annotations: Some(BTreeMap::from([
                             (NOT_AFTER.to_owned(), not_after.to_string()),
                             (NAMES.to_owned(), names.join(",")),
@@ -217,8 +248,13 @@ impl CertKeeper {
             }
         };
         if leader {
-            self.keep_ca_bundle(&ca.cert_pem, webhook_configuration, webhook_url.as_deref(), warned_missing_webhook)
-                .await?;
+            self.keep_ca_bundle(
+                &ca.cert_pem,
+                webhook_configuration,
+                webhook_url.as_deref(),
+                warned_missing_webhook,
+            )
+            .await?;
         }
         Ok(Some((cert_pem, key_pem, ca.cert_pem)))
     }
@@ -284,7 +320,10 @@ async fn route(
             "{\"error\":\"the operator is still listing the cluster\"}",
         ),
         (&Method::POST, MUTATE_PATH) => {
-            let body = match Limited::new(request.into_body(), MAX_REVIEW_BYTES).collect().await {
+            let body = match Limited::new(request.into_body(), MAX_REVIEW_BYTES)
+                .collect()
+                .await
+            {
                 Ok(body) => body.to_bytes(),
                 Err(error) => {
                     return reply(

@@ -38,11 +38,14 @@ pub struct PodIdentity {
     pub uid: String,
 }
 
+/// TokenReview answers by token digest, with when they were made.
+type ReviewCache = HashMap<[u8; 32], (Result<PodIdentity, String>, Instant)>;
+
 pub struct ConfigStream {
     pub view: Arc<ClusterView>,
     pub client: Client,
     pub metrics: ControllerMetrics,
-    reviews: Mutex<HashMap<[u8; 32], (Result<PodIdentity, String>, Instant)>>,
+    reviews: Mutex<ReviewCache>,
 }
 
 /// An answer: status and JSON body.
@@ -286,7 +289,11 @@ mod tests {
             }
         );
         let unbound = reviewed("system:serviceaccount:shop:checkout", &[]);
-        assert!(identity_of(&unbound).unwrap_err().contains("not bound to a pod"));
+        assert!(
+            identity_of(&unbound)
+                .unwrap_err()
+                .contains("not bound to a pod")
+        );
         let user = reviewed("alice", &[(POD_NAME_CLAIM, "x"), (POD_UID_CLAIM, "y")]);
         assert!(identity_of(&user).is_err());
         let mut refused = ok.clone();
@@ -299,8 +306,14 @@ mod tests {
         let a = "name: a\nlisten: 127.0.0.1:15001\nupstream: {baseUrl: 'https://a.example'}\n";
         let b = "name: a\nlisten: 127.0.0.1:15002\nupstream: {baseUrl: 'https://a.example'}\n";
         let one = snapshot(&[("a".into(), a.into())]).unwrap();
-        assert_eq!(one.version, snapshot(&[("a".into(), a.into())]).unwrap().version);
-        assert_ne!(one.version, snapshot(&[("a".into(), b.into())]).unwrap().version);
+        assert_eq!(
+            one.version,
+            snapshot(&[("a".into(), a.into())]).unwrap().version
+        );
+        assert_ne!(
+            one.version,
+            snapshot(&[("a".into(), b.into())]).unwrap().version
+        );
         assert_eq!(one.integrations[0].name, "a");
         assert!(snapshot(&[("x".into(), "name: [".into())]).is_err());
     }

@@ -7,8 +7,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -225,6 +225,9 @@ mod tests {
     fn renewal_starts_thirty_days_before_expiry() {
         let now = SystemTime::now();
         assert!(!needs_renewal(now + SERVING_VALIDITY, now));
-        assert!(needs_renewal(now + Duration::from_secs(29 * 24 * 3600), now));
+        assert!(needs_renewal(
+            now + Duration::from_secs(29 * 24 * 3600),
+            now
+        ));
     }
 }

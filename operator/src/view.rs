@@ -24,6 +24,9 @@ pub struct ClusterView {
     pub config_maps: Store<ConfigMap>,
     pub injected_pods: Store<Pod>,
     changed: watch::Sender<u64>,
+    /// True once every reflector has listed. (A Store's own readiness wakes
+    /// one waiter only, so one task waits on it and tells everyone here.)
+    listed: watch::Sender<bool>,
     /// Where pod changes are announced to the controller (leader only).
     pod_events: Mutex<Option<mpsc::UnboundedSender<ObjectRef<ProviderIntegration>>>>,
 }
@@ -46,11 +49,13 @@ impl ClusterView {
         let (config_maps, cm_writer) = reflector::store();
         let (injected_pods, pod_writer) = reflector::store();
         let (changed, _) = watch::channel(0);
+        let (listed, _) = watch::channel(false);
         let view = Arc::new(Self {
             integrations,
             config_maps,
             injected_pods,
             changed,
+            listed,
             pod_events: Mutex::new(None),
         });
         let pis = watcher(
@@ -81,6 +86,15 @@ impl ClusterView {
             }
         })
         .reflect(pod_writer);
+        {
+            let view = view.clone();
+            tokio::spawn(async move {
+                let _ = view.integrations.wait_until_ready().await;
+                let _ = view.config_maps.wait_until_ready().await;
+                let _ = view.injected_pods.wait_until_ready().await;
+                view.listed.send_replace(true);
+            });
+        }
         tokio::spawn(drain(pis, view.clone(), |_, _| {}));
         tokio::spawn(drain(cms, view.clone(), |_, _| {}));
         tokio::spawn(drain(pods, view.clone(), |view, pod: &Pod| {
@@ -94,11 +108,10 @@ impl ClusterView {
         self.changed.subscribe()
     }
 
-    /// Whether every reflector has listed once.
+    /// Returns once every reflector has listed.
     pub async fn wait_until_ready(&self) {
-        let _ = self.integrations.wait_until_ready().await;
-        let _ = self.config_maps.wait_until_ready().await;
-        let _ = self.injected_pods.wait_until_ready().await;
+        let mut listed = self.listed.subscribe();
+        let _ = listed.wait_for(|done| *done).await;
     }
 
     /// From now on, pod changes are sent to `events` as the integrations they concern.

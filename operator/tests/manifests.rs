@@ -228,13 +228,16 @@ fn checked_in_crd_is_current() {
     let out = sluice(&["crd"]);
     assert!(out.status.success());
     let current = String::from_utf8(out.stdout).unwrap();
-    let checked_in =
-        std::fs::read_to_string(repo_root().join("crds/providerintegrations.sluice.dev.yaml"))
-            .unwrap();
-    assert!(
-        current == checked_in,
-        "crds/ is stale: run `cargo run --bin sluice -- crd > crds/providerintegrations.sluice.dev.yaml`"
-    );
+    for copy in [
+        "crds/providerintegrations.sluice.dev.yaml",
+        "charts/sluice/crds/providerintegrations.sluice.dev.yaml",
+    ] {
+        let checked_in = std::fs::read_to_string(repo_root().join(copy)).unwrap();
+        assert!(
+            current == checked_in,
+            "{copy} is stale: run `cargo run --bin sluice -- crd > {copy}`"
+        );
+    }
 }
 
 #[test]

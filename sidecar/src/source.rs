@@ -185,10 +185,11 @@ async fn poll_once(
         .header(header::AUTHORIZATION, format!("Bearer {}", token.trim()))
         .body(Empty::new())
         .map_err(|e| e.to_string())?;
-    let response = tokio::time::timeout(LONG_POLL + Duration::from_secs(15), client.request(request))
-        .await
-        .map_err(|_| "no answer within the long-poll time".to_owned())?
-        .map_err(|e| format!("{e:?}"))?;
+    let response =
+        tokio::time::timeout(LONG_POLL + Duration::from_secs(15), client.request(request))
+            .await
+            .map_err(|_| "no answer within the long-poll time".to_owned())?
+            .map_err(|e| format!("{e:?}"))?;
     let status = response.status();
     let body = tokio::time::timeout(Duration::from_secs(30), response.into_body().collect())
         .await

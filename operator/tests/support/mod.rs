@@ -83,7 +83,10 @@ impl Drop for ControlPlane {
         let _ = Command::new(repo().join("tests/controlplane/down"))
             .arg(&self.dir)
             .status();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // SLUICE_KEEP_LOGS=1 keeps DIR/logs for a look after a failure.
+        if std::env::var_os("SLUICE_KEEP_LOGS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -96,7 +99,12 @@ impl Operator {
     /// The operator with cluster-admin credentials and default flags.
     pub fn start(cp: &ControlPlane) -> Self {
         let webhook = format!("127.0.0.1:{}", free_port());
-        Self::start_with(cp, &cp.kubeconfig(), &["--webhook-listen", &webhook], "operator")
+        Self::start_with(
+            cp,
+            &cp.kubeconfig(),
+            &["--webhook-listen", &webhook],
+            "operator",
+        )
     }
 
     /// The operator with `kubeconfig`'s credentials and extra flags; its log
@@ -208,4 +216,3 @@ pub fn sluice(args: &[&str]) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
-

@@ -63,8 +63,9 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     runtime::init_logging();
     let config = match (&args.config, &args.config_dir) {
-        (Some(file), None) => SidecarConfig::from_file(file)
-            .with_context(|| format!("loading {}", file.display()))?,
+        (Some(file), None) => {
+            SidecarConfig::from_file(file).with_context(|| format!("loading {}", file.display()))?
+        }
         (None, Some(dir)) => SidecarConfig {
             admin: AdminConfig {
                 listen: args.admin_listen,

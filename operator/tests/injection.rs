@@ -1,0 +1,786 @@
+//! Sidecar injection and live config on a real control plane
+//! (tests/controlplane), with the Helm chart's objects and RBAC:
+//!
+//! - the chart lints, renders, passes a server-side dry run and is applied;
+//! - the operator runs as the chart's ServiceAccount (a real token), so a
+//!   missing RBAC rule fails here, with its webhook registered by URL;
+//! - pods of a Deployment, a Job and a StatefulSet in a namespace that
+//!   enforces Pod Security `restricted` get the sidecar; opted-out and
+//!   other namespaces' pods do not;
+//! - a `sluice-sidecar`, started with the args the injector gave the pod and
+//!   the pod's bound token, follows the operator's config stream: an edited
+//!   limit is enforced within about a second (measured), and Cluster limits
+//!   are re-divided when the Deployment scales;
+//! - with the operator down, pods are still created (failurePolicy Ignore)
+//!   and the sidecar keeps its last good config; back up, the operator
+//!   reports the pod that missed its sidecar;
+//! - the serving certificate is renewed and reloaded without a restart.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// A plain HTTP upstream on loopback that answers 200 and counts requests.
+struct Upstream {
+    addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+}
+
+impl Upstream {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counted = hits.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let counted = counted.clone();
+                std::thread::spawn(move || {
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+                    let mut buffer = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        // One request per read is enough: GETs without bodies.
+                        let Ok(n) = stream.read(&mut chunk) else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buffer.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buffer.drain(..end + 4);
+                            counted.fetch_add(1, Ordering::SeqCst);
+                            let _ = stream.write_all(
+                                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok",
+                            );
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, hits }
+    }
+}
+
+/// One HTTP/1.1 GET on a new connection; the status and the x-sluice-error header.
+fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let error = text
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-sluice-error: ")
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    Some((status, if error.is_empty() { body } else { error }))
+}
+
+fn restricted_container(name: &str) -> String {
+    format!(
+        "{{name: {name}, image: shop/app, securityContext: {{runAsNonRoot: true, runAsUser: 1000, allowPrivilegeEscalation: false, capabilities: {{drop: [ALL]}}, seccompProfile: {{type: RuntimeDefault}}}}}}"
+    )
+}
+
+fn live_integration(port: u16, upstream: SocketAddr, requests: u32, per: &str) -> String {
+    format!(
+        "apiVersion: sluice.dev/v1alpha1
+kind: ProviderIntegration
+metadata: {{name: live, namespace: shop}}
+spec:
+  podSelector: {{matchLabels: {{app: live}}}}
+  upstream: {{baseUrl: 'http://{upstream}', timeout: 2s, totalTimeout: 5s}}
+  egress: {{port: {port}}}
+  retry: {{maxAttempts: 1}}
+  rateLimits:
+    - {{name: shared, match: {{}}, rate: {{requests: {requests}, per: {per}}}, scope: Cluster, whenExceeded: Reject}}
+"
+    )
+}
+
+fn deployment(name: &str, replicas: u32) -> String {
+    format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      containers: [{}]
+",
+        restricted_container("app")
+    )
+}
+
+/// Pods of the namespace with a label, as JSON.
+fn pods(cp: &ControlPlane, namespace: &str, selector: &str) -> Vec<serde_json::Value> {
+    cp.json(&["get", "pods", "-n", namespace, "-l", selector])["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn sidecar_of(pod: &serde_json::Value) -> Option<serde_json::Value> {
+    pod["spec"]["initContainers"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == "sluice-sidecar")
+        .cloned()
+}
+
+/// A kubeconfig that authenticates with `token` (a ServiceAccount's).
+fn token_kubeconfig(cp: &ControlPlane, token: &str) -> std::path::PathBuf {
+    let admin = std::fs::read_to_string(cp.kubeconfig()).unwrap();
+    let server = admin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .unwrap();
+    let ca = admin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("certificate-authority: "))
+        .unwrap();
+    let path = cp.dir.join("operator-sa.kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: '{server}', certificate-authority: '{ca}'}}\nusers:\n- name: sluice-operator\n  user: {{token: '{}'}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: sluice-operator}}\ncurrent-context: c\n",
+            token.trim()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn admin_get(addr: &str, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The `requests` of the running config's first rate limit, from /config.
+fn enforced_requests(admin: &str) -> Option<u64> {
+    let text = admin_get(admin, "/config")?;
+    let json: serde_json::Value = serde_json::from_str(text.split("\r\n\r\n").nth(1)?).ok()?;
+    json["integrations"][0]["rateLimits"][0]["requests"].as_u64()
+}
+
+struct Sidecar(Child);
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sidecar_binary() -> std::path::PathBuf {
+    // Built by this workspace; build it here when only this package was.
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "sluice-sidecar",
+            "--bin",
+            "sluice-sidecar",
+        ])
+        .current_dir(repo())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    Path::new(env!("CARGO_BIN_EXE_sluice")).with_file_name("sluice-sidecar")
+}
+
+fn served_serial(port: u16) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect 127.0.0.1:{port} </dev/null 2>/dev/null | openssl x509 -noout -serial"
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn injection_and_live_config_with_the_charts_rbac() {
+    let cp = ControlPlane::up();
+    let helm = cp.dir.join("bin/helm");
+    let chart = repo().join("charts/sluice");
+
+    // The chart: lint (every optional part on, too), render, dry run, apply.
+    for extra in [
+        &[][..],
+        &[
+            "--set",
+            "metrics.serviceMonitor.enabled=true",
+            "--set",
+            "metrics.prometheusRule.enabled=true",
+            "--set",
+            "metrics.grafanaDashboard.enabled=true",
+            "--set",
+            "tls.certManager.enabled=true",
+        ][..],
+    ] {
+        let out = Command::new(&helm)
+            .arg("lint")
+            .arg(&chart)
+            .args(["--strict"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "helm lint: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let refused = Command::new(&helm)
+        .arg("lint")
+        .arg(&chart)
+        .args(["--set", "injector.failurePolicy=Sometimes"])
+        .output()
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "values.schema.json must refuse a bad failurePolicy"
+    );
+    let rendered = Command::new(&helm)
+        .args(["template", "sluice"])
+        .arg(&chart)
+        .args([
+            "-n",
+            "sluice-system",
+            "--include-crds",
+            "--kube-version",
+            "1.37.0",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let rendered = String::from_utf8(rendered.stdout).unwrap();
+    cp.ok(&["create", "namespace", "sluice-system"], None);
+    let crd_only: String = rendered
+        .split("\n---")
+        .filter(|doc| doc.contains("kind: CustomResourceDefinition"))
+        .collect::<Vec<_>>()
+        .join("\n---");
+    cp.ok(&["apply", "--server-side", "-f", "-"], Some(&crd_only));
+    cp.ok(
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/providerintegrations.sluice.dev",
+        ],
+        None,
+    );
+    cp.ok(&["apply", "--dry-run=server", "-f", "-"], Some(&rendered));
+    cp.ok(&["apply", "--server-side", "-f", "-"], Some(&rendered));
+
+    // The operator, as the chart's ServiceAccount, with its webhook by URL.
+    let token = cp.ok(
+        &[
+            "create",
+            "token",
+            "sluice-operator",
+            "-n",
+            "sluice-system",
+            "--duration",
+            "2h",
+        ],
+        None,
+    );
+    let kubeconfig = token_kubeconfig(&cp, &token);
+    let webhook_port = free_port();
+    let webhook_url = format!("https://127.0.0.1:{webhook_port}");
+    let webhook_listen = format!("127.0.0.1:{webhook_port}");
+    let operator_args = [
+        "--webhook-listen",
+        webhook_listen.as_str(),
+        "--webhook-url",
+        webhook_url.as_str(),
+        "--lease-namespace",
+        "sluice-system",
+        "--sidecar-image",
+        "sluice-sidecar:test",
+        "--tls-check-interval",
+        "1s",
+    ];
+    let mut operator = Operator::start_with(&cp, &kubeconfig, &operator_args, "operator");
+    let registered = wait(
+        "the webhook's caBundle and URL",
+        Duration::from_secs(30),
+        || {
+            let mwc = cp.json(&["get", "mutatingwebhookconfiguration", "sluice"]);
+            mwc["webhooks"].as_array().is_some_and(|hooks| {
+                hooks.iter().all(|h| {
+                    h["clientConfig"]["caBundle"].is_string()
+                        && h["clientConfig"]["url"] == format!("{webhook_url}/mutate")
+                })
+            })
+        },
+    );
+    println!("webhook registered with its caBundle {registered:?} after the operator started");
+    let ca_bundle =
+        cp.json(&["get", "mutatingwebhookconfiguration", "sluice"])["webhooks"][0]["clientConfig"]
+            ["caBundle"]
+            .clone();
+
+    // An opted-in namespace that enforces Pod Security `restricted`.
+    cp.ok(&["create", "namespace", "shop"], None);
+    cp.ok(
+        &[
+            "label",
+            "namespace",
+            "shop",
+            "sluice.dev/inject=enabled",
+            "pod-security.kubernetes.io/enforce=restricted",
+        ],
+        None,
+    );
+    cp.ok(&["create", "namespace", "plain"], None);
+    wait(
+        "the default ServiceAccounts",
+        Duration::from_secs(30),
+        || {
+            ["shop", "plain"].iter().all(|ns| {
+                cp.kubectl(&["get", "serviceaccount", "default", "-n", ns], None)
+                    .status
+                    .success()
+            })
+        },
+    );
+    let upstream = Upstream::start();
+    let live_port = free_port();
+    cp.ok(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "apiVersion: sluice.dev/v1alpha1
+kind: ProviderIntegration
+metadata: {{name: carrier, namespace: shop}}
+spec:
+  podSelector: {{matchLabels: {{app: checkout}}}}
+  upstream: {{baseUrl: 'https://api.carrier.example'}}
+  egress: {{port: 15011}}
+  auth: {{header: {{name: X-Api-Key, secretRef: {{name: carrier-key, key: current}}}}}}
+---
+{}",
+            live_integration(live_port, upstream.addr, 100, "1s")
+        )),
+    );
+    wait("both integrations Ready", Duration::from_secs(30), || {
+        ["carrier", "live"]
+            .iter()
+            .all(|n| ready(&cp, "shop", n).is_some_and(|(s, _)| s == "True"))
+    });
+
+    // Workloads: a Deployment, a Job and a StatefulSet get the sidecar.
+    let workloads = format!(
+        "{}---
+apiVersion: batch/v1
+kind: Job
+metadata: {{name: nightly, namespace: shop}}
+spec:
+  template:
+    metadata: {{labels: {{app: checkout, kind: job}}}}
+    spec:
+      restartPolicy: Never
+      containers: [{c}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: ledger, namespace: shop}}
+spec:
+  serviceName: ledger
+  replicas: 1
+  selector: {{matchLabels: {{app: checkout, kind: sts}}}}
+  template:
+    metadata: {{labels: {{app: checkout, kind: sts}}}}
+    spec:
+      containers: [{c}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: opted-out, namespace: shop, labels: {{app: checkout, sluice.dev/inject: disabled}}}}
+spec:
+  containers: [{c}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: elsewhere, namespace: plain, labels: {{app: checkout}}}}
+spec:
+  containers: [{c}]
+",
+        deployment("checkout", 1),
+        c = restricted_container("app")
+    );
+    let started = Instant::now();
+    cp.ok(&["apply", "-f", "-"], Some(&workloads));
+    for selector in ["app=checkout,kind!=job,kind!=sts", "kind=job", "kind=sts"] {
+        wait(
+            &format!("a pod for {selector}"),
+            Duration::from_secs(60),
+            || {
+                pods(&cp, "shop", selector)
+                    .iter()
+                    .any(|p| p["metadata"]["name"] != "opted-out" && sidecar_of(p).is_some())
+            },
+        );
+    }
+    println!(
+        "Deployment, Job and StatefulSet pods injected {:?} after apply",
+        started.elapsed()
+    );
+    let checkout = pods(&cp, "shop", "app=checkout,kind!=job,kind!=sts")
+        .into_iter()
+        .find(|p| p["metadata"]["name"] != "opted-out")
+        .unwrap();
+    let sidecar = sidecar_of(&checkout).unwrap();
+    assert_eq!(sidecar["restartPolicy"], "Always");
+    assert_eq!(sidecar["securityContext"]["runAsNonRoot"], true);
+    assert!(sidecar["startupProbe"]["httpGet"]["path"] == "/readyz");
+    assert_eq!(
+        checkout["metadata"]["labels"]["sluice.dev/injected"],
+        "true"
+    );
+    let app_env = &checkout["spec"]["containers"][0]["env"];
+    assert!(
+        app_env
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "SLUICE_CARRIER_URL" && e["value"] == "http://127.0.0.1:15011"),
+        "{app_env}"
+    );
+    let secrets: Vec<&str> = checkout["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["secret"]["secretName"].as_str())
+        .collect();
+    assert_eq!(secrets, ["carrier-key"]);
+    let opted_out = cp.json(&["get", "pod", "-n", "shop", "opted-out"]);
+    assert!(
+        sidecar_of(&opted_out).is_none(),
+        "sluice.dev/inject: disabled"
+    );
+    let elsewhere = cp.json(&["get", "pod", "-n", "plain", "elsewhere"]);
+    assert!(sidecar_of(&elsewhere).is_none(), "namespace not opted in");
+
+    // A sidecar started as the pod `live` would start it.
+    cp.ok(&["apply", "-f", "-"], Some(&deployment("live", 1)));
+    wait("the live pod", Duration::from_secs(60), || {
+        pods(&cp, "shop", "app=live")
+            .iter()
+            .any(|p| sidecar_of(p).is_some())
+    });
+    let live_pod = pods(&cp, "shop", "app=live").remove(0);
+    let pod_name = live_pod["metadata"]["name"].as_str().unwrap().to_owned();
+    let pod_uid = live_pod["metadata"]["uid"].as_str().unwrap().to_owned();
+    let injected = sidecar_of(&live_pod).unwrap();
+    let pod_token = cp.ok(
+        &[
+            "create",
+            "token",
+            "default",
+            "-n",
+            "shop",
+            "--audience",
+            "sluice",
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            &pod_name,
+            "--bound-object-uid",
+            &pod_uid,
+            "--duration",
+            "1h",
+        ],
+        None,
+    );
+    let work = cp.dir.join("live-pod");
+    let config_dir = work.join("integrations");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::write(work.join("token"), pod_token.trim()).unwrap();
+    // The projected ConfigMap, as the kubelet would write it.
+    let cm = cp.json(&["get", "configmap", "-n", "shop", "sluice-live"]);
+    std::fs::write(
+        config_dir.join("live.yaml"),
+        cm["data"]["integration.yaml"].as_str().unwrap(),
+    )
+    .unwrap();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let args: Vec<String> = injected["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .map(|a| match a.split_once('=') {
+            Some(("--config-dir", _)) => format!("--config-dir={}", config_dir.display()),
+            Some(("--admin-listen", _)) => format!("--admin-listen={admin}"),
+            Some(("--webhook-listen", _)) => format!("--webhook-listen=127.0.0.1:{}", free_port()),
+            Some(("--state-dir", _)) => format!("--state-dir={}", work.join("state").display()),
+            Some(("--config-token-file", _)) => {
+                format!("--config-token-file={}", work.join("token").display())
+            }
+            _ => a,
+        })
+        .collect();
+    assert!(
+        args.iter()
+            .any(|a| a == &format!("--config-server={webhook_url}")),
+        "{args:?}"
+    );
+    let ca = injected["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "SLUICE_CONFIG_CA")
+        .unwrap()["value"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let _sidecar = Sidecar(
+        Command::new(sidecar_binary())
+            .args(&args)
+            .env("SLUICE_CONFIG_CA", &ca)
+            .env("SLUICE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(cp.dir.join("logs/sidecar.log")).unwrap(),
+            ))
+            .spawn()
+            .unwrap(),
+    );
+    wait(
+        "the sidecar on the config stream",
+        Duration::from_secs(20),
+        || {
+            admin_get(&admin, "/metrics")
+                .is_some_and(|m| metric(&m, "sluice_config_server_connected") == 1.0)
+        },
+    );
+    let app = format!("127.0.0.1:{live_port}");
+    for _ in 0..3 {
+        assert_eq!(get(&app, "/v1/things").unwrap().0, 200);
+    }
+    assert_eq!(enforced_requests(&admin), Some(100));
+
+    // Edits reach the running sidecar: measure apply -> enforced.
+    let mut propagation = Vec::new();
+    for (requests, per) in [(2, "10s"), (50, "1s"), (2, "10s")] {
+        let edited = Instant::now();
+        cp.ok(
+            &["apply", "-f", "-"],
+            Some(&live_integration(live_port, upstream.addr, requests, per)),
+        );
+        let applied = edited.elapsed();
+        // Poll finely: the figure is reported.
+        while enforced_requests(&admin) != Some(requests as u64) {
+            assert!(
+                edited.elapsed() < Duration::from_secs(10),
+                "the edit never arrived"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        propagation.push((applied, edited.elapsed()));
+    }
+    println!("edit: (kubectl apply returned, enforced by the sidecar) = {propagation:?}");
+    assert!(propagation.iter().all(|(_, d)| *d < Duration::from_secs(5)));
+    // The new limit is enforced: 2 per 10 s, admissions so far counted.
+    let answers: Vec<(u16, String)> = (0..4).map(|_| get(&app, "/v1/things").unwrap()).collect();
+    assert!(
+        answers
+            .iter()
+            .any(|(s, e)| *s == 429 && e == "rate-limited"),
+        "{answers:?}"
+    );
+    assert!(
+        answers.iter().filter(|(s, _)| *s == 200).count() <= 2,
+        "{answers:?}"
+    );
+
+    // Cluster scope: two pods share the limit; the running sidecar gets half.
+    cp.ok(
+        &["apply", "-f", "-"],
+        Some(&live_integration(live_port, upstream.addr, 40, "1s")),
+    );
+    wait("40 for one pod", Duration::from_secs(10), || {
+        enforced_requests(&admin) == Some(40)
+    });
+    cp.ok(
+        &[
+            "scale",
+            "deployment",
+            "live",
+            "-n",
+            "shop",
+            "--replicas",
+            "2",
+        ],
+        None,
+    );
+    let shared = wait(
+        "the limit shared by two pods",
+        Duration::from_secs(30),
+        || enforced_requests(&admin) == Some(20),
+    );
+    println!("scaled to 2 pods -> each sidecar enforces half after {shared:?}");
+    let status = cp.json(&["get", "providerintegration", "-n", "shop", "live"]);
+    assert_eq!(status["status"]["pods"]["selected"], 2);
+    cp.ok(
+        &[
+            "scale",
+            "deployment",
+            "live",
+            "-n",
+            "shop",
+            "--replicas",
+            "1",
+        ],
+        None,
+    );
+    wait("the whole limit back", Duration::from_secs(30), || {
+        enforced_requests(&admin) == Some(40)
+    });
+
+    // Serving certificate renewal: marked as expiring soon, it is renewed
+    // with the same CA and served without a restart.
+    let before = served_serial(webhook_port);
+    cp.ok(
+        &[
+            "annotate",
+            "secret",
+            "-n",
+            "sluice-system",
+            "sluice-operator-tls",
+            "--overwrite",
+            "sluice.dev/not-after=1000",
+        ],
+        None,
+    );
+    wait(
+        "a renewed certificate served",
+        Duration::from_secs(20),
+        || {
+            let now = served_serial(webhook_port);
+            !now.is_empty() && now != before
+        },
+    );
+    let after =
+        cp.json(&["get", "mutatingwebhookconfiguration", "sluice"])["webhooks"][0]["clientConfig"]
+            ["caBundle"]
+            .clone();
+    assert_eq!(after, ca_bundle, "renewal keeps the CA");
+    assert!(operator.counter("sluice_operator_certificate_renewals_total") >= 2.0);
+
+    // Operator down: pods are still created (failurePolicy Ignore), the
+    // sidecar keeps enforcing its last good config.
+    let _ = operator.child.kill();
+    let _ = operator.child.wait();
+    cp.ok(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: late, namespace: shop, labels: {{app: checkout}}}}\nspec:\n  containers: [{}]\n",
+            restricted_container("app")
+        )),
+    );
+    let late = cp.json(&["get", "pod", "-n", "shop", "late"]);
+    assert!(sidecar_of(&late).is_none());
+    wait(
+        "the sidecar notices the operator is gone",
+        Duration::from_secs(60),
+        || {
+            admin_get(&admin, "/metrics")
+                .is_some_and(|m| metric(&m, "sluice_config_server_connected") == 0.0)
+        },
+    );
+    assert_eq!(enforced_requests(&admin), Some(40), "last good config kept");
+    assert_eq!(get(&app, "/v1/things").unwrap().0, 200);
+    let hits_before = upstream.hits.load(Ordering::SeqCst);
+    assert!(hits_before > 0);
+
+    // Back up: the pod that missed its sidecar is reported.
+    operator = Operator::start_with(&cp, &kubeconfig, &operator_args, "operator");
+    wait(
+        "a NotInjected Event for the late pod",
+        Duration::from_secs(30),
+        || {
+            cp.ok(
+                &[
+                    "get",
+                    "events",
+                    "-n",
+                    "shop",
+                    "--field-selector",
+                    "involvedObject.name=late",
+                    "-o",
+                    "json",
+                ],
+                None,
+            )
+            .contains("NotInjected")
+        },
+    );
+    assert_eq!(
+        operator.counter("sluice_operator_injections_missed_total"),
+        1.0
+    );
+    wait(
+        "the sidecar back on the stream",
+        Duration::from_secs(40),
+        || {
+            admin_get(&admin, "/metrics")
+                .is_some_and(|m| metric(&m, "sluice_config_server_connected") == 1.0)
+        },
+    );
+    let injections = operator.scrape().unwrap_or_default();
+    println!(
+        "operator metrics after restart: polls {} / injections {}",
+        metric(&injections, "sluice_operator_config_polls_total"),
+        metric(&injections, "sluice_operator_injections_total")
+    );
+}
