@@ -40,9 +40,8 @@ pub struct Context {
     pub client: Client,
     pub metrics: ControllerMetrics,
     pub recorder: Recorder,
-    /// Every ProviderIntegration, for checks across integrations.
-    pub store: kube::runtime::reflector::Store<ProviderIntegration>,
-    /// The injected pods, for status counts and Cluster limit shares.
+    /// Every ProviderIntegration (checks across integrations) and the
+    /// injected pods (status counts, Cluster limit shares).
     pub view: Arc<ClusterView>,
     /// Consecutive failed reconciles per object, for exponential backoff.
     pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
@@ -157,7 +156,10 @@ pub async fn reconcile(pi: Arc<ProviderIntegration>, ctx: Arc<Context>) -> Resul
             root: POD_SECRETS_ROOT.into(),
         },
     );
-    let others = ctx.store.state();
+    // Checks across objects need the whole list: a reconcile started by the
+    // initial list may run before the controller's own store has it all.
+    ctx.view.wait_until_ready().await;
+    let others = ctx.view.integrations.state();
     let mut problems: Vec<String> = match &compiled {
         Ok(_) => Vec::new(),
         Err(errors) => errors.0.iter().map(|e| e.to_string()).collect(),
@@ -220,7 +222,7 @@ pub async fn reconcile(pi: Arc<ProviderIntegration>, ctx: Arc<Context>) -> Resul
         )
         .await?;
         ctx.metrics.writes.inc();
-        tracing::debug!(integration = %key, %resource_version, "status written");
+        tracing::info!(integration = %key, %resource_version, ready, "status written");
         {
             let mut written = ctx.written.lock().expect("written lock");
             written.insert(key.clone(), (resource_version.clone(), desired.clone()));
@@ -315,6 +317,7 @@ async fn apply_config_map(
     )
     .await?;
     ctx.metrics.writes.inc();
+    tracing::info!(integration = %name, config_map = %cm_name, "compiled config written");
     Ok(())
 }
 
@@ -361,13 +364,11 @@ pub async fn run(
         pod_changes,
         |mut changes| async move { changes.recv().await.map(|change| (change, changes)) },
     ));
-    let store = controller.store();
     let ctx = Arc::new(Context {
         view,
         recorder: Recorder::new(client.clone(), reporter),
         client,
         metrics,
-        store: store.clone(),
         failures: Default::default(),
         written: Default::default(),
     });

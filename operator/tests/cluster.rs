@@ -198,7 +198,11 @@ fn operator_on_a_real_api_server() {
         },
     );
 
-    // Restart: with nothing changed, no writes at all.
+    // Restart: with nothing changed, no writes at all (the first run has
+    // created the serving certificate once it is ready).
+    wait("the operator ready", Duration::from_secs(30), || {
+        operator.is_ready()
+    });
     drop(operator);
     let operator = Operator::start(&cp);
     wait(

@@ -131,19 +131,29 @@ impl Operator {
             child,
             metrics: format!("127.0.0.1:{port}"),
         };
-        wait("the operator's /healthz", Duration::from_secs(20), || {
+        wait("the operator's /metrics", Duration::from_secs(20), || {
             op.scrape().is_some()
         });
         op
     }
 
+    /// Whether /readyz says ok: the cluster listed, a serving certificate loaded.
+    pub fn is_ready(&self) -> bool {
+        self.get("/readyz")
+            .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+    }
+
     pub fn scrape(&self) -> Option<String> {
+        self.get("/metrics")
+    }
+
+    fn get(&self, path: &str) -> Option<String> {
         use std::io::{Read, Write};
         let mut stream = std::net::TcpStream::connect(&self.metrics).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
         write!(
             stream,
-            "GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
         )
         .ok()?;
         let mut text = String::new();
