@@ -297,3 +297,47 @@ fn webhook_errors_name_the_field() {
         assert!(text.contains(expected), "expected {expected:?} in:\n{text}");
     }
 }
+
+#[test]
+fn inject_adds_the_sidecar_to_the_example_app_offline() {
+    let out = sluice(&[
+        "inject",
+        "-f",
+        "examples/carrier.yaml",
+        "-f",
+        "examples/app.yaml",
+        "--sidecar-image",
+        "registry.example/sluice-sidecar:test",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        report.contains("deployment/checkout: injected (shipping)"),
+        "{report}"
+    );
+    let docs: Vec<serde_json::Value> =
+        serde_yaml_ng::Deserializer::from_str(&String::from_utf8(out.stdout).unwrap())
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .collect();
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["initContainers"][0]["image"],
+        "registry.example/sluice-sidecar:test"
+    );
+    assert_eq!(
+        pod["containers"][0]["env"][0]["name"],
+        "SLUICE_SHIPPING_URL"
+    );
+    assert_eq!(
+        pod["containers"][0]["env"][0]["value"],
+        "http://127.0.0.1:15003"
+    );
+    // The ProviderIntegration and the Namespace pass through unchanged.
+    assert!(docs.iter().any(|d| d["kind"] == "ProviderIntegration"));
+    assert!(docs.iter().any(|d| d["kind"] == "Namespace"));
+}

@@ -685,3 +685,64 @@ async fn kill_9_loses_no_acknowledged_event() {
         delivered.lock().unwrap().len()
     );
 }
+
+#[tokio::test]
+async fn webhooks_come_and_go_with_live_config_and_nothing_accepted_is_lost() {
+    let app = TestUpstream::plain(ok_app()).await;
+    let dir = Dir::new("live-webhooks");
+    let sidecar = start_with(&dir.0.join("state"), vec![provider(vec![])]).await;
+    assert!(
+        sidecar.ingress_addr().is_none(),
+        "no webhooks, no ingress port"
+    );
+
+    // A webhook arrives with a config change: the ingress port opens.
+    let to = format!("{}/hooks", app.url());
+    let hook = |secret: &str, rate: u32| {
+        webhook(&format!(
+            "{{name: gh, path: /wh, forwardTo: '{to}', verify: {{scheme: GitHub, secrets: [{{secret: {{path: {}}}}}]}}, delivery: {{ratePerSecond: {rate}, maxAttempts: 3, deadLetter: true}}}}",
+            dir.secret(secret, &format!("{secret}-value")),
+        ))
+    };
+    sidecar
+        .apply(&[provider(vec![hook("first", 50)])])
+        .await
+        .unwrap();
+    assert!(sidecar.ingress_addr().is_some());
+    let signed = sign(&[
+        serde_json::json!({"scheme": "GitHub", "secret": "first-value", "body": "{\"n\":1}", "id": "a1"}),
+        serde_json::json!({"scheme": "GitHub", "secret": "second-value", "body": "{\"n\":2}", "id": "a2"}),
+        serde_json::json!({"scheme": "GitHub", "secret": "first-value", "body": "{\"n\":3}", "id": "a3"}),
+    ]);
+    assert_eq!(
+        post(&sidecar, "/wh", &signed[0], "{\"n\":1}").await.status,
+        200
+    );
+    wait_for(&app, 1, Duration::from_secs(5)).await;
+
+    // The secret and the delivery rate change: the new secret verifies, the
+    // old one no longer does, and delivery carries on from the same queue.
+    sidecar
+        .apply(&[provider(vec![hook("second", 20)])])
+        .await
+        .unwrap();
+    assert_eq!(
+        post(&sidecar, "/wh", &signed[1], "{\"n\":2}").await.status,
+        200
+    );
+    assert_eq!(
+        post(&sidecar, "/wh", &signed[2], "{\"n\":3}").await.status,
+        400
+    );
+    wait_for(&app, 2, Duration::from_secs(5)).await;
+    let bodies: Vec<Bytes> = app.requests().iter().map(|r| r.body.clone()).collect();
+    assert_eq!(bodies, [Bytes::from("{\"n\":1}"), Bytes::from("{\"n\":2}")]);
+
+    // The webhook is removed: its path answers 404.
+    sidecar.apply(&[provider(vec![])]).await.unwrap();
+    assert_eq!(
+        post(&sidecar, "/wh", &signed[1], "{\"n\":2}").await.status,
+        404
+    );
+    sidecar.shutdown().await;
+}
