@@ -14,7 +14,8 @@
 //! - with the operator down, pods are still created (failurePolicy Ignore)
 //!   and the sidecar keeps its last good config; back up, the operator
 //!   reports the pod that missed its sidecar;
-//! - the serving certificate is renewed and reloaded without a restart.
+//! - the serving certificate is renewed and reloaded without a restart,
+//!   and one from files (cert-manager) is served and its rotation picked up.
 
 mod support;
 
@@ -777,6 +778,88 @@ spec:
                 .is_some_and(|m| metric(&m, "sluice_config_server_connected") == 1.0)
         },
     );
+
+    // cert-manager's way: a second replica reading a mounted kubernetes.io/tls
+    // Secret serves it, and a rotated file from the next handshake on.
+    let tls_dir = cp.dir.join("cert-manager-tls");
+    std::fs::create_dir_all(&tls_dir).unwrap();
+    let secret = cp.json(&[
+        "get",
+        "secret",
+        "-n",
+        "sluice-system",
+        "sluice-operator-tls",
+    ]);
+    for key in ["tls.crt", "tls.key", "ca.crt"] {
+        let value = secret["data"][key].as_str().unwrap();
+        let decoded = Command::new("base64")
+            .arg("-d")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                child.stdin.take().unwrap().write_all(value.as_bytes())?;
+                child.wait_with_output()
+            })
+            .unwrap();
+        std::fs::write(tls_dir.join(key), decoded.stdout).unwrap();
+    }
+    let files_port = free_port();
+    let files_listen = format!("127.0.0.1:{files_port}");
+    let tls_dir_arg = tls_dir.display().to_string();
+    let _files_replica = Operator::start_with(
+        &cp,
+        &kubeconfig,
+        &[
+            "--webhook-listen",
+            &files_listen,
+            "--lease-namespace",
+            "sluice-system",
+            "--tls-dir",
+            &tls_dir_arg,
+            "--tls-check-interval",
+            "1s",
+        ],
+        "operator-files",
+    );
+    let from_secret = served_serial(webhook_port);
+    wait(
+        "the mounted certificate served",
+        Duration::from_secs(20),
+        || served_serial(files_port) == from_secret,
+    );
+    let rotated = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(tls_dir.join("tls.key.new"))
+        .arg("-out")
+        .arg(tls_dir.join("tls.crt.new"))
+        .output()
+        .unwrap();
+    assert!(
+        rotated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotated.stderr)
+    );
+    std::fs::rename(tls_dir.join("tls.key.new"), tls_dir.join("tls.key")).unwrap();
+    std::fs::rename(tls_dir.join("tls.crt.new"), tls_dir.join("tls.crt")).unwrap();
+    wait("the rotated file served", Duration::from_secs(20), || {
+        let now = served_serial(files_port);
+        !now.is_empty() && now != from_secret
+    });
+
     let injections = operator.scrape().unwrap_or_default();
     println!(
         "operator metrics after restart: polls {} / injections {}",
