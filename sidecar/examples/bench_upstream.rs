@@ -1,7 +1,13 @@
-//! A minimal HTTP/1.1 upstream for latency benchmarks: answers every request
-//! with 200 and a small body, on one thread. `bench_upstream 127.0.0.1:PORT`.
+//! A minimal HTTP/1.1 upstream for benchmarks: answers every request with 200
+//! and a small body, on one thread.
+//!
+//! `bench_upstream 127.0.0.1:PORT [ARRIVALS_FILE]`: with a file, it also
+//! records when each request arrived (microseconds since it started, one per
+//! line), written when it gets SIGTERM, to check rate-limit accuracy.
 
 use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -12,25 +18,51 @@ fn main() -> std::io::Result<()> {
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:18080".into());
+    let arrivals_file = std::env::args().nth(2);
+    let started = Instant::now();
+    let arrivals: Arc<Mutex<Vec<u64>>> = Arc::default();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
         .block_on(async {
             let listener = tokio::net::TcpListener::bind(&addr).await?;
             println!("listening on {}", listener.local_addr()?);
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let record = arrivals_file.is_some();
             loop {
-                let (stream, _) = listener.accept().await?;
+                let (stream, _) = tokio::select! {
+                    accepted = listener.accept() => accepted?,
+                    _ = term.recv() => break,
+                };
                 let _ = stream.set_nodelay(true);
+                let arrivals = arrivals.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(|_req: Request<Incoming>| async {
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
-                            b"{\"ok\":true}",
-                        ))))
+                    let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                        if record {
+                            let at = started.elapsed().as_micros() as u64;
+                            arrivals.lock().expect("arrivals lock").push(at);
+                        }
+                        async {
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                                b"{\"ok\":true}",
+                            ))))
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
                 });
             }
+            if let Some(file) = &arrivals_file {
+                let text: String = arrivals
+                    .lock()
+                    .expect("arrivals lock")
+                    .iter()
+                    .map(|t| format!("{t}\n"))
+                    .collect();
+                std::fs::write(file, text)?;
+            }
+            Ok(())
         })
 }

@@ -158,8 +158,10 @@ where
                     endpoint: route.endpoint.clone(),
                 })
                 .observe(elapsed.as_secs_f64());
+            // One line per request at debug level: metrics carry the totals,
+            // and a log write per request would cost more than the proxying.
             // The path only: queries can carry personal data or keys.
-            tracing::info!(
+            tracing::debug!(
                 request_id = %id,
                 integration = %layer.integration,
                 endpoint = %route.endpoint,
