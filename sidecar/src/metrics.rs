@@ -76,6 +76,38 @@ pub struct WebhookResultLabels {
     pub result: &'static str,
 }
 
+/// One endpoint's series, found once when the pipeline is built, so a
+/// request records them without hashing a label set under a lock.
+#[derive(Clone, Debug)]
+pub struct EndpointSeries {
+    pub attempts: Counter,
+    pub duration: Histogram,
+}
+
+impl Metrics {
+    /// The series of every endpoint name of an integration.
+    pub fn endpoint_series(
+        &self,
+        integration: &Name,
+        endpoints: &[Name],
+    ) -> std::collections::HashMap<Name, Arc<EndpointSeries>> {
+        endpoints
+            .iter()
+            .map(|endpoint| {
+                let labels = EndpointLabels {
+                    integration: integration.clone(),
+                    endpoint: endpoint.clone(),
+                };
+                let series = EndpointSeries {
+                    attempts: self.attempts.get_or_create(&labels).clone(),
+                    duration: self.request_duration.get_or_create(&labels).clone(),
+                };
+                (endpoint.clone(), Arc::new(series))
+            })
+            .collect()
+    }
+}
+
 fn latency_histogram() -> Histogram {
     // 1 ms .. ~33 s.
     Histogram::new(exponential_buckets(0.001, 2.0, 16))

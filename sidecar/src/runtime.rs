@@ -67,7 +67,10 @@ struct CurrentPipeline(Arc<RwLock<EgressService>>);
 impl tower::Service<Request<Incoming>> for CurrentPipeline {
     type Response = Response<ProxyBody>;
     type Error = std::convert::Infallible;
-    type Future = <EgressService as tower::Service<Request<Incoming>>>::Future;
+    type Future = futures_util::future::Map<
+        std::pin::Pin<Box<dyn std::future::Future<Output = Response<ProxyBody>> + Send>>,
+        fn(Response<ProxyBody>) -> Result<Response<ProxyBody>, Self::Error>,
+    >;
 
     fn poll_ready(
         &mut self,
@@ -78,8 +81,8 @@ impl tower::Service<Request<Incoming>> for CurrentPipeline {
     }
 
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
-        let mut service = self.0.read().expect("pipeline lock").clone();
-        service.call(request)
+        let service = self.0.read().expect("pipeline lock").clone();
+        futures_util::FutureExt::map(service.handle(request), Ok)
     }
 }
 

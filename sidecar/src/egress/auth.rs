@@ -15,7 +15,6 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
-use tower::ServiceExt;
 
 use super::body::{ProxyBody, try_clone_request};
 use super::client::HttpsClient;
@@ -377,7 +376,7 @@ fn with_header(
 }
 
 impl Step for AuthStep {
-    async fn call<S: Next>(&self, request: Request<ProxyBody>, mut next: S) -> PipelineResult {
+    async fn call<S: Next>(&self, request: Request<ProxyBody>, next: &S) -> PipelineResult {
         let layer = self;
         let count = |result: &'static str| {
             layer
@@ -403,8 +402,6 @@ impl Step for AuthStep {
                 match (response.status(), previous, spare) {
                     (StatusCode::UNAUTHORIZED, Some((old, _)), Some(spare)) => {
                         let retried = next
-                            .ready()
-                            .await?
                             .call(with_header(spare, header_for(kind, old)?))
                             .await?;
                         let ok = retried.status() != StatusCode::UNAUTHORIZED;
@@ -428,9 +425,7 @@ impl Step for AuthStep {
                     (StatusCode::UNAUTHORIZED, Some(spare)) => {
                         tokens.invalidate();
                         let header = tokens.authorization().await?;
-                        next.ready()
-                            .await?
-                            .call(with_header(spare, (header::AUTHORIZATION, header)))
+                        next.call(with_header(spare, (header::AUTHORIZATION, header)))
                             .await
                     }
                     _ => Ok(response),

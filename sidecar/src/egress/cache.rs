@@ -267,7 +267,7 @@ impl CacheStep {
 }
 
 impl Step for CacheStep {
-    async fn call<S: Next>(&self, request: Request<ProxyBody>, mut next: S) -> PipelineResult {
+    async fn call<S: Next>(&self, request: Request<ProxyBody>, next: &S) -> PipelineResult {
         let cache = &self.cache;
         let ttl = request
             .extensions()

@@ -250,7 +250,7 @@ impl CircuitStep {
 }
 
 impl Step for CircuitStep {
-    async fn call<S: Next>(&self, request: Request<ProxyBody>, mut next: S) -> PipelineResult {
+    async fn call<S: Next>(&self, request: Request<ProxyBody>, next: &S) -> PipelineResult {
         let Some(breaker) = &self.breaker else {
             return next.call(request).await;
         };

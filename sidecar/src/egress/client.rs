@@ -2,9 +2,7 @@
 //! integration, and the rewrite of an app request into an upstream request.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName};
@@ -16,12 +14,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use tower::Service;
 
 use super::body::ProxyBody;
 use super::error::ProxyError;
 use super::route::RequestContext;
-use crate::metrics::{EndpointLabels, Metrics, Name};
+use super::step::Next;
 
 pub type HttpsClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 
@@ -157,37 +154,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 #[derive(Clone)]
 pub struct UpstreamService {
     client: HttpsClient,
-    upstream: Arc<Upstream>,
-    integration: Name,
-    metrics: Metrics,
+    upstream: Upstream,
 }
 
 impl UpstreamService {
-    pub fn new(
-        client: HttpsClient,
-        upstream: Upstream,
-        integration: Name,
-        metrics: Metrics,
-    ) -> Self {
-        Self {
-            client,
-            upstream: Arc::new(upstream),
-            integration,
-            metrics,
-        }
+    pub fn new(client: HttpsClient, upstream: Upstream) -> Self {
+        Self { client, upstream }
     }
 }
 
-impl Service<Request<ProxyBody>> for UpstreamService {
-    type Response = Response<ProxyBody>;
-    type Error = ProxyError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<ProxyBody>) -> Self::Future {
+impl Next for UpstreamService {
+    fn call(
+        &self,
+        request: Request<ProxyBody>,
+    ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send {
         let (mut parts, body) = request.into_parts();
         // The body may pause at most as long as an attempt may take.
         let idle = parts
@@ -195,28 +175,19 @@ impl Service<Request<ProxyBody>> for UpstreamService {
             .get::<RequestContext>()
             .map_or(Duration::from_secs(30), |ctx| ctx.route.attempt_timeout);
         if let Some(ctx) = parts.extensions.get::<RequestContext>() {
-            self.metrics
-                .attempts
-                .get_or_create(&EndpointLabels {
-                    integration: self.integration.clone(),
-                    endpoint: ctx.route.endpoint.clone(),
-                })
-                .inc();
+            ctx.series.attempts.inc();
         }
-        let uri = match self.upstream.uri_for(&parts.uri) {
-            Ok(uri) => uri,
-            Err(e) => return Box::pin(async move { Err(e) }),
-        };
-        parts.uri = uri;
-        // The client negotiates the version with the upstream (ALPN).
-        parts.version = http::Version::HTTP_11;
-        strip_hop_by_hop(&mut parts.headers);
-        // The app addressed 127.0.0.1; the client sets Host / :authority from the URI.
-        parts.headers.remove(header::HOST);
-        let request = Request::from_parts(parts, body);
-        let future = self.client.request(request);
-        Box::pin(async move {
-            match future.await {
+        let sent = self.upstream.uri_for(&parts.uri).map(|uri| {
+            parts.uri = uri;
+            // The client negotiates the version with the upstream (ALPN).
+            parts.version = http::Version::HTTP_11;
+            strip_hop_by_hop(&mut parts.headers);
+            // The app addressed 127.0.0.1; the client sets Host / :authority from the URI.
+            parts.headers.remove(header::HOST);
+            self.client.request(Request::from_parts(parts, body))
+        });
+        async move {
+            match sent?.await {
                 Ok(response) => {
                     let (mut parts, incoming) = response.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
@@ -227,7 +198,7 @@ impl Service<Request<ProxyBody>> for UpstreamService {
                 }
                 Err(error) => Err(ProxyError::from_client_error(&error, error.is_connect())),
             }
-        })
+        }
     }
 }
 

@@ -17,13 +17,13 @@ pub mod server;
 pub mod step;
 pub mod timeout;
 
-use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use tower::ServiceBuilder;
-use tower::util::BoxCloneSyncService;
 
 use self::auth::{AuthStep, Credentials, CredentialsError};
 use self::body::ProxyBody;
@@ -40,8 +40,17 @@ use crate::config::IntegrationConfig;
 use crate::metrics::{Metrics, Name};
 use crate::secrets::SecretStore;
 
-/// The service an egress listener serves: app request in, response out.
-pub type EgressService = BoxCloneSyncService<Request<Incoming>, Response<ProxyBody>, Infallible>;
+/// What an egress listener serves: app request in, response out. Errors
+/// are responses by then (with `x-sluice-error`).
+pub trait Handle: Send + Sync + 'static {
+    fn handle(
+        &self,
+        request: Request<Incoming>,
+    ) -> Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>>;
+}
+
+/// One integration's whole pipeline, shared by its connections.
+pub type EgressService = Arc<dyn Handle>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -228,12 +237,7 @@ pub fn build(
             name.clone(),
             metrics.clone(),
         )))
-        .service(UpstreamService::new(
-            client.clone(),
-            upstream,
-            name,
-            metrics.clone(),
-        ));
+        .service(UpstreamService::new(client.clone(), upstream));
     let state = PipelineState {
         config: config.clone(),
         limiter,
@@ -243,5 +247,5 @@ pub fn build(
         credentials,
         client,
     };
-    Ok((BoxCloneSyncService::new(service), state))
+    Ok((Arc::new(service), state))
 }

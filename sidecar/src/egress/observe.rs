@@ -2,22 +2,22 @@
 //! and a deadline, turns Sluice's own errors into responses, and records the
 //! request's metrics and log line.
 
-use std::convert::Infallible;
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use http::header::HeaderValue;
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
-use tower::{Layer, Service};
+use tower::Layer;
 
 use super::body::ProxyBody;
 use super::error::{ERROR_HEADER, ProxyError};
 use super::route::{PRIORITY_HEADER, Priority, RequestContext, Router};
-use crate::metrics::{EndpointLabels, Metrics, Name, RequestLabels};
+use super::step::Next;
+use crate::metrics::{EndpointLabels, EndpointSeries, Metrics, Name, RequestLabels};
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
@@ -26,14 +26,17 @@ pub struct ObserveLayer {
     router: Arc<Router>,
     integration: Name,
     metrics: Metrics,
+    series: Arc<HashMap<Name, Arc<EndpointSeries>>>,
 }
 
 impl ObserveLayer {
     pub fn new(router: Arc<Router>, integration: Name, metrics: Metrics) -> Self {
+        let series = Arc::new(metrics.endpoint_series(&integration, &router.endpoint_names()));
         Self {
             router,
             integration,
             metrics,
+            series,
         }
     }
 }
@@ -42,15 +45,15 @@ impl<S> Layer<S> for ObserveLayer {
     type Service = ObserveService<S>;
     fn layer(&self, inner: S) -> Self::Service {
         ObserveService {
-            inner,
+            inner: Arc::new(inner),
             layer: self.clone(),
         }
     }
 }
 
-#[derive(Clone)]
+/// The pipeline with its edge: what an egress listener serves.
 pub struct ObserveService<S> {
-    inner: S,
+    inner: Arc<S>,
     layer: ObserveLayer,
 }
 
@@ -62,7 +65,16 @@ fn request_id(request: &Request<Incoming>) -> Arc<str> {
         .filter(|v| !v.is_empty() && v.len() <= 128)
     {
         Some(id) => Arc::from(id),
-        None => Arc::from(format!("{:016x}", fastrand::u64(..)).as_str()),
+        None => {
+            // 16 hex digits without a formatting allocation.
+            let mut hex = [0u8; 16];
+            let mut n = fastrand::u64(..);
+            for digit in hex.iter_mut().rev() {
+                *digit = b"0123456789abcdef"[(n & 0xf) as usize];
+                n >>= 4;
+            }
+            Arc::from(std::str::from_utf8(&hex).expect("hex digits are ASCII"))
+        }
     }
 }
 
@@ -81,33 +93,35 @@ fn outcome(response: &Response<ProxyBody>, error: Option<&'static str>) -> &'sta
     }
 }
 
-impl<S> Service<Request<Incoming>> for ObserveService<S>
-where
-    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
-    type Response = Response<ProxyBody>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // Inner layers never apply backpressure through readiness; the rate
-        // limiter queues inside `call`, where it knows the request.
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+impl<S: Next> super::Handle for ObserveService<S> {
+    fn handle(
+        &self,
+        request: Request<Incoming>,
+    ) -> Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>> {
+        let inner = self.inner.clone();
         let layer = self.layer.clone();
         Box::pin(async move {
             let started = Instant::now();
             let id = request_id(&request);
             let method = request.method().clone();
-            let route = Arc::new(layer.router.route(&method, request.uri().path()));
+            let route = layer.router.route(&method, request.uri().path());
+            let series = layer
+                .series
+                .get(&route.endpoint)
+                .cloned()
+                .unwrap_or_else(|| {
+                    Arc::new(EndpointSeries {
+                        attempts: Default::default(),
+                        duration: layer
+                            .metrics
+                            .request_duration
+                            .get_or_create(&EndpointLabels {
+                                integration: layer.integration.clone(),
+                                endpoint: route.endpoint.clone(),
+                            })
+                            .clone(),
+                    })
+                });
             let (mut parts, body) = request.into_parts();
             let result = match admit(&parts.method, &parts.headers) {
                 Ok(priority) => {
@@ -115,6 +129,7 @@ where
                     parts.extensions.insert(RequestContext {
                         request_id: id.clone(),
                         route: route.clone(),
+                        series: series.clone(),
                         priority,
                         started,
                         deadline: started + route.total_timeout,
@@ -150,14 +165,7 @@ where
                     outcome,
                 })
                 .inc();
-            layer
-                .metrics
-                .request_duration
-                .get_or_create(&EndpointLabels {
-                    integration: layer.integration.clone(),
-                    endpoint: route.endpoint.clone(),
-                })
-                .observe(elapsed.as_secs_f64());
+            series.duration.observe(elapsed.as_secs_f64());
             // One line per request at debug level: metrics carry the totals,
             // and a log write per request would cost more than the proxying.
             // The path only: queries can carry personal data or keys.
@@ -175,7 +183,7 @@ where
                 response.headers_mut().insert(REQUEST_ID_HEADER, value);
             }
             debug_assert!(error.is_none() || response.headers().contains_key(ERROR_HEADER));
-            Ok(response)
+            response
         })
     }
 }

@@ -513,7 +513,7 @@ impl RateLimitStep {
 }
 
 impl Step for RateLimitStep {
-    async fn call<S: Next>(&self, request: Request<ProxyBody>, mut next: S) -> PipelineResult {
+    async fn call<S: Next>(&self, request: Request<ProxyBody>, next: &S) -> PipelineResult {
         let limiter = &self.limiter;
         let Some(ctx) = request.extensions().get::<RequestContext>().cloned() else {
             return next.call(request).await;

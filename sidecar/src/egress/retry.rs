@@ -9,7 +9,6 @@ use std::time::{Duration, SystemTime};
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use http::{HeaderMap, Method, Request, Response};
 use tokio::time::Instant;
-use tower::ServiceExt;
 use tower::retry::budget::{Budget, TpsBudget};
 
 use super::body::{ProxyBody, try_clone_request};
@@ -184,7 +183,7 @@ impl RetryStep {
 }
 
 impl Step for RetryStep {
-    async fn call<S: Next>(&self, mut request: Request<ProxyBody>, mut next: S) -> PipelineResult {
+    async fn call<S: Next>(&self, mut request: Request<ProxyBody>, next: &S) -> PipelineResult {
         let rules = &self.rules;
         rules.budget.deposit();
         if let Some((header, methods)) = &rules.idempotency
@@ -213,11 +212,8 @@ impl Step for RetryStep {
                 None
             };
             let method = request.method().clone();
-            let result = match next.ready().await {
-                Ok(ready) => ready.call(request).await,
-                Err(e) => Err(e),
-            };
-            let Some(next) = spare else { return result };
+            let result = next.call(request).await;
+            let Some(spare) = spare else { return result };
             let Some(reason) = rules.reason(&result) else {
                 return result;
             };
@@ -271,7 +267,7 @@ impl Step for RetryStep {
             // Free the failed attempt's connection before sleeping.
             drop(result);
             tokio::time::sleep(wait).await;
-            request = next;
+            request = spare;
             attempt += 1;
         }
     }

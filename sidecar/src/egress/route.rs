@@ -144,6 +144,14 @@ struct Endpoint {
     total_timeout: Option<Duration>,
 }
 
+/// Which rules a request matched: the endpoint, the limits (a bit each, in
+/// config order; at most 32 by the CRD) and the cache rule. Requests that
+/// match the same rules share one [`Route`].
+type Matched = (Option<usize>, u64, Option<usize>);
+
+/// At most this many distinct routes are remembered; others are built per request.
+const ROUTE_MEMO: usize = 1024;
+
 /// The compiled routing table of one integration.
 #[derive(Debug)]
 pub struct Router {
@@ -154,6 +162,7 @@ pub struct Router {
     attempt_timeout: Duration,
     total_timeout: Duration,
     default_endpoint: Arc<str>,
+    memo: std::sync::RwLock<std::collections::HashMap<Matched, Arc<Route>>>,
 }
 
 impl Router {
@@ -192,7 +201,22 @@ impl Router {
             attempt_timeout: config.upstream.timeout.get(),
             total_timeout: config.upstream.total_timeout.get(),
             default_endpoint: Arc::from(DEFAULT_ENDPOINT),
+            memo: Default::default(),
         })
+    }
+
+    /// Every endpoint label value a request can get.
+    pub fn endpoint_names(&self) -> Vec<Arc<str>> {
+        let mut names: Vec<Arc<str>> = self
+            .endpoints
+            .iter()
+            .map(|e| e.name.clone())
+            .chain(self.limits.iter().map(|(name, _, _)| name.clone()))
+            .collect();
+        names.push(self.default_endpoint.clone());
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// Points the rate limits at the limiter slots a reconfigured limiter
@@ -205,34 +229,50 @@ impl Router {
     }
 
     /// Endpoint: the first matching endpoint, else the first matching limit's name.
-    pub fn route(&self, method: &Method, path: &str) -> Route {
-        let endpoint = self
-            .endpoints
-            .iter()
-            .find(|e| e.matcher.matches(method, path));
-        let mut first_limit = None;
-        let limits: Vec<usize> = self
+    pub fn route(&self, method: &Method, path: &str) -> Arc<Route> {
+        let cacheable = method == Method::GET || method == Method::HEAD;
+        let matched: Matched = (
+            self.endpoints
+                .iter()
+                .position(|e| e.matcher.matches(method, path)),
+            self.limits
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, m, _))| m.matches(method, path))
+                .fold(0u64, |bits, (i, _)| bits | 1 << i),
+            cacheable
+                .then(|| self.cache.iter().position(|(m, _)| m.matches(method, path)))
+                .flatten(),
+        );
+        if let Some(route) = self.memo.read().expect("route memo").get(&matched) {
+            return route.clone();
+        }
+        let route = Arc::new(self.build(matched));
+        let mut memo = self.memo.write().expect("route memo");
+        if memo.len() < ROUTE_MEMO {
+            memo.insert(matched, route.clone());
+        }
+        route
+    }
+
+    fn build(&self, (endpoint, limit_bits, cache): Matched) -> Route {
+        let endpoint = endpoint.map(|i| &self.endpoints[i]);
+        let matched: Vec<&(Arc<str>, Matcher, usize)> = self
             .limits
             .iter()
-            .filter(|(_, m, _)| m.matches(method, path))
-            .inspect(|(name, _, _)| {
-                first_limit.get_or_insert_with(|| name.clone());
-            })
-            .map(|(_, _, slot)| *slot)
+            .enumerate()
+            .filter(|(i, _)| limit_bits & (1 << i) != 0)
+            .map(|(_, l)| l)
             .collect();
-        let name = match (endpoint, first_limit) {
+        let name = match (endpoint, matched.first()) {
             (Some(e), _) => e.name.clone(),
-            (None, Some(limit)) => limit,
+            (None, Some((limit, _, _))) => limit.clone(),
             (None, None) => self.default_endpoint.clone(),
         };
-        let cacheable = method == Method::GET || method == Method::HEAD;
         Route {
             endpoint: name,
-            limits,
-            cache_ttl: cacheable
-                .then(|| self.cache.iter().find(|(m, _)| m.matches(method, path)))
-                .flatten()
-                .map(|(_, ttl)| *ttl),
+            limits: matched.iter().map(|(_, _, slot)| *slot).collect(),
+            cache_ttl: cache.map(|i| self.cache[i].1),
             attempt_timeout: endpoint
                 .and_then(|e| e.timeout)
                 .unwrap_or(self.attempt_timeout),
@@ -276,6 +316,8 @@ impl Priority {
 pub struct RequestContext {
     pub request_id: Arc<str>,
     pub route: Arc<Route>,
+    /// The endpoint's metric series.
+    pub series: Arc<crate::metrics::EndpointSeries>,
     pub priority: Priority,
     pub started: Instant,
     pub deadline: Instant,

@@ -38,7 +38,7 @@ impl TimeoutStep {
 }
 
 impl Step for TimeoutStep {
-    async fn call<S: Next>(&self, request: Request<ProxyBody>, mut next: S) -> PipelineResult {
+    async fn call<S: Next>(&self, request: Request<ProxyBody>, next: &S) -> PipelineResult {
         let ctx = request.extensions().get::<RequestContext>().cloned();
         let future = next.call(request);
         let clock = self.clock;
