@@ -56,6 +56,10 @@ pub struct StepService<T, S> {
 
 impl<T: Step, S: Next> Next for StepService<T, S> {
     fn call(&self, request: Request<ProxyBody>) -> impl Future<Output = PipelineResult> + Send {
-        self.step.call(request, &self.inner)
+        // Boxed per step: a future holds the futures of every step below it,
+        // so unboxed, each step would copy all of them once more when it
+        // starts (measured: 9 % of the sidecar's CPU in memmove, against a
+        // small allocation per step).
+        Box::pin(self.step.call(request, &self.inner))
     }
 }
