@@ -78,10 +78,40 @@ pub struct WebhookResultLabels {
 
 /// One endpoint's series, found once when the pipeline is built, so a
 /// request records them without hashing a label set under a lock.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct EndpointSeries {
     pub attempts: Counter,
     pub duration: Histogram,
+    /// The request counters by (status, outcome) seen so far: a short list
+    /// scanned without hashing.
+    requests: std::sync::Mutex<Vec<((u16, &'static str), Counter)>>,
+}
+
+impl EndpointSeries {
+    /// The series of one endpoint of an integration.
+    pub fn new(metrics: &Metrics, labels: &EndpointLabels) -> Self {
+        Self {
+            attempts: metrics.attempts.get_or_create(labels).clone(),
+            duration: metrics.request_duration.get_or_create(labels).clone(),
+            requests: Default::default(),
+        }
+    }
+
+    /// `sluice_egress_requests_total` for this endpoint, status and outcome.
+    pub fn count_request(&self, metrics: &Metrics, labels: RequestLabels) {
+        let key = (labels.code, labels.outcome);
+        let mut known = self.requests.lock().expect("series lock");
+        if let Some((_, counter)) = known.iter().find(|(k, _)| *k == key) {
+            counter.inc();
+            return;
+        }
+        let counter = metrics.requests.get_or_create(&labels).clone();
+        counter.inc();
+        // Statuses are few in practice; bound the list regardless.
+        if known.len() < 64 {
+            known.push((key, counter));
+        }
+    }
 }
 
 impl Metrics {
@@ -98,11 +128,10 @@ impl Metrics {
                     integration: integration.clone(),
                     endpoint: endpoint.clone(),
                 };
-                let series = EndpointSeries {
-                    attempts: self.attempts.get_or_create(&labels).clone(),
-                    duration: self.request_duration.get_or_create(&labels).clone(),
-                };
-                (endpoint.clone(), Arc::new(series))
+                (
+                    endpoint.clone(),
+                    Arc::new(EndpointSeries::new(self, &labels)),
+                )
             })
             .collect()
     }

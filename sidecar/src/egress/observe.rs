@@ -110,17 +110,11 @@ impl<S: Next> super::Handle for ObserveService<S> {
                 .get(&route.endpoint)
                 .cloned()
                 .unwrap_or_else(|| {
-                    Arc::new(EndpointSeries {
-                        attempts: Default::default(),
-                        duration: layer
-                            .metrics
-                            .request_duration
-                            .get_or_create(&EndpointLabels {
-                                integration: layer.integration.clone(),
-                                endpoint: route.endpoint.clone(),
-                            })
-                            .clone(),
-                    })
+                    let labels = EndpointLabels {
+                        integration: layer.integration.clone(),
+                        endpoint: route.endpoint.clone(),
+                    };
+                    Arc::new(EndpointSeries::new(&layer.metrics, &labels))
                 });
             let (mut parts, body) = request.into_parts();
             let result = match admit(&parts.method, &parts.headers) {
@@ -155,16 +149,15 @@ impl<S: Next> super::Handle for ObserveService<S> {
             let elapsed = started.elapsed();
             let status = response.status().as_u16();
             let outcome = outcome(&response, error);
-            layer
-                .metrics
-                .requests
-                .get_or_create(&RequestLabels {
+            series.count_request(
+                &layer.metrics,
+                RequestLabels {
                     integration: layer.integration.clone(),
                     endpoint: route.endpoint.clone(),
                     code: status,
                     outcome,
-                })
-                .inc();
+                },
+            );
             series.duration.observe(elapsed.as_secs_f64());
             // One line per request at debug level: metrics carry the totals,
             // and a log write per request would cost more than the proxying.
