@@ -62,6 +62,8 @@ def medians(rows):
     out = {}
     for key, runs in by.items():
         out[key] = {k: median_of([r[k] for r in runs]) for k in ("rps", "p50", "p99", "p999", "cpu10k", "idle_mib", "rss_mib")}
+        cpus = [r["cpu10k"] for r in runs if r["cpu10k"] is not None]
+        out[key]["cpu_range"] = (min(cpus), max(cpus)) if cpus else None
         out[key]["non_200"] = sum(r["total"] - r["ok"] for r in runs)
         out[key]["errors"] = sum(sum(r["errors"].values()) for r in runs)
     return out
@@ -212,14 +214,18 @@ def main():
             "",
         ]
     out += ["### The cost of each layer (fixed concurrency)", "",
-            "| sidecar | req/s | p50 ms | CPU s / 10k req | CPU µs / req over the bare proxy |", "|---|---|---|---|---|"]
+            "Each row is a separate sidecar that adds one thing; the range is the spread over the rounds. "
+            "A difference inside the spread is below what this machine can resolve.", "",
+            "| sidecar | req/s | p50 ms | CPU s / 10k req (rounds' range) | CPU µs / req over the bare proxy |", "|---|---|---|---|---|"]
     bare = meds.get(("bare", "concurrency"))
     for key, label in LAYERS:
         m = meds.get((key, "concurrency"))
         if not m:
             continue
         extra = (m["cpu10k"] - bare["cpu10k"]) * 100 if bare and m["cpu10k"] and bare["cpu10k"] else None
-        out.append(f"| {label} | {fmt(m['rps'], 0)} | {fmt(m['p50'], 3)} | {fmt(m['cpu10k'], 3)} | {fmt(extra, 1)} |")
+        spread = m.get("cpu_range")
+        spread = f" ({spread[0]:.3f}–{spread[1]:.3f})" if spread else ""
+        out.append(f"| {label} | {fmt(m['rps'], 0)} | {fmt(m['p50'], 3)} | {fmt(m['cpu10k'], 3)}{spread} | {fmt(extra, 1)} |")
     out += [""] + perf_lines(args.perf) + [""]
     acc = accuracy(args.accuracy)
     if acc:
