@@ -165,6 +165,7 @@ impl Sidecar {
             live.stop.subscribe(),
             config.drain_timeout.get(),
             "admin".into(),
+            egress::server::Peers::Network,
         ));
         tracing::info!(%admin_addr, "admin listening");
         *live.secret_watcher.lock().expect("watcher lock") =
@@ -334,6 +335,7 @@ impl Live {
                     stopped,
                     self.base.drain_timeout.get(),
                     config.name.clone(),
+                    egress::server::Peers::App,
                 ));
                 slots.insert(
                     config.name.clone(),
@@ -367,6 +369,7 @@ impl Live {
             self.stop.subscribe(),
             self.base.drain_timeout.get(),
             "ingress".into(),
+            egress::server::Peers::Network,
         ));
         *self.ingress_addr.write().expect("ingress lock") = Some(addr);
         Ok(())

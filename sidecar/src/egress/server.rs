@@ -18,6 +18,17 @@ use tower::Service;
 /// Set to `true` once to begin a graceful shutdown of every server.
 pub type ShutdownSignal = watch::Receiver<bool>;
 
+/// Who may connect to a listener, which decides how wary it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peers {
+    /// The app, over loopback (egress): no header read timeout, which
+    /// would cost a timer entry per request.
+    App,
+    /// Anyone who can reach the pod (webhooks, admin): a client that never
+    /// finishes its headers is cut off after 30 s.
+    Network,
+}
+
 /// Accepts connections on `listener` until `shutdown`, then waits up to
 /// `drain` for the requests in flight to finish. `service_for` makes the
 /// service of each connection from the peer's address.
@@ -27,6 +38,7 @@ pub async fn serve<S, B, F>(
     mut shutdown: ShutdownSignal,
     drain: Duration,
     name: String,
+    peers: Peers,
 ) where
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
@@ -40,11 +52,13 @@ pub async fn serve<S, B, F>(
 {
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // A client that never finishes its headers must not hold a task forever.
-        .header_read_timeout(Duration::from_secs(30));
+    if peers == Peers::Network {
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            // A client that never finishes its headers must not hold a task forever.
+            .header_read_timeout(Duration::from_secs(30));
+    }
     loop {
         tokio::select! {
             accepted = listener.accept() => {
