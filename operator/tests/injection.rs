@@ -178,16 +178,7 @@ fn token_kubeconfig(cp: &ControlPlane, token: &str) -> std::path::PathBuf {
 }
 
 fn admin_get(addr: &str, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    Some(text)
+    http_get(addr, path)
 }
 
 fn metric(text: &str, name: &str) -> f64 {
@@ -652,18 +643,21 @@ spec:
     wait("40 for one pod", Duration::from_secs(10), || {
         enforced_requests(&admin) == Some(40)
     });
-    cp.ok(
-        &[
-            "scale",
-            "deployment",
-            "live",
-            "-n",
-            "shop",
-            "--replicas",
-            "2",
-        ],
-        None,
-    );
+    let scale = |replicas: &str| {
+        cp.ok(
+            &[
+                "scale",
+                "deployment",
+                "live",
+                "-n",
+                "shop",
+                "--replicas",
+                replicas,
+            ],
+            None,
+        )
+    };
+    scale("2");
     let shared = wait(
         "the limit shared by two pods",
         Duration::from_secs(30),
@@ -672,18 +666,7 @@ spec:
     println!("scaled to 2 pods -> each sidecar enforces half after {shared:?}");
     let status = cp.json(&["get", "providerintegration", "-n", "shop", "live"]);
     assert_eq!(status["status"]["pods"]["selected"], 2);
-    cp.ok(
-        &[
-            "scale",
-            "deployment",
-            "live",
-            "-n",
-            "shop",
-            "--replicas",
-            "1",
-        ],
-        None,
-    );
+    scale("1");
     wait("the whole limit back", Duration::from_secs(30), || {
         enforced_requests(&admin) == Some(40)
     });
