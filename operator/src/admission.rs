@@ -56,24 +56,30 @@ impl Injector {
             }
         };
         let response = AdmissionResponse::from(&request);
-        match self.mutate(&request) {
-            Ok(Some(patch)) => match response.clone().with_patch(patch) {
-                Ok(patched) => {
-                    self.count("injected");
-                    patched.into_review()
-                }
-                Err(error) => {
-                    self.count("error");
-                    response.deny(error.to_string()).into_review()
-                }
-            },
+        // An internal failure lets the pod through unchanged, as the default
+        // failurePolicy (Ignore) would: the operator then reports the pod
+        // with a NotInjected Event.
+        let patched = self.mutate(&request).and_then(|patch| match patch {
+            Some(patch) => response
+                .clone()
+                .with_patch(patch)
+                .map(Some)
+                .map_err(|e| e.to_string()),
+            None => Ok(None),
+        });
+        match patched {
+            Ok(Some(patched)) => {
+                self.count("injected");
+                patched.into_review()
+            }
             Ok(None) => {
                 self.count("unchanged");
                 response.into_review()
             }
             Err(reason) => {
                 self.count("error");
-                response.deny(reason).into_review()
+                tracing::warn!(%reason, "pod admitted without the sidecar: injection failed");
+                response.into_review()
             }
         }
     }

@@ -189,12 +189,11 @@ where
     while let Some(event) = stream.next().await {
         match event {
             Ok(event) => {
-                match &event {
-                    watcher::Event::Apply(obj) | watcher::Event::Delete(obj) => {
-                        on_object(&view, obj)
-                    }
-                    watcher::Event::InitApply(obj) => on_object(&view, obj),
-                    watcher::Event::Init | watcher::Event::InitDone => {}
+                if let watcher::Event::Apply(obj)
+                | watcher::Event::Delete(obj)
+                | watcher::Event::InitApply(obj) = &event
+                {
+                    on_object(&view, obj);
                 }
                 view.changed.send_modify(|n| *n += 1);
             }
