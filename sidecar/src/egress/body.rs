@@ -34,7 +34,9 @@ pub enum ProxyBody {
     Watched {
         incoming: Incoming,
         idle: Duration,
-        deadline: Pin<Box<tokio::time::Sleep>>,
+        /// Armed the first time the body has nothing to give: most bodies
+        /// arrive whole and never need a timer.
+        deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     },
     /// Anything else (e.g. a response being copied into the cache).
     Boxed(UnsyncBoxBody<Bytes, BoxError>),
@@ -60,7 +62,7 @@ impl ProxyBody {
         ProxyBody::Watched {
             incoming,
             idle,
-            deadline: Box::pin(tokio::time::sleep(idle)),
+            deadline: None,
         }
     }
 
@@ -152,13 +154,19 @@ impl Body for ProxyBody {
                 deadline,
             } => match Pin::new(incoming).poll_frame(cx) {
                 Poll::Ready(frame) => {
-                    deadline.as_mut().reset(tokio::time::Instant::now() + *idle);
+                    // Progress: the next pause gets a fresh `idle`.
+                    if let Some(timer) = deadline.as_mut() {
+                        timer.as_mut().reset(tokio::time::Instant::now() + *idle);
+                    }
                     Poll::Ready(frame.map(|f| f.map_err(Into::into)))
                 }
-                Poll::Pending => match deadline.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdleTimeout(*idle))))),
-                    Poll::Pending => Poll::Pending,
-                },
+                Poll::Pending => {
+                    let timer = deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(*idle)));
+                    match timer.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdleTimeout(*idle))))),
+                        Poll::Pending => Poll::Pending,
+                    }
+                }
             },
             ProxyBody::Boxed(body) => Pin::new(body).poll_frame(cx),
         }
