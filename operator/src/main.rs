@@ -11,9 +11,7 @@ use sluice_operator::compile::{
 };
 use sluice_operator::inject::InjectorSettings;
 use sluice_operator::manifest::{LocalSecrets, Manifests};
-use sluice_sidecar::config::{
-    AdminConfig, IngressConfig, IntegrationConfig, SidecarConfig, defaults,
-};
+use sluice_sidecar::config::{IntegrationConfig, SidecarConfig};
 use sluice_sidecar::{Sidecar, runtime};
 
 #[derive(Parser)]
@@ -267,18 +265,8 @@ fn sidecar_config(
     webhook_listen: SocketAddr,
     state_dir: PathBuf,
 ) -> SidecarConfig {
-    SidecarConfig {
-        admin: AdminConfig {
-            listen: admin_listen,
-        },
-        drain_timeout: defaults::drain_timeout(),
-        integrations: compiled.into_iter().map(|(_, c)| c).collect(),
-        ingress: IngressConfig {
-            listen: webhook_listen,
-            state_dir,
-            ..IngressConfig::default()
-        },
-    }
+    let integrations = compiled.into_iter().map(|(_, c)| c).collect();
+    SidecarConfig::new(integrations, admin_listen, webhook_listen, state_dir)
 }
 
 fn namespace_of(pi: &sluice_operator::ProviderIntegration) -> String {

@@ -86,7 +86,7 @@ impl CertKeeper {
         let mut warned_missing_webhook = false;
         loop {
             let outcome = match &self.source {
-                CertSource::Files { dir } => self.read_files(dir),
+                CertSource::Files { dir } => read_files(dir),
                 CertSource::Managed { .. } => self.managed(&mut warned_missing_webhook).await,
             };
             match outcome {
@@ -124,17 +124,6 @@ impl CertKeeper {
             };
             tokio::time::sleep(period).await;
         }
-    }
-
-    fn read_files(
-        &self,
-        dir: &std::path::Path,
-    ) -> anyhow::Result<Option<(String, String, String)>> {
-        let read = |name: &str| {
-            std::fs::read_to_string(dir.join(name))
-                .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join(name).display()))
-        };
-        Ok(Some((read("tls.crt")?, read("tls.key")?, read("ca.crt")?)))
     }
 
     async fn managed(
@@ -293,6 +282,15 @@ impl CertKeeper {
         }
         Ok(())
     }
+}
+
+/// tls.crt, tls.key and ca.crt from a mounted `kubernetes.io/tls` Secret.
+fn read_files(dir: &std::path::Path) -> anyhow::Result<Option<(String, String, String)>> {
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join(name).display()))
+    };
+    Ok(Some((read("tls.crt")?, read("tls.key")?, read("ca.crt")?)))
 }
 
 fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

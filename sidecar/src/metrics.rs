@@ -97,19 +97,25 @@ impl EndpointSeries {
         }
     }
 
-    /// `sluice_egress_requests_total` for this endpoint, status and outcome.
-    pub fn count_request(&self, metrics: &Metrics, labels: RequestLabels) {
-        let key = (labels.code, labels.outcome);
+    /// `sluice_egress_requests_total` for this endpoint, status and outcome;
+    /// `labels` is only called the first time a pair is seen.
+    pub fn count_request(
+        &self,
+        metrics: &Metrics,
+        code: u16,
+        outcome: &'static str,
+        labels: impl FnOnce() -> RequestLabels,
+    ) {
         let mut known = self.requests.lock().expect("series lock");
-        if let Some((_, counter)) = known.iter().find(|(k, _)| *k == key) {
+        if let Some((_, counter)) = known.iter().find(|(k, _)| *k == (code, outcome)) {
             counter.inc();
             return;
         }
-        let counter = metrics.requests.get_or_create(&labels).clone();
+        let counter = metrics.requests.get_or_create(&labels()).clone();
         counter.inc();
         // Statuses are few in practice; bound the list regardless.
         if known.len() < 64 {
-            known.push((key, counter));
+            known.push(((code, outcome), counter));
         }
     }
 }

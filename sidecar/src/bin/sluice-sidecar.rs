@@ -12,9 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use sluice_sidecar::config::{
-    AdminConfig, Duration as ConfigDuration, IngressConfig, SidecarConfig, defaults,
-};
+use sluice_sidecar::config::{Duration as ConfigDuration, SidecarConfig};
 use sluice_sidecar::source::{self, StreamSettings};
 use sluice_sidecar::{Sidecar, runtime};
 
@@ -67,18 +65,13 @@ fn main() -> anyhow::Result<()> {
             SidecarConfig::from_file(file).with_context(|| format!("loading {}", file.display()))?
         }
         (None, Some(dir)) => SidecarConfig {
-            admin: AdminConfig {
-                listen: args.admin_listen,
-            },
             drain_timeout: args.drain_timeout,
-            integrations: source::load_dir(dir)
-                .with_context(|| format!("loading {}", dir.display()))?,
-            ingress: IngressConfig {
-                listen: args.webhook_listen,
-                state_dir: args.state_dir.clone(),
-                max_queue_bytes: defaults::max_queue_bytes(),
-                max_body_bytes: defaults::max_webhook_body(),
-            },
+            ..SidecarConfig::new(
+                source::load_dir(dir).with_context(|| format!("loading {}", dir.display()))?,
+                args.admin_listen,
+                args.webhook_listen,
+                args.state_dir.clone(),
+            )
         },
         _ => bail!("give --config FILE or --config-dir DIR"),
     };

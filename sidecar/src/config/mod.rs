@@ -724,6 +724,28 @@ pub enum ConfigError {
 }
 
 impl SidecarConfig {
+    /// A sidecar's whole config: its integrations, where it serves admin and
+    /// webhooks, and where webhook state lives; everything else default.
+    pub fn new(
+        integrations: Vec<IntegrationConfig>,
+        admin_listen: SocketAddr,
+        webhook_listen: SocketAddr,
+        state_dir: PathBuf,
+    ) -> Self {
+        Self {
+            admin: AdminConfig {
+                listen: admin_listen,
+            },
+            drain_timeout: defaults::drain_timeout(),
+            integrations,
+            ingress: IngressConfig {
+                listen: webhook_listen,
+                state_dir,
+                ..IngressConfig::default()
+            },
+        }
+    }
+
     /// Parses YAML (or JSON, which is YAML) as `sluice render` prints it.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
         // serde_yaml_ng's errors already start with the field path and end

@@ -149,15 +149,12 @@ impl<S: Next> super::Handle for ObserveService<S> {
             let elapsed = started.elapsed();
             let status = response.status().as_u16();
             let outcome = outcome(&response, error);
-            series.count_request(
-                &layer.metrics,
-                RequestLabels {
-                    integration: layer.integration.clone(),
-                    endpoint: route.endpoint.clone(),
-                    code: status,
-                    outcome,
-                },
-            );
+            series.count_request(&layer.metrics, status, outcome, || RequestLabels {
+                integration: layer.integration.clone(),
+                endpoint: route.endpoint.clone(),
+                code: status,
+                outcome,
+            });
             series.duration.observe(elapsed.as_secs_f64());
             // One line per request at debug level: metrics carry the totals,
             // and a log write per request would cost more than the proxying.
