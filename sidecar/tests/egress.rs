@@ -126,6 +126,91 @@ async fn untrusted_certificates_fail_with_502_never_a_hang() {
 }
 
 #[tokio::test]
+async fn upstream_connections_are_reused() {
+    let upstream = TestUpstream::plain(handler(|seen, _| async move {
+        match seen.uri.as_str() {
+            "/empty" => respond(204, ""),
+            _ => respond(200, "ok"),
+        }
+    }))
+    .await;
+    let sidecar = start(vec![integration("api", &upstream)]).await;
+    let app = App::new(sidecar.egress_addr("api").unwrap());
+    for i in 0..20 {
+        // Bodies read to the end and empty bodies both free the connection.
+        let answer = app.get(if i % 2 == 0 { "/full" } else { "/empty" }).await;
+        assert!(
+            answer.status == 200 || answer.status == 204,
+            "{}",
+            answer.text()
+        );
+    }
+    assert_eq!(
+        upstream.connections.load(Ordering::SeqCst),
+        1,
+        "sequential requests share one upstream connection"
+    );
+    sidecar.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_upstream_closed_is_replaced_without_an_error() {
+    // A server that closes every connection after two responses, without
+    // saying so (as one whose idle timeout fires does).
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let server = tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                for _ in 0..2 {
+                    // One GET per turn: read to the end of its head.
+                    while !buffer.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let mut chunk = [0u8; 1024];
+                        match socket.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buffer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    buffer.drain(..end);
+                    let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if socket.write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let mut config: sluice_sidecar::config::IntegrationConfig = serde_yaml_ng::from_str(&format!(
+        "name: closing\nlisten: 127.0.0.1:0\nupstream: {{baseUrl: 'http://{addr}', timeout: 2s, totalTimeout: 5s}}\nretry: {{maxAttempts: 1}}\n"
+    ))
+    .unwrap();
+    config.retry.budget.min_per_second = 0;
+    let sidecar = start(vec![config]).await;
+    let app = App::new(sidecar.egress_addr("closing").unwrap());
+    for round in 0..3 {
+        for _ in 0..2 {
+            let answer = app.get("/x").await;
+            assert_eq!(answer.status, 200, "round {round}: {}", answer.text());
+        }
+        // Let the close reach the sidecar before the next request.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        3,
+        "one connection per two requests"
+    );
+    sidecar.shutdown().await;
+    server.abort();
+}
+
+#[tokio::test]
 async fn upstream_failures_are_502_with_a_code() {
     // Nothing listens: connection refused.
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -17,7 +17,7 @@ use http_body_util::BodyExt;
 use tokio::time::Instant;
 
 use super::body::{ProxyBody, try_clone_request};
-use super::client::HttpsClient;
+use super::client::UpstreamClient;
 use super::error::ProxyError;
 use super::step::{Next, PipelineResult, Step};
 use crate::config::{AuthConfig, ClientAuthMethod};
@@ -50,7 +50,7 @@ impl Credentials {
         config: &AuthConfig,
         store: &SecretStore,
         integration: &Name,
-        client: HttpsClient,
+        client: UpstreamClient,
         token_timeout: Duration,
         metrics: Metrics,
     ) -> Result<Self, CredentialsError> {
@@ -171,7 +171,7 @@ pub struct TokenSource {
     audience: Option<String>,
     refresh_before: Duration,
     client_auth: ClientAuthMethod,
-    client: HttpsClient,
+    client: UpstreamClient,
     timeout: Duration,
     cached: Mutex<Option<CachedToken>>,
     /// Held while a refresh is in flight: one refresh at a time.
@@ -254,9 +254,9 @@ impl TokenSource {
         let exchange = async {
             let response = self
                 .client
-                .request(request)
+                .request(request, self.timeout)
                 .await
-                .map_err(|e| ProxyError::from_client_error(&e, e.is_connect()).to_string())?;
+                .map_err(|e| e.to_string())?;
             let status = response.status();
             let body = response
                 .into_body()

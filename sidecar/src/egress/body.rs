@@ -13,6 +13,8 @@ use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 
+use super::pool::Lease;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request or response body: buffered (replayable) or streamed.
@@ -29,10 +31,12 @@ pub enum ProxyBody {
         prefix: Option<Bytes>,
         rest: Incoming,
     },
-    /// An upstream response body that fails if the upstream sends nothing
-    /// for `idle`: a stalled provider must not hang the app.
-    Watched {
+    /// An upstream response body: fails if the upstream sends nothing for
+    /// `idle` (a stalled provider must not hang the app), and drives its
+    /// HTTP/1.1 connection, which goes back to the pool at the end.
+    Upstream {
         incoming: Incoming,
+        lease: Option<Lease>,
         idle: Duration,
         /// Armed the first time the body has nothing to give: most bodies
         /// arrive whole and never need a timer.
@@ -42,7 +46,7 @@ pub enum ProxyBody {
     Boxed(UnsyncBoxBody<Bytes, BoxError>),
 }
 
-/// The error a [`ProxyBody::Watched`] body ends with when the upstream stalls.
+/// The error a [`ProxyBody::Upstream`] body ends with when the upstream stalls.
 #[derive(Debug, thiserror::Error)]
 #[error("the upstream sent no response data for {0:?}")]
 pub struct BodyIdleTimeout(pub Duration);
@@ -57,10 +61,12 @@ impl ProxyBody {
         }
     }
 
-    /// An upstream body that errors after `idle` without data.
-    pub fn watched(incoming: Incoming, idle: Duration) -> Self {
-        ProxyBody::Watched {
+    /// An upstream body that errors after `idle` without data; `lease` is
+    /// its HTTP/1.1 connection.
+    pub fn upstream(incoming: Incoming, lease: Option<Lease>, idle: Duration) -> Self {
+        ProxyBody::Upstream {
             incoming,
+            lease,
             idle,
             deadline: None,
         }
@@ -125,7 +131,7 @@ impl std::fmt::Debug for ProxyBody {
             ProxyBody::Full(_) => "Full",
             ProxyBody::Incoming(_) => "Incoming",
             ProxyBody::Prefixed { .. } => "Prefixed",
-            ProxyBody::Watched { .. } => "Watched",
+            ProxyBody::Upstream { .. } => "Upstream",
             ProxyBody::Boxed(_) => "Boxed",
         };
         f.write_str(kind)
@@ -148,26 +154,50 @@ impl Body for ProxyBody {
                 Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
                 None => Pin::new(rest).poll_frame(cx).map_err(Into::into),
             },
-            ProxyBody::Watched {
+            ProxyBody::Upstream {
                 incoming,
+                lease,
                 idle,
                 deadline,
-            } => match Pin::new(incoming).poll_frame(cx) {
-                Poll::Ready(frame) => {
-                    // Progress: the next pause gets a fresh `idle`.
-                    if let Some(timer) = deadline.as_mut() {
-                        timer.as_mut().reset(tokio::time::Instant::now() + *idle);
-                    }
-                    Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            } => {
+                // The connection delivers the body: drive it first.
+                if let Some(lease) = lease.as_mut() {
+                    lease.poll_connection(cx);
                 }
-                Poll::Pending => {
-                    let timer = deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(*idle)));
-                    match timer.as_mut().poll(cx) {
-                        Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdleTimeout(*idle))))),
-                        Poll::Pending => Poll::Pending,
+                match Pin::new(&mut *incoming).poll_frame(cx) {
+                    Poll::Ready(frame) => {
+                        let ended = match &frame {
+                            None => true,
+                            Some(Ok(_)) => incoming.is_end_stream(),
+                            // Cut short: the connection is closed with it.
+                            Some(Err(_)) => {
+                                *lease = None;
+                                false
+                            }
+                        };
+                        // Read to the end: the connection can serve another request.
+                        if ended && let Some(lease) = lease.take() {
+                            lease.release();
+                        }
+                        // Progress: the next pause gets a fresh `idle`.
+                        if let Some(timer) = deadline.as_mut() {
+                            timer.as_mut().reset(tokio::time::Instant::now() + *idle);
+                        }
+                        Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+                    }
+                    Poll::Pending => {
+                        let timer =
+                            deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(*idle)));
+                        match timer.as_mut().poll(cx) {
+                            Poll::Ready(()) => {
+                                *lease = None;
+                                Poll::Ready(Some(Err(Box::new(BodyIdleTimeout(*idle)))))
+                            }
+                            Poll::Pending => Poll::Pending,
+                        }
                     }
                 }
-            },
+            }
             ProxyBody::Boxed(body) => Pin::new(body).poll_frame(cx),
         }
     }
@@ -178,7 +208,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(bytes) => bytes.is_none(),
             ProxyBody::Incoming(incoming) => incoming.is_end_stream(),
             ProxyBody::Prefixed { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
-            ProxyBody::Watched { incoming, .. } => incoming.is_end_stream(),
+            ProxyBody::Upstream { incoming, .. } => incoming.is_end_stream(),
             ProxyBody::Boxed(body) => body.is_end_stream(),
         }
     }
@@ -200,7 +230,7 @@ impl Body for ProxyBody {
                 }
                 hint
             }
-            ProxyBody::Watched { incoming, .. } => incoming.size_hint(),
+            ProxyBody::Upstream { incoming, .. } => incoming.size_hint(),
             ProxyBody::Boxed(body) => body.size_hint(),
         }
     }

@@ -1,26 +1,24 @@
-//! The last step: one pooled HTTP/1.1 + HTTP/2 (ALPN) rustls client per
-//! integration, and the rewrite of an app request into an upstream request.
+//! The last step: the client of an integration (rustls, HTTP/1.1 and
+//! HTTP/2 by ALPN, a connection pool per origin) and the rewrite of an app
+//! request into an upstream request.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
 use super::body::ProxyBody;
 use super::error::ProxyError;
+use super::pool::{Connector, Pool};
 use super::route::RequestContext;
 use super::step::Next;
-
-pub type HttpsClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientBuildError {
@@ -32,50 +30,93 @@ pub enum ClientBuildError {
     Tls(#[from] rustls::Error),
 }
 
-/// Builds the shared client: web PKI roots, the system's roots when present
-/// (`SSL_CERT_FILE` is honoured), and the integration's own CA bundle.
-pub fn build_client(
-    ca_bundle: Option<&str>,
-    connect_timeout: Duration,
-) -> Result<HttpsClient, ClientBuildError> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    if let Some(pem) = ca_bundle {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .map_err(|e| ClientBuildError::CaBundle(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(ClientBuildError::CaBundle("no CERTIFICATE block".into()));
+type Origin = (Scheme, Authority);
+
+/// An HTTP client with one trust configuration: a connection pool per
+/// origin, created on first use. Cloning shares the pools.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    connector: Connector,
+    pools: Arc<Mutex<HashMap<Origin, Arc<Pool>>>>,
+}
+
+impl UpstreamClient {
+    /// Trusts the web PKI roots, the system's roots when present
+    /// (`SSL_CERT_FILE` is honoured), and `ca_bundle`.
+    pub fn new(
+        ca_bundle: Option<&str>,
+        connect_timeout: Duration,
+    ) -> Result<Self, ClientBuildError> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
         }
-        for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|e| ClientBuildError::CaBundle(e.to_string()))?;
+        if let Some(pem) = ca_bundle {
+            let certs: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(pem.as_bytes())
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| ClientBuildError::CaBundle(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(ClientBuildError::CaBundle("no CERTIFICATE block".into()));
+            }
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| ClientBuildError::CaBundle(e.to_string()))?;
+            }
         }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(connect_timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        Ok(Self {
+            connector,
+            pools: Arc::default(),
+        })
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(connect_timeout));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(https))
+
+    /// The connections to one origin.
+    pub fn pool(&self, scheme: &Scheme, authority: &Authority) -> Arc<Pool> {
+        let mut pools = self.pools.lock().expect("pools lock poisoned");
+        pools
+            .entry((scheme.clone(), authority.clone()))
+            .or_insert_with(|| Pool::new(scheme.clone(), authority.clone(), self.connector.clone()))
+            .clone()
+    }
+
+    /// Sends a request to the absolute URI it carries. `body_idle` bounds
+    /// each pause of the response body.
+    pub async fn request(
+        &self,
+        mut request: Request<ProxyBody>,
+        body_idle: Duration,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let uri = request.uri();
+        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+            return Err(ProxyError::BadRequest(format!(
+                "{uri} is not an absolute URI"
+            )));
+        };
+        let pool = self.pool(scheme, authority);
+        let target = uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *request.uri_mut() = Uri::from(target);
+        pool.send(request, body_idle).await
+    }
 }
 
 /// Where requests go: scheme and authority, and a path prefix to put in front.
@@ -105,8 +146,16 @@ impl Upstream {
         })
     }
 
-    /// The upstream URI for an app request's path and query, byte for byte.
-    pub fn uri_for(&self, app_uri: &Uri) -> Result<Uri, ProxyError> {
+    /// The upstream's request target (origin-form) for an app request's
+    /// target, path and query byte for byte.
+    pub fn target_for(&self, app_uri: Uri) -> Result<Uri, ProxyError> {
+        // The usual case: the app sent origin-form and no prefix is added.
+        if self.prefix.is_empty()
+            && app_uri.scheme().is_none()
+            && app_uri.path_and_query().is_some()
+        {
+            return Ok(app_uri);
+        }
         let path_and_query = app_uri.path_and_query().map_or("/", PathAndQuery::as_str);
         let full = if self.prefix.is_empty() {
             PathAndQuery::try_from(path_and_query)
@@ -114,12 +163,12 @@ impl Upstream {
             PathAndQuery::try_from(format!("{}{}", self.prefix, path_and_query))
         }
         .map_err(|e| ProxyError::BadRequest(format!("request target: {e}")))?;
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(full)
-            .build()
-            .map_err(|e| ProxyError::BadRequest(format!("request target: {e}")))
+        Ok(Uri::from(full))
+    }
+
+    /// The connections to this upstream in `client`.
+    pub fn pool(&self, client: &UpstreamClient) -> Arc<Pool> {
+        client.pool(&self.scheme, &self.authority)
     }
 }
 
@@ -162,15 +211,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Sends one attempt upstream.
-#[derive(Clone)]
 pub struct UpstreamService {
-    client: HttpsClient,
+    pool: Arc<Pool>,
     upstream: Upstream,
 }
 
 impl UpstreamService {
-    pub fn new(client: HttpsClient, upstream: Upstream) -> Self {
-        Self { client, upstream }
+    pub fn new(client: &UpstreamClient, upstream: Upstream) -> Self {
+        Self {
+            pool: upstream.pool(client),
+            upstream,
+        }
     }
 }
 
@@ -181,34 +232,25 @@ impl Next for UpstreamService {
     ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send {
         let (mut parts, body) = request.into_parts();
         // The body may pause at most as long as an attempt may take.
-        let idle = parts
-            .extensions
-            .get::<RequestContext>()
-            .map_or(Duration::from_secs(30), |ctx| ctx.route.attempt_timeout);
-        if let Some(ctx) = parts.extensions.get::<RequestContext>() {
-            ctx.series.attempts.inc();
-        }
-        let sent = self.upstream.uri_for(&parts.uri).map(|uri| {
-            parts.uri = uri;
-            // The client negotiates the version with the upstream (ALPN).
-            parts.version = http::Version::HTTP_11;
-            strip_hop_by_hop(&mut parts.headers);
-            // The app addressed 127.0.0.1; the client sets Host / :authority from the URI.
-            parts.headers.remove(header::HOST);
-            self.client.request(Request::from_parts(parts, body))
-        });
-        async move {
-            match sent?.await {
-                Ok(response) => {
-                    let (mut parts, incoming) = response.into_parts();
-                    strip_hop_by_hop(&mut parts.headers);
-                    Ok(Response::from_parts(
-                        parts,
-                        ProxyBody::watched(incoming, idle),
-                    ))
-                }
-                Err(error) => Err(ProxyError::from_client_error(&error, error.is_connect())),
+        let idle = match parts.extensions.get::<RequestContext>() {
+            Some(ctx) => {
+                ctx.series.attempts.inc();
+                ctx.route.attempt_timeout
             }
+            None => Duration::from_secs(30),
+        };
+        let target = self.upstream.target_for(std::mem::take(&mut parts.uri));
+        async move {
+            parts.uri = target?;
+            strip_hop_by_hop(&mut parts.headers);
+            // The pool sets Host (HTTP/1.1) or :authority (HTTP/2) to the upstream's.
+            let response = self
+                .pool
+                .send(Request::from_parts(parts, body), idle)
+                .await?;
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Ok(Response::from_parts(parts, body))
         }
     }
 }
@@ -218,18 +260,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn uri_keeps_path_and_query_exact() {
+    fn target_keeps_path_and_query_exact() {
         let up = Upstream::parse("https://api.example.com/base/").unwrap();
         let app: Uri = "/v1/items/a%2Fb?x=1&y=%20z&x=2".parse().unwrap();
         assert_eq!(
-            up.uri_for(&app).unwrap().to_string(),
-            "https://api.example.com/base/v1/items/a%2Fb?x=1&y=%20z&x=2"
+            up.target_for(app).unwrap().to_string(),
+            "/base/v1/items/a%2Fb?x=1&y=%20z&x=2"
         );
         let plain = Upstream::parse("http://127.0.0.1:8080").unwrap();
         assert_eq!(
-            plain.uri_for(&"/".parse().unwrap()).unwrap().to_string(),
-            "http://127.0.0.1:8080/"
+            plain.target_for("/".parse().unwrap()).unwrap().to_string(),
+            "/"
         );
+        let absolute: Uri = "http://127.0.0.1:15001/v1/a?b=c".parse().unwrap();
+        assert_eq!(plain.target_for(absolute).unwrap().to_string(), "/v1/a?b=c");
     }
 
     #[test]

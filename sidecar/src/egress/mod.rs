@@ -10,6 +10,7 @@ pub mod circuit;
 pub mod client;
 pub mod error;
 pub mod observe;
+pub mod pool;
 pub mod ratelimit;
 pub mod retry;
 pub mod route;
@@ -29,7 +30,7 @@ use self::auth::{AuthStep, Credentials, CredentialsError};
 use self::body::ProxyBody;
 use self::cache::{CacheStep, ResponseCache};
 use self::circuit::{CircuitBreaker, CircuitStep};
-use self::client::{ClientBuildError, HttpsClient, Upstream, UpstreamService};
+use self::client::{ClientBuildError, Upstream, UpstreamClient, UpstreamService};
 use self::observe::ObserveLayer;
 use self::ratelimit::{RateLimitStep, RateLimiter};
 use self::retry::{RetryRules, RetryRulesError, RetryStep};
@@ -88,7 +89,7 @@ pub struct PipelineState {
     retry: Arc<RetryRules>,
     cache: Arc<ResponseCache>,
     credentials: Option<Credentials>,
-    client: HttpsClient,
+    client: UpstreamClient,
 }
 
 impl PipelineState {
@@ -145,7 +146,7 @@ pub fn build(
     });
     let client = match previous {
         Some(p) if same_client => p.client.clone(),
-        _ => client::build_client(
+        _ => UpstreamClient::new(
             config.upstream.ca_bundle.as_deref(),
             config.upstream.timeout.get(),
         )
@@ -237,7 +238,7 @@ pub fn build(
             name.clone(),
             metrics.clone(),
         )))
-        .service(UpstreamService::new(client.clone(), upstream));
+        .service(UpstreamService::new(&client, upstream));
     let state = PipelineState {
         config: config.clone(),
         limiter,

@@ -17,7 +17,7 @@ use super::ordering::{OrderingGuard, Verdict};
 use super::queue::{QueueReader, StoredEvent};
 use crate::config::{DeliveryConfig, OrderingConfig};
 use crate::egress::body::ProxyBody;
-use crate::egress::client::{HttpsClient, strip_hop_by_hop};
+use crate::egress::client::{UpstreamClient, strip_hop_by_hop};
 use crate::metrics::{Metrics, WebhookResultLabels};
 
 pub const EVENT_ID_HEADER: &str = "x-sluice-event-id";
@@ -30,7 +30,7 @@ pub struct Deliverer {
     pub forward_to: Uri,
     pub config: DeliveryConfig,
     pub ordering: Option<OrderingConfig>,
-    pub client: HttpsClient,
+    pub client: UpstreamClient,
     pub metrics: Metrics,
 }
 
@@ -93,7 +93,7 @@ impl Deliverer {
         let send = async {
             let response = self
                 .client
-                .request(self.request(event, attempt))
+                .request(self.request(event, attempt), self.config.timeout.get())
                 .await
                 .map_err(|e| format!("sending to the app failed: {e}"))?;
             let status = response.status();

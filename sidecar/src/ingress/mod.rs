@@ -232,8 +232,9 @@ impl Ingress {
         settings: &DeliverySettings,
         reader: QueueReader,
     ) -> (watch::Sender<bool>, tokio::task::JoinHandle<QueueReader>) {
-        let client = crate::egress::client::build_client(None, settings.delivery.timeout.get())
-            .expect("a client without extra CA certificates always builds");
+        let client =
+            crate::egress::client::UpstreamClient::new(None, settings.delivery.timeout.get())
+                .expect("a client without extra CA certificates always builds");
         let deliverer = Deliverer {
             integration: Arc::from(integration),
             webhook: Arc::from(webhook),

@@ -54,6 +54,8 @@ pub fn respond(status: u16, body: &'static str) -> Response<Full<Bytes>> {
 pub struct TestUpstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// Connections accepted so far.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
     pub ca_pem: Option<String>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -116,11 +118,14 @@ impl TestUpstream {
         let ca_pem = tls.as_ref().map(|(_, pem)| pem.clone());
         let acceptor = tls.map(|(config, _)| tokio_rustls::TlsAcceptor::from(config));
         let recorded = seen.clone();
+        let connections: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let accepted = connections.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let (handler, recorded, acceptor) =
                     (handler.clone(), recorded.clone(), acceptor.clone());
                 tokio::spawn(async move {
@@ -169,6 +174,7 @@ impl TestUpstream {
         Self {
             addr,
             seen,
+            connections,
             ca_pem,
             task,
         }
