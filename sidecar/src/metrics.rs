@@ -120,29 +120,6 @@ impl EndpointSeries {
     }
 }
 
-impl Metrics {
-    /// The series of every endpoint name of an integration.
-    pub fn endpoint_series(
-        &self,
-        integration: &Name,
-        endpoints: &[Name],
-    ) -> std::collections::HashMap<Name, Arc<EndpointSeries>> {
-        endpoints
-            .iter()
-            .map(|endpoint| {
-                let labels = EndpointLabels {
-                    integration: integration.clone(),
-                    endpoint: endpoint.clone(),
-                };
-                (
-                    endpoint.clone(),
-                    Arc::new(EndpointSeries::new(self, &labels)),
-                )
-            })
-            .collect()
-    }
-}
-
 fn latency_histogram() -> Histogram {
     // 1 ms .. ~33 s.
     Histogram::new(exponential_buckets(0.001, 2.0, 16))

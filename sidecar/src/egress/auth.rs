@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use super::body::{ProxyBody, try_clone_request};
 use super::client::UpstreamClient;
 use super::error::ProxyError;
+use super::route::RequestContext;
 use super::step::{Next, PipelineResult, Step};
 use crate::config::{AuthConfig, ClientAuthMethod};
 use crate::metrics::{Metrics, Name, ResultLabels};
@@ -376,7 +377,12 @@ fn with_header(
 }
 
 impl Step for AuthStep {
-    async fn call<S: Next>(&self, request: Request<ProxyBody>, next: &S) -> PipelineResult {
+    async fn call<S: Next>(
+        &self,
+        request: Request<ProxyBody>,
+        ctx: &RequestContext,
+        next: &S,
+    ) -> PipelineResult {
         let layer = self;
         let count = |result: &'static str| {
             layer
@@ -389,7 +395,7 @@ impl Step for AuthStep {
                 .inc();
         };
         match &layer.credentials {
-            None => next.call(request).await,
+            None => next.call(request, ctx).await,
             Some(Credentials::Static { kind, secret }) => {
                 let previous = secret
                     .previous
@@ -397,12 +403,15 @@ impl Step for AuthStep {
                     .filter(|(_, until)| SystemTime::now() < *until);
                 let spare = previous.and_then(|_| try_clone_request(&request));
                 let response = next
-                    .call(with_header(request, header_for(kind, &secret.current)?))
+                    .call(
+                        with_header(request, header_for(kind, &secret.current)?),
+                        ctx,
+                    )
                     .await?;
                 match (response.status(), previous, spare) {
                     (StatusCode::UNAUTHORIZED, Some((old, _)), Some(spare)) => {
                         let retried = next
-                            .call(with_header(spare, header_for(kind, old)?))
+                            .call(with_header(spare, header_for(kind, old)?), ctx)
                             .await?;
                         let ok = retried.status() != StatusCode::UNAUTHORIZED;
                         count(if ok { "success" } else { "failure" });
@@ -418,14 +427,14 @@ impl Step for AuthStep {
                 let spare = try_clone_request(&request);
                 let header = tokens.authorization().await?;
                 let response = next
-                    .call(with_header(request, (header::AUTHORIZATION, header)))
+                    .call(with_header(request, (header::AUTHORIZATION, header)), ctx)
                     .await?;
                 match (response.status(), spare) {
                     // A revoked or rotated token: fetch a new one and try once more.
                     (StatusCode::UNAUTHORIZED, Some(spare)) => {
                         tokens.invalidate();
                         let header = tokens.authorization().await?;
-                        next.call(with_header(spare, (header::AUTHORIZATION, header)))
+                        next.call(with_header(spare, (header::AUTHORIZATION, header)), ctx)
                             .await
                     }
                     _ => Ok(response),

@@ -244,6 +244,5 @@ pub fn try_clone_request(request: &Request<ProxyBody>) -> Option<Request<ProxyBo
     *copy.uri_mut() = request.uri().clone();
     *copy.version_mut() = request.version();
     *copy.headers_mut() = request.headers().clone();
-    *copy.extensions_mut() = request.extensions().clone();
     Some(copy)
 }

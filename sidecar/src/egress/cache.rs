@@ -20,7 +20,7 @@ use super::step::{Next, PipelineResult, Step};
 use crate::config::CacheConfig;
 use crate::metrics::{Metrics, Name, ResultLabels};
 
-pub const CACHE_HEADER: &str = "x-sluice-cache";
+pub const CACHE_HEADER: http::HeaderName = http::HeaderName::from_static("x-sluice-cache");
 
 struct Entry {
     status: StatusCode,
@@ -267,18 +267,19 @@ impl CacheStep {
 }
 
 impl Step for CacheStep {
-    async fn call<S: Next>(&self, request: Request<ProxyBody>, next: &S) -> PipelineResult {
+    async fn call<S: Next>(
+        &self,
+        request: Request<ProxyBody>,
+        ctx: &RequestContext,
+        next: &S,
+    ) -> PipelineResult {
         let cache = &self.cache;
-        let ttl = request
-            .extensions()
-            .get::<RequestContext>()
-            .and_then(|ctx| ctx.route.cache_ttl);
-        let Some(ttl) = ttl else {
-            return next.call(request).await;
+        let Some(ttl) = ctx.route.cache_ttl else {
+            return next.call(request, ctx).await;
         };
         if cache_control_has(request.headers(), "no-store") {
             cache.count("bypass");
-            return next.call(request).await;
+            return next.call(request, ctx).await;
         }
         let key = ResponseCache::key(&request);
         // `no-cache` asks for a fresh answer, which may then be stored.
@@ -289,7 +290,7 @@ impl Step for CacheStep {
             return Ok(hit);
         }
         cache.count("miss");
-        let response = next.call(request).await?;
+        let response = next.call(request, ctx).await?;
         let headers = response.headers();
         let storable = response.status() == StatusCode::OK
             && !cache_control_has(headers, "no-store")

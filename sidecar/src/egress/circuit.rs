@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use super::body::ProxyBody;
 use super::error::ProxyError;
+use super::route::RequestContext;
 use super::step::{Next, PipelineResult, Step};
 use crate::config::CircuitBreakerConfig;
 use crate::metrics::{IntegrationLabels, Metrics, Name};
@@ -250,12 +251,17 @@ impl CircuitStep {
 }
 
 impl Step for CircuitStep {
-    async fn call<S: Next>(&self, request: Request<ProxyBody>, next: &S) -> PipelineResult {
+    async fn call<S: Next>(
+        &self,
+        request: Request<ProxyBody>,
+        ctx: &RequestContext,
+        next: &S,
+    ) -> PipelineResult {
         let Some(breaker) = &self.breaker else {
-            return next.call(request).await;
+            return next.call(request, ctx).await;
         };
         let admission = breaker.admit(Instant::now())?;
-        let result = next.call(request).await;
+        let result = next.call(request, ctx).await;
         breaker.record(admission, upstream_failed(&result), Instant::now());
         result
     }

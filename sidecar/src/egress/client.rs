@@ -229,16 +229,12 @@ impl Next for UpstreamService {
     fn call(
         &self,
         request: Request<ProxyBody>,
+        ctx: &RequestContext,
     ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send {
         let (mut parts, body) = request.into_parts();
+        ctx.route.series.attempts.inc();
         // The body may pause at most as long as an attempt may take.
-        let idle = match parts.extensions.get::<RequestContext>() {
-            Some(ctx) => {
-                ctx.series.attempts.inc();
-                ctx.route.attempt_timeout
-            }
-            None => Duration::from_secs(30),
-        };
+        let idle = ctx.route.attempt_timeout;
         let target = self.upstream.target_for(std::mem::take(&mut parts.uri));
         async move {
             parts.uri = target?;

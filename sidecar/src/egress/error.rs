@@ -7,7 +7,7 @@ use http::{HeaderValue, Response, StatusCode};
 
 use super::body::{BoxError, ProxyBody};
 
-pub const ERROR_HEADER: &str = "x-sluice-error";
+pub const ERROR_HEADER: http::HeaderName = http::HeaderName::from_static("x-sluice-error");
 
 /// Everything that can stop a request inside the sidecar.
 #[derive(Debug, thiserror::Error)]

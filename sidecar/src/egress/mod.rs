@@ -132,7 +132,7 @@ pub fn build(
     let same = |f: &dyn Fn(&IntegrationConfig, &IntegrationConfig) -> bool| {
         previous.is_some_and(|p| f(&p.config, config))
     };
-    let router = Router::new(config).map_err(|source| PipelineError::Route {
+    let router = Router::new(config, metrics).map_err(|source| PipelineError::Route {
         integration: integration(),
         source,
     })?;

@@ -2,12 +2,11 @@
 //! and a deadline, turns Sluice's own errors into responses, and records the
 //! request's metrics and log line.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use http::header::HeaderValue;
+use http::header::{HeaderName, HeaderValue};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -17,26 +16,23 @@ use super::body::ProxyBody;
 use super::error::{ERROR_HEADER, ProxyError};
 use super::route::{PRIORITY_HEADER, Priority, RequestContext, Router};
 use super::step::Next;
-use crate::metrics::{EndpointLabels, EndpointSeries, Metrics, Name, RequestLabels};
+use crate::metrics::{Metrics, Name, RequestLabels};
 
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 #[derive(Clone)]
 pub struct ObserveLayer {
     router: Arc<Router>,
     integration: Name,
     metrics: Metrics,
-    series: Arc<HashMap<Name, Arc<EndpointSeries>>>,
 }
 
 impl ObserveLayer {
     pub fn new(router: Arc<Router>, integration: Name, metrics: Metrics) -> Self {
-        let series = Arc::new(metrics.endpoint_series(&integration, &router.endpoint_names()));
         Self {
             router,
             integration,
             metrics,
-            series,
         }
     }
 }
@@ -57,25 +53,30 @@ pub struct ObserveService<S> {
     layer: ObserveLayer,
 }
 
-fn request_id(request: &Request<Incoming>) -> Arc<str> {
+/// The app's request id when it sent a usable one (shared, not copied),
+/// else 16 random hex digits.
+fn request_id(request: &Request<Incoming>) -> HeaderValue {
     match request
         .headers()
         .get(REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.to_str().is_ok())
     {
-        Some(id) => Arc::from(id),
+        Some(id) => id.clone(),
         None => {
-            // 16 hex digits without a formatting allocation.
             let mut hex = [0u8; 16];
             let mut n = fastrand::u64(..);
             for digit in hex.iter_mut().rev() {
                 *digit = b"0123456789abcdef"[(n & 0xf) as usize];
                 n >>= 4;
             }
-            Arc::from(std::str::from_utf8(&hex).expect("hex digits are ASCII"))
+            HeaderValue::from_bytes(&hex).expect("hex digits are a valid header value")
         }
     }
+}
+
+/// A request id for log lines.
+pub fn id_str(id: &HeaderValue) -> &str {
+    id.to_str().unwrap_or("-")
 }
 
 /// What the outcome label says about a response.
@@ -105,31 +106,19 @@ impl<S: Next> super::Handle for ObserveService<S> {
             let id = request_id(&request);
             let method = request.method().clone();
             let route = layer.router.route(&method, request.uri().path());
-            let series = layer
-                .series
-                .get(&route.endpoint)
-                .cloned()
-                .unwrap_or_else(|| {
-                    let labels = EndpointLabels {
-                        integration: layer.integration.clone(),
-                        endpoint: route.endpoint.clone(),
-                    };
-                    Arc::new(EndpointSeries::new(&layer.metrics, &labels))
-                });
             let (mut parts, body) = request.into_parts();
             let result = match admit(&parts.method, &parts.headers) {
                 Ok(priority) => {
                     parts.headers.remove(PRIORITY_HEADER);
-                    parts.extensions.insert(RequestContext {
+                    let ctx = RequestContext {
                         request_id: id.clone(),
                         route: route.clone(),
-                        series: series.clone(),
                         priority,
                         started,
                         deadline: started + route.total_timeout,
-                    });
+                    };
                     inner
-                        .call(Request::from_parts(parts, ProxyBody::Incoming(body)))
+                        .call(Request::from_parts(parts, ProxyBody::Incoming(body)), &ctx)
                         .await
                 }
                 Err(reason) => Err(ProxyError::BadRequest(reason)),
@@ -139,9 +128,9 @@ impl<S: Next> super::Handle for ObserveService<S> {
                 Err(error) => {
                     let code = error.code();
                     if matches!(error, ProxyError::BadRequest(_)) {
-                        tracing::debug!(request_id = %id, error = %error, "bad request from the app");
+                        tracing::debug!(request_id = id_str(&id), error = %error, "bad request from the app");
                     } else {
-                        tracing::warn!(request_id = %id, integration = %layer.integration, endpoint = %route.endpoint, error = %error, "request failed in Sluice");
+                        tracing::warn!(request_id = id_str(&id), integration = %layer.integration, endpoint = %route.endpoint, error = %error, "request failed in Sluice");
                     }
                     (error.into_response(), Some(code))
                 }
@@ -149,6 +138,7 @@ impl<S: Next> super::Handle for ObserveService<S> {
             let elapsed = started.elapsed();
             let status = response.status().as_u16();
             let outcome = outcome(&response, error);
+            let series = &route.series;
             series.count_request(&layer.metrics, status, outcome, || RequestLabels {
                 integration: layer.integration.clone(),
                 endpoint: route.endpoint.clone(),
@@ -160,7 +150,7 @@ impl<S: Next> super::Handle for ObserveService<S> {
             // and a log write per request would cost more than the proxying.
             // The path only: queries can carry personal data or keys.
             tracing::debug!(
-                request_id = %id,
+                request_id = id_str(&id),
                 integration = %layer.integration,
                 endpoint = %route.endpoint,
                 method = %method,
@@ -169,9 +159,7 @@ impl<S: Next> super::Handle for ObserveService<S> {
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
                 "egress"
             );
-            if let Ok(value) = HeaderValue::from_str(&id) {
-                response.headers_mut().insert(REQUEST_ID_HEADER, value);
-            }
+            response.headers_mut().insert(REQUEST_ID_HEADER, id);
             debug_assert!(error.is_none() || response.headers().contains_key(ERROR_HEADER));
             response
         })

@@ -513,20 +513,22 @@ impl RateLimitStep {
 }
 
 impl Step for RateLimitStep {
-    async fn call<S: Next>(&self, request: Request<ProxyBody>, next: &S) -> PipelineResult {
+    async fn call<S: Next>(
+        &self,
+        request: Request<ProxyBody>,
+        ctx: &RequestContext,
+        next: &S,
+    ) -> PipelineResult {
         let limiter = &self.limiter;
-        let Some(ctx) = request.extensions().get::<RequestContext>().cloned() else {
-            return next.call(request).await;
-        };
         let limits = &ctx.route.limits;
         limiter.acquire(limits, ctx.priority, ctx.deadline).await?;
-        let response = next.call(request).await?;
+        let response = next.call(request, ctx).await?;
         if response.status() == http::StatusCode::TOO_MANY_REQUESTS
             && !limits.is_empty()
             && let Some(wait) = provider_wait(response.headers(), SystemTime::now())
         {
             let wait = wait.min(MAX_PROVIDER_PAUSE);
-            tracing::warn!(request_id = %ctx.request_id, integration = %limiter.integration, wait_ms = wait.as_millis() as u64, "the provider answered 429; holding this endpoint's queue until it said to come back");
+            tracing::warn!(request_id = super::observe::id_str(&ctx.request_id), integration = %limiter.integration, wait_ms = wait.as_millis() as u64, "the provider answered 429; holding this endpoint's queue until it said to come back");
             limiter.pause(limits, Instant::now() + wait);
         }
         Ok(response)

@@ -183,7 +183,12 @@ impl RetryStep {
 }
 
 impl Step for RetryStep {
-    async fn call<S: Next>(&self, mut request: Request<ProxyBody>, next: &S) -> PipelineResult {
+    async fn call<S: Next>(
+        &self,
+        mut request: Request<ProxyBody>,
+        ctx: &RequestContext,
+        next: &S,
+    ) -> PipelineResult {
         let rules = &self.rules;
         rules.budget.deposit();
         if let Some((header, methods)) = &rules.idempotency
@@ -203,7 +208,6 @@ impl Step for RetryStep {
                 .map_err(|e| ProxyError::BadRequest(format!("reading the request body: {e}")))?;
             request = Request::from_parts(parts, body);
         }
-        let ctx = request.extensions().get::<RequestContext>().cloned();
         let mut attempt = 1u32;
         loop {
             let spare = if attempt < rules.max_attempts {
@@ -212,7 +216,7 @@ impl Step for RetryStep {
                 None
             };
             let method = request.method().clone();
-            let result = next.call(request).await;
+            let result = next.call(request, ctx).await;
             let Some(spare) = spare else { return result };
             let Some(reason) = rules.reason(&result) else {
                 return result;
@@ -231,9 +235,7 @@ impl Step for RetryStep {
                 }
                 _ => rules.backoff(attempt),
             };
-            if let Some(ctx) = &ctx
-                && Instant::now() + wait >= ctx.deadline
-            {
+            if Instant::now() + wait >= ctx.deadline {
                 return result;
             }
             if !rules.budget.withdraw() {
@@ -257,10 +259,7 @@ impl Step for RetryStep {
                 .retries
                 .get_or_create(&RetryLabels {
                     integration: rules.integration.clone(),
-                    endpoint: ctx.as_ref().map_or_else(
-                        || Arc::from(super::route::DEFAULT_ENDPOINT),
-                        |c| c.route.endpoint.clone(),
-                    ),
+                    endpoint: ctx.route.endpoint.clone(),
                     reason,
                 })
                 .inc();

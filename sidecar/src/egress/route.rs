@@ -1,14 +1,17 @@
 //! Which endpoint, limits and cache rule a request falls under: a pure
 //! function of its method and path, computed once at the edge of the pipeline.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method};
 
 use crate::config::{IntegrationConfig, RequestMatch};
+use crate::metrics::{EndpointLabels, EndpointSeries, Metrics};
 
 /// A path pattern: literal segments, `*` for exactly one segment and a final
 /// `**` for whatever remains (zero or more segments).
@@ -128,6 +131,8 @@ pub const DEFAULT_ENDPOINT: &str = "default";
 #[derive(Clone, Debug)]
 pub struct Route {
     pub endpoint: Arc<str>,
+    /// The endpoint's metric series, resolved once per route.
+    pub series: Arc<EndpointSeries>,
     /// The limiter slots of the rate limits that apply; all must admit.
     pub limits: Vec<usize>,
     pub cache_ttl: Option<Duration>,
@@ -162,12 +167,14 @@ pub struct Router {
     attempt_timeout: Duration,
     total_timeout: Duration,
     default_endpoint: Arc<str>,
+    series: HashMap<Arc<str>, Arc<EndpointSeries>>,
     memo: std::sync::RwLock<std::collections::HashMap<Matched, Arc<Route>>>,
 }
 
 impl Router {
-    pub fn new(config: &IntegrationConfig) -> Result<Self, MatchError> {
-        Ok(Self {
+    /// Compiles the config's matchers; `metrics` gets a series per endpoint.
+    pub fn new(config: &IntegrationConfig, metrics: &Metrics) -> Result<Self, MatchError> {
+        let mut router = Self {
             endpoints: config
                 .endpoints
                 .iter()
@@ -201,8 +208,22 @@ impl Router {
             attempt_timeout: config.upstream.timeout.get(),
             total_timeout: config.upstream.total_timeout.get(),
             default_endpoint: Arc::from(DEFAULT_ENDPOINT),
+            series: HashMap::new(),
             memo: Default::default(),
-        })
+        };
+        let integration: Arc<str> = Arc::from(config.name.as_str());
+        router.series = router
+            .endpoint_names()
+            .into_iter()
+            .map(|endpoint| {
+                let labels = EndpointLabels {
+                    integration: integration.clone(),
+                    endpoint: endpoint.clone(),
+                };
+                (endpoint, Arc::new(EndpointSeries::new(metrics, &labels)))
+            })
+            .collect();
+        Ok(router)
     }
 
     /// Every endpoint label value a request can get.
@@ -270,6 +291,7 @@ impl Router {
             (None, None) => self.default_endpoint.clone(),
         };
         Route {
+            series: self.series[&name].clone(),
             endpoint: name,
             limits: matched.iter().map(|(_, _, slot)| *slot).collect(),
             cache_ttl: cache.map(|i| self.cache[i].1),
@@ -292,7 +314,7 @@ pub enum Priority {
     High,
 }
 
-pub const PRIORITY_HEADER: &str = "x-sluice-priority";
+pub const PRIORITY_HEADER: HeaderName = HeaderName::from_static("x-sluice-priority");
 
 impl Priority {
     pub fn from_headers(headers: &HeaderMap) -> Result<Self, String> {
@@ -311,13 +333,12 @@ impl Priority {
     }
 }
 
-/// Per-request facts every layer may read, stored in the request's extensions.
+/// Per-request facts every layer may read, passed alongside the request.
 #[derive(Clone, Debug)]
 pub struct RequestContext {
-    pub request_id: Arc<str>,
+    /// From the app's `x-request-id`, else generated; echoed on the response.
+    pub request_id: HeaderValue,
     pub route: Arc<Route>,
-    /// The endpoint's metric series.
-    pub series: Arc<crate::metrics::EndpointSeries>,
     pub priority: Priority,
     pub started: Instant,
     pub deadline: Instant,
@@ -384,7 +405,7 @@ mod tests {
         assert!(
             Priority::from_headers(&headers)
                 .unwrap_err()
-                .contains(PRIORITY_HEADER)
+                .contains(PRIORITY_HEADER.as_str())
         );
     }
 }

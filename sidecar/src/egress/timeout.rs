@@ -38,14 +38,14 @@ impl TimeoutStep {
 }
 
 impl Step for TimeoutStep {
-    async fn call<S: Next>(&self, request: Request<ProxyBody>, next: &S) -> PipelineResult {
-        let ctx = request.extensions().get::<RequestContext>().cloned();
-        let future = next.call(request);
-        let clock = self.clock;
-        let Some(ctx) = ctx else {
-            return future.await;
-        };
-        match clock {
+    async fn call<S: Next>(
+        &self,
+        request: Request<ProxyBody>,
+        ctx: &RequestContext,
+        next: &S,
+    ) -> PipelineResult {
+        let future = next.call(request, ctx);
+        match self.clock {
             Clock::Attempt => {
                 let limit = ctx.route.attempt_timeout;
                 // Never wait past the total deadline either.
