@@ -1212,6 +1212,47 @@ async fn a_providers_429_holds_the_whole_queue_not_just_one_request() {
 }
 
 #[tokio::test]
+async fn a_stalled_upload_ends_at_the_total_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = TestUpstream::plain(handler(|_, _| async { respond(200, "ok") })).await;
+    let mut config = integration("uploads", &upstream);
+    config.upstream.total_timeout = D::from_millis(500);
+    config.upstream.timeout = D::from_millis(400);
+    let sidecar = start(vec![config]).await;
+    // Headers promise 100 bytes; 10 come, then nothing.
+    let mut app = tokio::net::TcpStream::connect(sidecar.egress_addr("uploads").unwrap())
+        .await
+        .unwrap();
+    app.write_all(
+        b"POST /v1/documents HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n0123456789",
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("total-timeout") {
+        let read = tokio::time::timeout(Duration::from_secs(5), app.read(&mut chunk))
+            .await
+            .expect("the sidecar answers a stalled upload");
+        match read {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    assert!(answer.contains("x-sluice-error: total-timeout"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(upstream.count(), 0, "nothing half-read was sent");
+    sidecar.shutdown().await;
+}
+
+#[tokio::test]
 async fn bodies_over_the_buffer_limit_stream_and_are_sent_once() {
     let upstream = TestUpstream::plain(handler(|_, _| async { respond(503, "busy") })).await;
     let mut config = integration("big", &upstream);

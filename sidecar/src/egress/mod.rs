@@ -36,7 +36,7 @@ use self::ratelimit::{RateLimitStep, RateLimiter};
 use self::retry::{RetryRules, RetryRulesError, RetryStep};
 use self::route::{MatchError, Router};
 use self::step::StepLayer;
-use self::timeout::TimeoutStep;
+use self::timeout::AttemptTimeoutStep;
 use crate::config::IntegrationConfig;
 use crate::metrics::{Metrics, Name};
 use crate::secrets::SecretStore;
@@ -110,13 +110,15 @@ pub fn pipeline(
 /// Builds the whole egress pipeline of one integration, outermost first:
 ///
 /// ```text
-/// observe (route, request id, errors → responses, metrics, log)
-///   → total timeout → cache → circuit breaker → retry
+/// observe (route, request id, deadline, errors → responses, metrics, log)
+///   → cache → circuit breaker → retry
 ///   → rate limit (every attempt) → attempt timeout → credentials → upstream client
 /// ```
 ///
 /// The cache sits above the breaker so cached answers still flow while the
 /// provider is down; the limiter sits below retry so retries spend rate too.
+/// The request's total deadline is checked wherever it can wait (see
+/// [`timeout`]).
 ///
 /// With `previous` (the same integration's running pipeline) the stateful
 /// parts are carried over as [`PipelineState`] explains; nothing of the
@@ -227,12 +229,11 @@ pub fn build(
             name.clone(),
             metrics.clone(),
         ))
-        .layer(StepLayer(TimeoutStep::total()))
         .layer(StepLayer(CacheStep::new(cache.clone())))
         .layer(StepLayer(CircuitStep::new(breaker.clone())))
         .layer(StepLayer(RetryStep::new(retry.clone())))
         .layer(StepLayer(RateLimitStep::new(limiter.clone())))
-        .layer(StepLayer(TimeoutStep::attempt()))
+        .layer(StepLayer(AttemptTimeoutStep))
         .layer(StepLayer(AuthStep::new(
             credentials.clone(),
             name.clone(),

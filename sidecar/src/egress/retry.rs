@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use http::{HeaderMap, Method, Request, Response};
+use http_body::Body as _;
 use tokio::time::Instant;
 use tower::retry::budget::{Budget, TpsBudget};
 
@@ -200,12 +201,19 @@ impl Step for RetryStep {
                 .insert(header.clone(), new_idempotency_key());
         }
         let wants_retries = rules.max_attempts > 1;
-        if wants_retries {
+        if wants_retries && request.body().is_end_stream() {
+            // Nothing to read, and an empty body can be sent again.
+            *request.body_mut() = ProxyBody::Empty;
+        } else if wants_retries {
+            // A slow upload must not outlast the request's deadline.
             let (parts, body) = request.into_parts();
-            let body = body
-                .buffer_up_to(rules.max_buffered_body)
-                .await
-                .map_err(|e| ProxyError::BadRequest(format!("reading the request body: {e}")))?;
+            let body =
+                tokio::time::timeout_at(ctx.deadline, body.buffer_up_to(rules.max_buffered_body))
+                    .await
+                    .map_err(|_| ProxyError::DeadlineExceeded(ctx.route.total_timeout))?
+                    .map_err(|e| {
+                        ProxyError::BadRequest(format!("reading the request body: {e}"))
+                    })?;
             request = Request::from_parts(parts, body);
         }
         let mut attempt = 1u32;

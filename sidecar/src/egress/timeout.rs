@@ -1,6 +1,11 @@
-//! Two clocks: the per-attempt timeout (request sent to response headers) and
-//! the request's total deadline (queueing, every attempt and the backoff
-//! between them). Both come from the route, so an endpoint can override them.
+//! The attempt timeout: from sending an attempt to its response headers,
+//! never past the request's total deadline. Both come from the route, so an
+//! endpoint can override them.
+//!
+//! The total deadline has no timer of its own: every place a request can
+//! wait checks it — the rate limiter's queue, the wait between retries,
+//! reading a body to buffer it for retries, and this timer — so one timer
+//! entry per attempt is all a request costs.
 
 use http::Request;
 
@@ -9,58 +14,25 @@ use super::error::ProxyError;
 use super::route::RequestContext;
 use super::step::{Next, PipelineResult, Step};
 
-/// Which clock a [`TimeoutLayer`] enforces.
-#[derive(Clone, Copy, Debug)]
-pub enum Clock {
-    /// `upstream.timeout`: one attempt, up to the response headers.
-    Attempt,
-    /// `upstream.totalTimeout`: the whole request.
-    Total,
-}
+/// Pipeline step: bounds one attempt.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AttemptTimeoutStep;
 
-/// Pipeline step: enforces one of the two clocks.
-#[derive(Clone, Copy, Debug)]
-pub struct TimeoutStep {
-    clock: Clock,
-}
-
-impl TimeoutStep {
-    pub fn attempt() -> Self {
-        Self {
-            clock: Clock::Attempt,
-        }
-    }
-    pub fn total() -> Self {
-        Self {
-            clock: Clock::Total,
-        }
-    }
-}
-
-impl Step for TimeoutStep {
+impl Step for AttemptTimeoutStep {
     async fn call<S: Next>(
         &self,
         request: Request<ProxyBody>,
         ctx: &RequestContext,
         next: &S,
     ) -> PipelineResult {
-        let future = next.call(request, ctx);
-        match self.clock {
-            Clock::Attempt => {
-                let limit = ctx.route.attempt_timeout;
-                // Never wait past the total deadline either.
-                let until = (tokio::time::Instant::now() + limit).min(ctx.deadline);
-                match tokio::time::timeout_at(until, future).await {
-                    Ok(result) => result,
-                    Err(_) if until == ctx.deadline => {
-                        Err(ProxyError::DeadlineExceeded(ctx.route.total_timeout))
-                    }
-                    Err(_) => Err(ProxyError::UpstreamTimeout(limit)),
-                }
+        let limit = ctx.route.attempt_timeout;
+        let until = (tokio::time::Instant::now() + limit).min(ctx.deadline);
+        match tokio::time::timeout_at(until, next.call(request, ctx)).await {
+            Ok(result) => result,
+            Err(_) if until == ctx.deadline => {
+                Err(ProxyError::DeadlineExceeded(ctx.route.total_timeout))
             }
-            Clock::Total => tokio::time::timeout_at(ctx.deadline, future)
-                .await
-                .unwrap_or(Err(ProxyError::DeadlineExceeded(ctx.route.total_timeout))),
+            Err(_) => Err(ProxyError::UpstreamTimeout(limit)),
         }
     }
 }
