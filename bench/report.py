@@ -11,7 +11,7 @@ from pathlib import Path
 
 START = "<!-- bench/run:start -->"
 END = "<!-- bench/run:end -->"
-TARGETS = ["direct", "sluice", "nginx", "haproxy"]
+TARGETS = ["direct", "sluice", "hyper", "nginx", "haproxy"]
 LAYERS = [
     ("bare", "bare proxy (no limit, no retry, no credential)"),
     ("limiter", "+ rate limiter"),
@@ -133,7 +133,7 @@ def svg(meds, path):
         ("p99 latency at a fixed rate (ms)", "rate", "p99"),
         ("CPU per 10k requests (s)", "concurrency", "cpu10k"),
     ]
-    colors = {"direct": "#9e9e9e", "sluice": "#1565c0", "nginx": "#2e7d32", "haproxy": "#ef6c00"}
+    colors = {"direct": "#9e9e9e", "sluice": "#1565c0", "hyper": "#6a1b9a", "nginx": "#2e7d32", "haproxy": "#ef6c00"}
     panel_w = (width - pad) / len(panels)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
              '<rect width="100%" height="100%" fill="white"/>']
@@ -166,6 +166,8 @@ def main():
     ap.add_argument("--connections", type=int)
     ap.add_argument("--rate", type=int)
     ap.add_argument("--rounds", type=int)
+    ap.add_argument("--webhook-flood")
+    ap.add_argument("--operator-scale")
     ap.add_argument("--markdown", required=True)
     ap.add_argument("--svg", required=True)
     ap.add_argument("--smoke", action="store_true")
@@ -180,7 +182,9 @@ def main():
         f"`bench/run`{' --smoke' if args.smoke else ''}: {args.rounds} interleaved round(s), median shown; "
         f"oha, {args.connections} connections, {args.duration} s per run; fixed rate {args.rate} req/s "
         "with latency correction. Proxies pinned to CPU 1, upstream (hyper, one thread) and oha to CPU 0. "
-        f"Sluice runs one worker thread with a rate limit, retries, a credential and metrics. {versions}.",
+        f"Sluice runs one worker thread with a rate limit, retries, a credential and metrics. "
+        "`hyper` is the plainest hyper 1 reverse proxy (sidecar/examples/bench_hyper_proxy.rs: server, "
+        f"pooled legacy client, one thread, nothing else): the floor of any hyper-based proxy. {versions}.",
         "",
     ]
     for mode, title in (("concurrency", f"Fixed concurrency ({args.connections} connections)"),
@@ -202,13 +206,15 @@ def main():
             )
         out.append("")
     s, n = meds.get(("sluice", "concurrency")), meds.get(("nginx", "concurrency"))
+    h = meds.get(("hyper", "concurrency"))
     sr, nr, dr = meds.get(("sluice", "rate")), meds.get(("nginx", "rate")), direct.get("rate")
     if s and n and sr and nr and dr:
         added_s, added_n = sr["p99"] - dr["p99"], nr["p99"] - dr["p99"]
         out += [
             "Targets (ratios from this run):",
             "",
-            f"* throughput Sluice / nginx: **{s['rps'] / n['rps']:.2f}x** (target ≥ 1.0)",
+            f"* throughput Sluice / nginx: **{s['rps'] / n['rps']:.2f}x** (target ≥ 1.0)"
+            + (f"; plain hyper / nginx: {h['rps'] / n['rps']:.2f}x, Sluice / plain hyper: {s['rps'] / h['rps']:.2f}x" if h else ""),
             f"* added p99 at the fixed rate, Sluice vs nginx: **{added_s:.3f} ms vs {added_n:.3f} ms** (target: no more than nginx's)",
             f"* Sluice idle RSS: **{fmt(s['idle_mib'], 1)} MiB** (target ≤ 15 MiB)",
             "",
@@ -230,9 +236,13 @@ def main():
     acc = accuracy(args.accuracy)
     if acc:
         out += ["### Rate-limit accuracy under 10x overload", "",
-                "The upstream records every arrival; `Reject` mode; Cluster scope = the limit divided between two sidecars as the operator does.", "",
+                "The upstream records every arrival (pinned beside the sidecars, away from the load generator, whose bursts would delay its timestamps); `Reject` mode; Cluster scope = the limit divided between two sidecars as the operator does.", "",
                 "| scope | limit | offered | upstream saw | most in any window | over the limit | utilization | per 1 s window |",
                 "|---|---|---|---|---|---|---|---|"] + acc + [""]
+    for path, title in ((args.webhook_flood, "Webhook flood (`bench/webhook-flood`)"),
+                        (args.operator_scale, "Operator at scale (`bench/operator-scale`)")):
+        if path and Path(path).exists():
+            out += [f"### {title}", "", "```", Path(path).read_text().strip(), "```", ""]
     out += [END]
     section = "\n".join(out) + "\n"
     md = Path(args.markdown)

@@ -2,9 +2,11 @@
 //! and a deadline, turns Sluice's own errors into responses, and records the
 //! request's metrics and log line.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue};
 use http::{Method, Request, Response};
@@ -25,6 +27,38 @@ pub struct ObserveLayer {
     router: Arc<Router>,
     integration: Name,
     metrics: Metrics,
+    warnings: Arc<WarnThrottle>,
+}
+
+/// At most one warning per error code a second: an outage must not become a
+/// log storm (the metrics count every failure).
+#[derive(Default)]
+struct WarnThrottle {
+    last: Mutex<HashMap<&'static str, (Instant, u64)>>,
+}
+
+impl WarnThrottle {
+    const EVERY: Duration = Duration::from_secs(1);
+
+    /// `Some(similar failures not logged since the last line)` when a line
+    /// for `code` may be written at `now`.
+    fn permit(&self, code: &'static str, now: Instant) -> Option<u64> {
+        let mut last = self.last.lock().expect("warn throttle lock poisoned");
+        match last.get_mut(code) {
+            Some((at, suppressed)) if now < *at + Self::EVERY => {
+                *suppressed += 1;
+                None
+            }
+            Some((at, suppressed)) => {
+                *at = now;
+                Some(std::mem::take(suppressed))
+            }
+            None => {
+                last.insert(code, (now, 0));
+                Some(0)
+            }
+        }
+    }
 }
 
 impl ObserveLayer {
@@ -33,6 +67,7 @@ impl ObserveLayer {
             router,
             integration,
             metrics,
+            warnings: Arc::default(),
         }
     }
 }
@@ -127,10 +162,20 @@ impl<S: Next> super::Handle for ObserveService<S> {
                 Ok(response) => (response, None),
                 Err(error) => {
                     let code = error.code();
-                    if matches!(error, ProxyError::BadRequest(_)) {
-                        tracing::debug!(request_id = id_str(&id), error = %error, "bad request from the app");
-                    } else {
-                        tracing::warn!(request_id = id_str(&id), integration = %layer.integration, endpoint = %route.endpoint, error = %error, "request failed in Sluice");
+                    match &error {
+                        // The app's mistake, or Sluice protecting the provider
+                        // as configured: counted in the metrics, not warned about.
+                        ProxyError::BadRequest(_)
+                        | ProxyError::RateLimited { .. }
+                        | ProxyError::QueueFull { .. }
+                        | ProxyError::CircuitOpen { .. } => {
+                            tracing::debug!(request_id = id_str(&id), integration = %layer.integration, error = %error, "request refused by Sluice");
+                        }
+                        _ => {
+                            if let Some(suppressed) = layer.warnings.permit(code, started) {
+                                tracing::warn!(request_id = id_str(&id), integration = %layer.integration, endpoint = %route.endpoint, error = %error, similar_since_last = suppressed, "request failed in Sluice");
+                            }
+                        }
                     }
                     (error.into_response(), Some(code))
                 }
@@ -175,4 +220,36 @@ fn admit(method: &Method, headers: &http::HeaderMap) -> Result<Priority, String>
         return Err("protocol upgrades (header upgrade) are not proxied".into());
     }
     Priority::from_headers(headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warnings_are_throttled_per_code_and_count_what_was_skipped() {
+        let throttle = WarnThrottle::default();
+        let t0 = Instant::now();
+        assert_eq!(throttle.permit("upstream-reset", t0), Some(0));
+        assert_eq!(
+            throttle.permit("upstream-reset", t0 + Duration::from_millis(10)),
+            None
+        );
+        assert_eq!(
+            throttle.permit("upstream-reset", t0 + Duration::from_millis(20)),
+            None
+        );
+        assert_eq!(
+            throttle.permit("upstream-timeout", t0 + Duration::from_millis(30)),
+            Some(0)
+        );
+        assert_eq!(
+            throttle.permit("upstream-reset", t0 + Duration::from_millis(1000)),
+            Some(2)
+        );
+        assert_eq!(
+            throttle.permit("upstream-reset", t0 + Duration::from_millis(1001)),
+            None
+        );
+    }
 }
