@@ -236,7 +236,8 @@ impl Next for UpstreamService {
         // The body may pause at most as long as an attempt may take.
         let idle = ctx.route.attempt_timeout;
         let target = self.upstream.target_for(std::mem::take(&mut parts.uri));
-        async move {
+        // Boxed: the pool's future is large, and the steps above hold this one.
+        Box::pin(async move {
             parts.uri = target?;
             strip_hop_by_hop(&mut parts.headers);
             // The pool sets Host (HTTP/1.1) or :authority (HTTP/2) to the upstream's.
@@ -247,7 +248,7 @@ impl Next for UpstreamService {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             Ok(Response::from_parts(parts, body))
-        }
+        })
     }
 }
 

@@ -229,16 +229,27 @@ pub fn build(
             name.clone(),
             metrics.clone(),
         ))
-        .layer(StepLayer(CacheStep::new(cache.clone())))
-        .layer(StepLayer(CircuitStep::new(breaker.clone())))
-        .layer(StepLayer(RetryStep::new(retry.clone())))
-        .layer(StepLayer(RateLimitStep::new(limiter.clone())))
-        .layer(StepLayer(AttemptTimeoutStep))
-        .layer(StepLayer(AuthStep::new(
-            credentials.clone(),
-            name.clone(),
-            metrics.clone(),
-        )))
+        .layer(StepLayer::active_if(
+            !config.cache.rules.is_empty(),
+            CacheStep::new(cache.clone()),
+        ))
+        .layer(StepLayer::active_if(
+            breaker.is_some(),
+            CircuitStep::new(breaker.clone()),
+        ))
+        .layer(StepLayer::active_if(
+            config.retry.max_attempts > 1 || config.retry.idempotency.is_some(),
+            RetryStep::new(retry.clone()),
+        ))
+        .layer(StepLayer::active_if(
+            !config.rate_limits.is_empty(),
+            RateLimitStep::new(limiter.clone()),
+        ))
+        .layer(StepLayer::new(AttemptTimeoutStep))
+        .layer(StepLayer::active_if(
+            credentials.is_some(),
+            AuthStep::new(credentials.clone(), name.clone(), metrics.clone()),
+        ))
         .service(UpstreamService::new(&client, upstream));
     let state = PipelineState {
         config: config.clone(),
