@@ -97,11 +97,22 @@ async fn speaks_h2c_to_the_app_and_h2_over_tls_to_the_upstream() {
         http::Version::HTTP_2,
         "h2 negotiated by ALPN"
     );
-    // Many requests share one pooled connection and all succeed.
-    let app = App::new(sidecar.egress_addr("tls").unwrap());
-    for _ in 0..20 {
-        assert_eq!(app.get("/again").await.status, 200);
+    // Many requests, some at once, share the one HTTP/2 connection.
+    let app = Arc::new(App::new(sidecar.egress_addr("tls").unwrap()));
+    let concurrent: Vec<_> = (0..20)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move { app.get("/again").await.status })
+        })
+        .collect();
+    for request in concurrent {
+        assert_eq!(request.await.unwrap(), 200);
     }
+    assert_eq!(
+        upstream.connections.load(Ordering::SeqCst),
+        1,
+        "one multiplexed upstream connection"
+    );
     sidecar.shutdown().await;
 }
 
