@@ -166,8 +166,9 @@ async fn upstream_connections_are_reused() {
 
 #[tokio::test]
 async fn a_pooled_connection_the_upstream_closed_is_replaced_without_an_error() {
-    // A server that closes every connection after two responses, without
-    // saying so (as one whose idle timeout fires does).
+    // A server that closes every connection after three responses, without
+    // saying so (as one whose idle timeout fires does). The middle one is
+    // chunked: its end, too, must free the connection for the third.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -178,7 +179,7 @@ async fn a_pooled_connection_the_upstream_closed_is_replaced_without_an_error() 
             counter.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let mut buffer = Vec::new();
-                for _ in 0..2 {
+                for turn in 0..3 {
                     // One GET per turn: read to the end of its head.
                     while !buffer.windows(4).any(|w| w == b"\r\n\r\n") {
                         let mut chunk = [0u8; 1024];
@@ -189,7 +190,11 @@ async fn a_pooled_connection_the_upstream_closed_is_replaced_without_an_error() 
                     }
                     let end = buffer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
                     buffer.drain(..end);
-                    let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    let reply: &[u8] = if turn == 1 {
+                        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                    };
                     if socket.write_all(reply).await.is_err() {
                         return;
                     }
@@ -205,9 +210,10 @@ async fn a_pooled_connection_the_upstream_closed_is_replaced_without_an_error() 
     let sidecar = start(vec![config]).await;
     let app = App::new(sidecar.egress_addr("closing").unwrap());
     for round in 0..3 {
-        for _ in 0..2 {
+        for _ in 0..3 {
             let answer = app.get("/x").await;
             assert_eq!(answer.status, 200, "round {round}: {}", answer.text());
+            assert_eq!(answer.text(), "ok", "round {round}");
         }
         // Let the close reach the sidecar before the next request.
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -215,7 +221,7 @@ async fn a_pooled_connection_the_upstream_closed_is_replaced_without_an_error() 
     assert_eq!(
         accepted.load(Ordering::SeqCst),
         3,
-        "one connection per two requests"
+        "one connection per three requests"
     );
     sidecar.shutdown().await;
     server.abort();
