@@ -55,7 +55,7 @@ pub struct Pool {
     authority: Authority,
     /// `scheme://authority/`, what the connector connects to.
     origin: Uri,
-    /// `Host` for HTTP/1.1: the authority, without the scheme's default port.
+    /// `Host` for HTTP/1.1: host and port, without the scheme's default port.
     host: HeaderValue,
     connector: Connector,
     idle: Mutex<VecDeque<Box<Http1>>>,
@@ -132,11 +132,12 @@ impl Pool {
             .build()
             .expect("scheme and authority make a URI");
         let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
+        // Host and port only: never the URL's userinfo.
         let host = match authority.port_u16() {
-            Some(port) if port == default_port => authority.host(),
-            _ => authority.as_str(),
+            Some(port) if port != default_port => format!("{}:{port}", authority.host()),
+            _ => authority.host().to_owned(),
         };
-        let host = HeaderValue::from_str(host).expect("an authority is a valid header value");
+        let host = HeaderValue::from_str(&host).expect("a host and port are a valid header value");
         let pool = Arc::new(Self {
             scheme,
             authority,
@@ -363,5 +364,38 @@ async fn sweep(pool: Weak<Pool>) {
             Some(pool) => pool.evict_expired(),
             None => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host_of(url: &str) -> HeaderValue {
+        let uri: Uri = url.parse().unwrap();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let pool = Pool::new(
+            uri.scheme().unwrap().clone(),
+            uri.authority().unwrap().clone(),
+            connector,
+        );
+        pool.host.clone()
+    }
+
+    #[test]
+    fn host_header_is_host_and_non_default_port_only() {
+        assert_eq!(host_of("https://api.example.com"), "api.example.com");
+        assert_eq!(host_of("https://api.example.com:443"), "api.example.com");
+        assert_eq!(host_of("http://api.example.com:80"), "api.example.com");
+        assert_eq!(host_of("http://127.0.0.1:8080"), "127.0.0.1:8080");
+        assert_eq!(
+            host_of("https://user:secret@api.example.com:8443"),
+            "api.example.com:8443"
+        );
+        assert_eq!(host_of("http://[::1]:9000"), "[::1]:9000");
     }
 }
