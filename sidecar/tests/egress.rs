@@ -1125,9 +1125,19 @@ async fn shutdown_finishes_in_flight_requests_and_stops_accepting() {
     .await;
     let sidecar = start(vec![integration("drain", &upstream)]).await;
     let addr = sidecar.egress_addr("drain").unwrap();
+    // A keep-alive connection that is idle at shutdown must be closed at
+    // once, not waited for until the drain timeout (5 s here).
+    let idle = App::new(addr);
+    assert_eq!(idle.get("/warm").await.status, 200);
     let in_flight = tokio::spawn(async move { App::new(addr).get("/slow").await });
     tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
     sidecar.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
     let answer = in_flight.await.unwrap();
     assert_eq!(
         (answer.status, answer.text().as_str()),
