@@ -75,16 +75,19 @@ impl ObserveLayer {
 impl<S> Layer<S> for ObserveLayer {
     type Service = ObserveService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        ObserveService {
-            inner: Arc::new(inner),
+        ObserveService(Arc::new(Edge {
+            inner,
             layer: self.clone(),
-        }
+        }))
     }
 }
 
-/// The pipeline with its edge: what an egress listener serves.
-pub struct ObserveService<S> {
-    inner: Arc<S>,
+/// The pipeline with its edge: what an egress listener serves. Shared by
+/// one `Arc`, so a request takes one reference, not one per part.
+pub struct ObserveService<S>(Arc<Edge<S>>);
+
+struct Edge<S> {
+    inner: S,
     layer: ObserveLayer,
 }
 
@@ -134,9 +137,9 @@ impl<S: Next> super::Handle for ObserveService<S> {
         &self,
         request: Request<Incoming>,
     ) -> Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>> {
-        let inner = self.inner.clone();
-        let layer = self.layer.clone();
+        let edge = self.0.clone();
         Box::pin(async move {
+            let layer = &edge.layer;
             let started = Instant::now();
             let id = request_id(&request);
             let method = request.method().clone();
@@ -149,10 +152,9 @@ impl<S: Next> super::Handle for ObserveService<S> {
                         request_id: id.clone(),
                         route: route.clone(),
                         priority,
-                        started,
                         deadline: started + route.total_timeout,
                     };
-                    inner
+                    edge.inner
                         .call(Request::from_parts(parts, ProxyBody::Incoming(body)), &ctx)
                         .await
                 }

@@ -345,11 +345,6 @@ impl Pool {
             idle.pop_front();
         }
     }
-
-    /// Idle HTTP/1.1 connections (for tests and diagnostics).
-    pub fn idle_connections(&self) -> usize {
-        self.idle.lock().expect("pool lock poisoned").len()
-    }
 }
 
 /// Closes expired idle connections while the pool exists, so a quiet

@@ -340,7 +340,6 @@ pub struct RequestContext {
     pub request_id: HeaderValue,
     pub route: Arc<Route>,
     pub priority: Priority,
-    pub started: Instant,
     pub deadline: Instant,
 }
 
