@@ -151,6 +151,9 @@ async fn serve_metrics(
 
 /// Runs until the process is stopped (or loses the Lease it held).
 pub async fn run(options: Options) -> anyhow::Result<()> {
+    // Before anything reports ready: a SIGTERM must never meet the default action.
+    let mut termination = sluice_sidecar::runtime::TerminationSignal::install()
+        .context("installing the SIGTERM handler")?;
     let metrics = ControllerMetrics::new();
     let client = client(&metrics).await?;
     let view = ClusterView::start(client.clone(), options.namespace.as_deref());
@@ -237,7 +240,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     );
     tokio::select! {
         _ = elector.acquire() => {}
-        _ = sluice_sidecar::runtime::termination_signal() => return Ok(()),
+        _ = termination.recv() => return Ok(()),
     }
     leader.store(true, Ordering::Release);
     tracing::info!(

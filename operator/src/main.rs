@@ -399,6 +399,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()?;
             rt.block_on(async move {
+                let mut termination = runtime::TerminationSignal::install()
+                    .context("installing the SIGTERM handler")?;
                 let sidecar = Sidecar::start(config).await?;
                 for line in &summary {
                     println!("{line}");
@@ -407,7 +409,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     println!("webhooks: http://{addr}");
                 }
                 println!("admin: http://{}/metrics", sidecar.admin_addr);
-                runtime::termination_signal().await;
+                termination.recv().await;
                 sidecar.shutdown().await;
                 drop(secrets);
                 Ok::<_, anyhow::Error>(())

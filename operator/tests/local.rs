@@ -227,6 +227,29 @@ fn local_reads_secrets_from_secret_documents() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The banner means "serving": a SIGTERM sent the moment it appears must
+/// drain and exit 0, never meet SIGTERM's default action (CI caught the race).
+#[test]
+fn local_exits_cleanly_on_a_sigterm_sent_right_after_its_banner() {
+    let upstream = echo_upstream();
+    let dir = temp_dir("early-term");
+    let secret = "---\napiVersion: v1\nkind: Secret\nmetadata: {name: carrier-key}\ndata: {current: aW5saW5lLWtleQ==}\n";
+    for round in 0..5 {
+        let port = free_port();
+        std::fs::write(dir.join("pi.yaml"), manifest(upstream, port, secret)).unwrap();
+        let admin = format!("127.0.0.1:{}", free_port());
+        let (running, banner) = Running::start(&[
+            "local",
+            dir.join("pi.yaml").to_str().unwrap(),
+            "--admin-listen",
+            &admin,
+        ]);
+        assert!(banner.contains("admin:"), "round {round}: {banner}");
+        running.stop();
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn local_refuses_a_missing_secret_with_the_field_path() {
     let dir = temp_dir("missing");

@@ -389,20 +389,48 @@ impl Live {
     }
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn termination_signal() {
+/// SIGTERM and Ctrl-C, listened for from the moment this is built.
+///
+/// Build it before announcing readiness: until a handler is installed the
+/// default action of SIGTERM is to kill the process, so a SIGTERM sent right
+/// after readiness (kubelet, a test harness) would skip the drain.
+pub struct TerminationSignal {
     #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl TerminationSignal {
+    /// Installs the handlers; needs a Tokio runtime with I/O enabled.
+    pub fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                terminate: signal(SignalKind::terminate())?,
+                interrupt: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Self {})
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// Resolves on the first SIGTERM or Ctrl-C received since `install`.
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.terminate.recv() => {}
+                _ = self.interrupt.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

@@ -98,6 +98,8 @@ fn main() -> anyhow::Result<()> {
         b
     };
     builder.enable_all().build()?.block_on(async {
+        let mut termination =
+            runtime::TerminationSignal::install().context("installing the SIGTERM handler")?;
         let sidecar = Arc::new(
             Sidecar::start(config)
                 .await
@@ -121,7 +123,7 @@ fn main() -> anyhow::Result<()> {
                 }
             });
         }
-        runtime::termination_signal().await;
+        termination.recv().await;
         tracing::info!("shutting down: no new connections, draining in-flight requests");
         followers.abort_all();
         sidecar.shutdown().await;
