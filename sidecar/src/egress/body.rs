@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 
-use super::pool::Lease;
+use super::pool::Http1Body;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -32,11 +32,9 @@ pub enum ProxyBody {
         rest: Incoming,
     },
     /// An upstream response body: fails if the upstream sends nothing for
-    /// `idle` (a stalled provider must not hang the app), and drives its
-    /// HTTP/1.1 connection, which goes back to the pool at the end.
+    /// `idle` (a stalled provider must not hang the app).
     Upstream {
-        incoming: Incoming,
-        lease: Option<Lease>,
+        body: UpstreamBody,
         idle: Duration,
         /// Armed the first time the body has nothing to give: most bodies
         /// arrive whole and never need a timer.
@@ -44,6 +42,41 @@ pub enum ProxyBody {
     },
     /// Anything else (e.g. a response being copied into the cache).
     Boxed(UnsyncBoxBody<Bytes, BoxError>),
+}
+
+/// A response body as the upstream connection delivers it.
+pub enum UpstreamBody {
+    /// Read from its HTTP/1.1 connection, which goes back to the pool at the end.
+    Http1(Http1Body),
+    Http2(Incoming),
+    /// Cut off (it stalled): its connection is closed.
+    Closed,
+}
+
+impl UpstreamBody {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self {
+            UpstreamBody::Http1(body) => body.poll_frame(cx),
+            UpstreamBody::Http2(incoming) => Pin::new(incoming).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Closed => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Http1(body) => body.is_end_stream(),
+            UpstreamBody::Http2(incoming) => incoming.is_end_stream(),
+            UpstreamBody::Closed => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Http1(body) => body.size_hint(),
+            UpstreamBody::Http2(incoming) => incoming.size_hint(),
+            UpstreamBody::Closed => SizeHint::with_exact(0),
+        }
+    }
 }
 
 /// The error a [`ProxyBody::Upstream`] body ends with when the upstream stalls.
@@ -61,12 +94,19 @@ impl ProxyBody {
         }
     }
 
-    /// An upstream body that errors after `idle` without data; `lease` is
-    /// its HTTP/1.1 connection.
-    pub fn upstream(incoming: Incoming, lease: Option<Lease>, idle: Duration) -> Self {
+    /// An HTTP/1.1 upstream body that errors after `idle` without data.
+    pub fn upstream_http1(body: Http1Body, idle: Duration) -> Self {
         ProxyBody::Upstream {
-            incoming,
-            lease,
+            body: UpstreamBody::Http1(body),
+            idle,
+            deadline: None,
+        }
+    }
+
+    /// An HTTP/2 upstream body that errors after `idle` without data.
+    pub fn upstream_http2(incoming: Incoming, idle: Duration) -> Self {
+        ProxyBody::Upstream {
+            body: UpstreamBody::Http2(incoming),
             idle,
             deadline: None,
         }
@@ -155,49 +195,29 @@ impl Body for ProxyBody {
                 None => Pin::new(rest).poll_frame(cx).map_err(Into::into),
             },
             ProxyBody::Upstream {
-                incoming,
-                lease,
+                body,
                 idle,
                 deadline,
-            } => {
-                // The connection delivers the body: drive it first.
-                if let Some(lease) = lease.as_mut() {
-                    lease.poll_connection(cx);
-                }
-                match Pin::new(&mut *incoming).poll_frame(cx) {
-                    Poll::Ready(frame) => {
-                        let ended = match &frame {
-                            None => true,
-                            Some(Ok(_)) => incoming.is_end_stream(),
-                            // Cut short: the connection is closed with it.
-                            Some(Err(_)) => {
-                                *lease = None;
-                                false
-                            }
-                        };
-                        // Read to the end: the connection can serve another request.
-                        if ended && let Some(lease) = lease.take() {
-                            lease.release();
-                        }
-                        // Progress: the next pause gets a fresh `idle`.
-                        if let Some(timer) = deadline.as_mut() {
-                            timer.as_mut().reset(tokio::time::Instant::now() + *idle);
-                        }
-                        Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            } => match body.poll_frame(cx) {
+                Poll::Ready(frame) => {
+                    // Progress: the next pause gets a fresh `idle`.
+                    if let Some(timer) = deadline.as_mut() {
+                        timer.as_mut().reset(tokio::time::Instant::now() + *idle);
                     }
-                    Poll::Pending => {
-                        let timer =
-                            deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(*idle)));
-                        match timer.as_mut().poll(cx) {
-                            Poll::Ready(()) => {
-                                *lease = None;
-                                Poll::Ready(Some(Err(Box::new(BodyIdleTimeout(*idle)))))
-                            }
-                            Poll::Pending => Poll::Pending,
+                    Poll::Ready(frame)
+                }
+                Poll::Pending => {
+                    let timer = deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(*idle)));
+                    match timer.as_mut().poll(cx) {
+                        Poll::Ready(()) => {
+                            // Dropping the body closes its connection.
+                            *body = UpstreamBody::Closed;
+                            Poll::Ready(Some(Err(Box::new(BodyIdleTimeout(*idle)))))
                         }
+                        Poll::Pending => Poll::Pending,
                     }
                 }
-            }
+            },
             ProxyBody::Boxed(body) => Pin::new(body).poll_frame(cx),
         }
     }
@@ -208,7 +228,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(bytes) => bytes.is_none(),
             ProxyBody::Incoming(incoming) => incoming.is_end_stream(),
             ProxyBody::Prefixed { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
-            ProxyBody::Upstream { incoming, .. } => incoming.is_end_stream(),
+            ProxyBody::Upstream { body, .. } => body.is_end_stream(),
             ProxyBody::Boxed(body) => body.is_end_stream(),
         }
     }
@@ -230,7 +250,7 @@ impl Body for ProxyBody {
                 }
                 hint
             }
-            ProxyBody::Upstream { incoming, .. } => incoming.size_hint(),
+            ProxyBody::Upstream { body, .. } => body.size_hint(),
             ProxyBody::Boxed(body) => body.size_hint(),
         }
     }

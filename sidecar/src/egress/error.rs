@@ -107,6 +107,9 @@ impl ProxyError {
             if let Some(h) = e.downcast_ref::<hyper::Error>() {
                 protocol |= h.is_parse() || h.is_parse_status();
             }
+            if let Some(h) = e.downcast_ref::<super::http1::Http1Error>() {
+                protocol |= h.is_protocol();
+            }
         });
         if tls {
             ProxyError::Tls(chain)

@@ -9,6 +9,7 @@ pub mod cache;
 pub mod circuit;
 pub mod client;
 pub mod error;
+pub mod http1;
 pub mod observe;
 pub mod pool;
 pub mod ratelimit;

@@ -1,43 +1,45 @@
 //! Connections to one upstream origin (scheme and authority), reused
 //! across requests.
 //!
-//! An HTTP/1.1 connection is driven by the request that holds it, not by a
-//! task of its own: the request's future polls the connection while it
-//! waits for the response head, and the response body polls it while the
-//! app reads. The connection goes back to the pool when its response body
-//! has been read to the end — the only point at which HTTP/1.1 can reuse it —
-//! and is closed in every other case (an attempt timed out, the app went
-//! away mid-body, the upstream said `Connection: close`). Compared with a
-//! connection task per connection, this saves per request a task spawned to
-//! return the connection when it is idle again and the wakeups between the
-//! request's task and the connection's.
+//! An HTTP/1.1 connection (`http1.rs`) is driven by the request that holds
+//! it, not by a task of its own: the request's future writes the request
+//! and reads the response head, and the response body reads the rest while
+//! the app reads. The connection goes back to the pool when its response
+//! body has been read to the end — the only point at which HTTP/1.1 can
+//! reuse it — and is closed in every other case (an attempt timed out, the
+//! app went away mid-body, the upstream said `Connection: close`). Compared
+//! with a connection task per connection, this saves per request a task
+//! spawned to return the connection when it is idle again and the wakeups
+//! between the request's task and the connection's.
 //!
 //! HTTP/2 (negotiated by ALPN) multiplexes, so its connection has a task and
 //! requests share its sender.
 
 use std::collections::VecDeque;
-use std::future::{Future, poll_fn};
-use std::pin::Pin;
+use std::future::poll_fn;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri, Version};
-use http_body::Body as _;
-use hyper::client::conn::{http1, http2};
+use http_body::{Frame, SizeHint};
+use hyper::client::conn::http2;
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tower::ServiceExt;
 
-use super::body::ProxyBody;
+use super::body::{BoxError, ProxyBody};
 use super::error::ProxyError;
+use super::http1::{self, Decoder, Http1Error, RequestHead};
 
 pub type Connector = HttpsConnector<HttpConnector>;
 type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
+type Http1 = http1::Connection<TokioIo<Io>>;
 
 /// Idle connections older than this are closed: most servers close theirs
 /// after 60-75 s, and a connection they closed is detected before use anyway.
@@ -45,8 +47,9 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// At most this many idle connections per origin; a burst beyond it closes
 /// the oldest when it settles.
 const MAX_IDLE: usize = 512;
-/// A request that finds its reused connection closed before it was written
-/// tries the next one; this bounds how many.
+/// A request whose reused connection turns out to have been closed by the
+/// upstream (before it answered anything) tries the next one; this bounds
+/// how many.
 const MAX_STALE: usize = 8;
 
 /// The connections to one origin.
@@ -58,63 +61,67 @@ pub struct Pool {
     /// `Host` for HTTP/1.1: host and port, without the scheme's default port.
     host: HeaderValue,
     connector: Connector,
-    idle: Mutex<VecDeque<Box<Http1>>>,
+    idle: Mutex<VecDeque<Idle>>,
     http2: Mutex<Option<http2::SendRequest<ProxyBody>>>,
 }
 
-/// An HTTP/1.1 connection and the handle that sends requests on it.
-struct Http1 {
-    sender: http1::SendRequest<ProxyBody>,
-    connection: http1::Connection<Io, ProxyBody>,
-    /// The connection's future has finished: it is closed for good.
-    closed: bool,
-    idle_since: Instant,
+struct Idle {
+    conn: Box<Http1>,
+    since: Instant,
 }
 
-impl Http1 {
-    /// Reads and writes whatever the connection can; `Ready` once it has
-    /// closed (and from then on without polling it again).
-    fn poll_connection(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.closed {
-            return Poll::Ready(());
+/// An HTTP/1.1 response body: reads from the connection, which goes back to
+/// its pool when the body has been read to the end.
+pub struct Http1Body {
+    /// `None` once the body has ended (the connection returned or closed).
+    conn: Option<Box<Http1>>,
+    decoder: Decoder,
+    pool: Arc<Pool>,
+}
+
+impl Http1Body {
+    fn release(&mut self) {
+        if let Some(conn) = self.conn.take()
+            && conn.reusable()
+        {
+            self.pool.put(conn);
         }
-        match Pin::new(&mut self.connection).poll(cx) {
-            Poll::Ready(result) => {
-                if let Err(error) = result {
-                    tracing::debug!(%error, "upstream connection closed with an error");
+    }
+
+    pub fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match conn.poll_body(cx, &mut self.decoder) {
+            Poll::Ready(None) => {
+                self.release();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                // Free the connection as soon as the last byte is in hand:
+                // an app may stop reading at the exact end.
+                if self.decoder.is_end() {
+                    self.release();
                 }
-                self.closed = true;
-                Poll::Ready(())
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => {
+                self.conn = None;
+                Poll::Ready(Some(Err(error.into())))
             }
             Poll::Pending => Poll::Pending,
         }
     }
 
-    /// Whether the next request can go on this connection now.
-    fn reusable(&self) -> bool {
-        !self.closed && self.sender.is_ready()
-    }
-}
-
-/// An HTTP/1.1 connection lent to one response body; returned to its pool
-/// when the body has been read to the end.
-pub struct Lease {
-    conn: Box<Http1>,
-    pool: Arc<Pool>,
-}
-
-impl Lease {
-    /// Drives the connection so the response body makes progress.
-    pub fn poll_connection(&mut self, cx: &mut Context<'_>) {
-        let _ = self.conn.poll_connection(cx);
+    pub fn is_end_stream(&self) -> bool {
+        self.conn.is_none() || self.decoder.is_end()
     }
 
-    /// The body was read to the end: the connection is reused if it is
-    /// ready for another request, closed otherwise.
-    pub fn release(self) {
-        if self.conn.reusable() {
-            self.pool.put(self.conn);
-        }
+    pub fn size_hint(&self) -> SizeHint {
+        self.decoder.size_hint()
     }
 }
 
@@ -159,63 +166,58 @@ impl Pool {
     /// `body_idle` bounds each pause of the response body.
     pub async fn send(
         self: &Arc<Self>,
-        mut request: Request<ProxyBody>,
+        request: Request<ProxyBody>,
         body_idle: Duration,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (parts, mut body) = request.into_parts();
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         for _ in 0..MAX_STALE {
             let (mut conn, fresh) = match self.checkout().await? {
                 // Boxed, like `connect`: rare paths with large futures would
                 // otherwise make every request's future large to move.
                 Checkout::Http2(sender) => {
+                    let request = Request::from_parts(parts, body);
                     return Box::pin(self.send_http2(sender, request, body_idle)).await;
                 }
                 Checkout::Http1 { conn, fresh } => (conn, fresh),
             };
-            *request.version_mut() = Version::HTTP_11;
-            request
-                .headers_mut()
-                .insert(header::HOST, self.host.clone());
-            let mut sent = std::pin::pin!(conn.sender.try_send_request(request));
-            let result = poll_fn(|cx| {
-                // Drive the connection first: it is what delivers the response.
-                let _ = conn.poll_connection(cx);
-                sent.as_mut().poll(cx)
-            })
-            .await;
-            match result {
-                Ok(response) => {
-                    let (parts, incoming) = response.into_parts();
-                    let mut lease = Lease {
-                        conn,
+            // A reused connection may have been closed by the upstream just
+            // as the request went out; a request that can be sent again
+            // safely then goes on the next connection.
+            let spare = if !fresh && parts.method.is_idempotent() {
+                body.try_clone()
+            } else {
+                None
+            };
+            let head = RequestHead {
+                method: &parts.method,
+                target,
+                host: &self.host,
+                headers: &parts.headers,
+            };
+            match conn.exchange(head, &mut body).await {
+                Ok(head) => {
+                    let (response, ()) = head.response.into_parts();
+                    let mut upstream = Http1Body {
+                        conn: Some(conn),
+                        decoder: head.decoder,
                         pool: self.clone(),
                     };
-                    let lease = if incoming.is_end_stream() {
-                        // No body to read: the connection is free already,
-                        // or after one more turn of its state machine.
-                        if !lease.conn.reusable() {
-                            poll_fn(|cx| {
-                                lease.poll_connection(cx);
-                                Poll::Ready(())
-                            })
-                            .await;
-                        }
-                        lease.release();
-                        None
+                    let body = if upstream.is_end_stream() {
+                        upstream.release();
+                        ProxyBody::Empty
                     } else {
-                        Some(lease)
+                        ProxyBody::upstream_http1(upstream, body_idle)
                     };
-                    return Ok(Response::from_parts(
-                        parts,
-                        ProxyBody::upstream(incoming, lease, body_idle),
-                    ));
+                    return Ok(Response::from_parts(response, body));
                 }
-                // A reused connection closed before the request was written
-                // (the upstream timed it out): the request goes on another.
-                Err(mut error) if !fresh => match error.take_message() {
-                    Some(unsent) => request = unsent,
-                    None => return Err(ProxyError::from_client_error(error.error(), false)),
+                Err(error) => match spare {
+                    Some(spare) if conn.received_nothing() && !error.is_protocol() => {
+                        tracing::debug!(%error, "a pooled connection was closed by the upstream; trying the next");
+                        body = spare;
+                    }
+                    _ => return Err(upstream_error(error)),
                 },
-                Err(error) => return Err(ProxyError::from_client_error(error.error(), false)),
             }
         }
         Err(ProxyError::Reset(format!(
@@ -248,7 +250,7 @@ impl Pool {
         let (parts, incoming) = response.into_parts();
         Ok(Response::from_parts(
             parts,
-            ProxyBody::upstream(incoming, None, body_idle),
+            ProxyBody::upstream_http2(incoming, body_idle),
         ))
     }
 
@@ -257,10 +259,9 @@ impl Pool {
             return Ok(Checkout::Http2(sender));
         }
         while let Some(mut conn) = self.take_idle() {
-            // Nobody polled it while idle: this is where a close by the
+            // Nobody read it while idle: this is where a close by the
             // upstream is noticed.
-            let open = poll_fn(|cx| Poll::Ready(conn.poll_connection(cx).is_pending())).await;
-            if open && conn.sender.is_ready() {
+            if poll_fn(|cx| Poll::Ready(conn.poll_usable(cx))).await {
                 return Ok(Checkout::Http1 { conn, fresh: false });
             }
         }
@@ -300,16 +301,8 @@ impl Pool {
             *self.http2.lock().expect("pool lock poisoned") = Some(sender.clone());
             return Ok(Checkout::Http2(sender));
         }
-        let (sender, connection) = http1::handshake(io)
-            .await
-            .map_err(|e| ProxyError::from_client_error(&e, true))?;
         Ok(Checkout::Http1 {
-            conn: Box::new(Http1 {
-                sender,
-                connection,
-                closed: false,
-                idle_since: Instant::now(),
-            }),
+            conn: Box::new(http1::Connection::new(TokioIo::new(io))),
             fresh: true,
         })
     }
@@ -318,8 +311,8 @@ impl Pool {
     /// have been closed by the upstream).
     fn take_idle(&self) -> Option<Box<Http1>> {
         let mut idle = self.idle.lock().expect("pool lock poisoned");
-        let conn = idle.pop_back()?;
-        if conn.idle_since.elapsed() < IDLE_TIMEOUT {
+        let Idle { conn, since } = idle.pop_back()?;
+        if since.elapsed() < IDLE_TIMEOUT {
             return Some(conn);
         }
         // The newest is too old, so are all the others.
@@ -327,23 +320,36 @@ impl Pool {
         None
     }
 
-    fn put(&self, mut conn: Box<Http1>) {
-        conn.idle_since = Instant::now();
+    fn put(&self, conn: Box<Http1>) {
         let mut idle = self.idle.lock().expect("pool lock poisoned");
         if idle.len() >= MAX_IDLE {
             idle.pop_front();
         }
-        idle.push_back(conn);
+        idle.push_back(Idle {
+            conn,
+            since: Instant::now(),
+        });
     }
 
     fn evict_expired(&self) {
         let mut idle = self.idle.lock().expect("pool lock poisoned");
         while idle
             .front()
-            .is_some_and(|conn| conn.idle_since.elapsed() >= IDLE_TIMEOUT)
+            .is_some_and(|idle| idle.since.elapsed() >= IDLE_TIMEOUT)
         {
             idle.pop_front();
         }
+    }
+}
+
+/// The error a request gets for an HTTP/1.1 exchange that failed.
+fn upstream_error(error: Http1Error) -> ProxyError {
+    match error {
+        Http1Error::RequestBody(message) => ProxyError::BadRequest(message),
+        Http1Error::Invalid(message) => ProxyError::Protocol(message),
+        Http1Error::Closed(_) => ProxyError::Reset(error.to_string()),
+        // A TLS failure is told apart from a plain reset by its cause.
+        Http1Error::Io(error) => ProxyError::from_client_error(&error, false),
     }
 }
 
