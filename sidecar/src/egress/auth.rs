@@ -23,7 +23,7 @@ use super::route::RequestContext;
 use super::step::{Next, PipelineResult, Step};
 use crate::config::{AuthConfig, ClientAuthMethod};
 use crate::metrics::{Metrics, Name, ResultLabels};
-use crate::secrets::{Secret, SecretError, SecretStore};
+use crate::secrets::{Secret, SecretError, SecretStore, SecretValue};
 
 /// A static credential: how to turn secret file contents into a header.
 #[derive(Clone, Debug)]
@@ -42,7 +42,11 @@ pub struct Rotating {
 /// The credentials of one integration.
 #[derive(Clone)]
 pub enum Credentials {
-    Static { kind: Static, secret: Rotating },
+    Static {
+        kind: Static,
+        secret: Rotating,
+        header: Arc<HeaderCache>,
+    },
     OAuth2(Arc<TokenSource>),
 }
 
@@ -76,10 +80,12 @@ impl Credentials {
                         .map_err(|_| CredentialsError::HeaderName(name.clone()))?,
                 ),
                 secret: rotating(load(secret)?, previous)?,
+                header: Arc::default(),
             },
             AuthConfig::Bearer { secret, previous } => Credentials::Static {
                 kind: Static::Bearer,
                 secret: rotating(load(secret)?, previous)?,
+                header: Arc::default(),
             },
             AuthConfig::Basic {
                 username,
@@ -90,6 +96,7 @@ impl Credentials {
                     username: load(username)?,
                 },
                 secret: rotating(load(password)?, previous_password)?,
+                header: Arc::default(),
             },
             AuthConfig::Oauth2ClientCredentials {
                 token_url,
@@ -131,12 +138,23 @@ pub enum CredentialsError {
 }
 
 fn header_for(kind: &Static, secret: &Secret) -> Result<(HeaderName, HeaderValue), ProxyError> {
-    let value = secret.current();
-    let (name, text) = match kind {
-        Static::Header(name) => (name.clone(), value.expose().to_owned()),
-        Static::Bearer => (header::AUTHORIZATION, format!("Bearer {}", value.expose())),
-        Static::Basic { username } => {
-            let pair = format!("{}:{}", username.current().expose(), value.expose());
+    let username = match kind {
+        Static::Basic { username } => Some(username.current()),
+        _ => None,
+    };
+    build_header(kind, &secret.current(), username.as_ref(), secret.path())
+}
+
+/// The credential header for a secret value (and, for Basic, a username).
+fn build_header(
+    kind: &Static,
+    value: &SecretValue,
+    username: Option<&SecretValue>,
+    path: &std::path::Path,
+) -> Result<(HeaderName, HeaderValue), ProxyError> {
+    let (name, text) = match (kind, username) {
+        (Static::Basic { .. }, Some(username)) => {
+            let pair = format!("{}:{}", username.expose(), value.expose());
             (
                 header::AUTHORIZATION,
                 format!(
@@ -145,16 +163,58 @@ fn header_for(kind: &Static, secret: &Secret) -> Result<(HeaderName, HeaderValue
                 ),
             )
         }
+        (Static::Header(name), _) => (name.clone(), value.expose().to_owned()),
+        _ => (header::AUTHORIZATION, format!("Bearer {}", value.expose())),
     };
     let mut header_value = HeaderValue::from_str(&text).map_err(|_| {
         // Name the file, never the value.
         ProxyError::Credentials(format!(
             "secret file {} holds characters not allowed in a header",
-            secret.path().display()
+            path.display()
         ))
     })?;
     header_value.set_sensitive(true);
     Ok((name, header_value))
+}
+
+/// The current credential header, built once per secret value: a rotated
+/// file (a new value from the watcher) builds it again, every other request
+/// shares it.
+#[derive(Default)]
+pub struct HeaderCache(Mutex<Option<CachedHeader>>);
+
+struct CachedHeader {
+    value: SecretValue,
+    username: Option<SecretValue>,
+    header: (HeaderName, HeaderValue),
+}
+
+impl HeaderCache {
+    fn header(
+        &self,
+        kind: &Static,
+        secret: &Secret,
+    ) -> Result<(HeaderName, HeaderValue), ProxyError> {
+        let value = secret.current();
+        let username = match kind {
+            Static::Basic { username } => Some(username.current()),
+            _ => None,
+        };
+        let mut cached = self.0.lock().expect("credential cache lock poisoned");
+        if let Some(hit) = cached.as_ref()
+            && hit.value == value
+            && hit.username == username
+        {
+            return Ok(hit.header.clone());
+        }
+        let header = build_header(kind, &value, username.as_ref(), secret.path())?;
+        *cached = Some(CachedHeader {
+            value,
+            username,
+            header: header.clone(),
+        });
+        Ok(header)
+    }
 }
 
 struct CachedToken {
@@ -376,6 +436,31 @@ fn with_header(
     request
 }
 
+/// Sends `request` with a bearer token; a 401 fetches a new token and
+/// tries once more.
+async fn call_with_token<S: Next>(
+    tokens: &TokenSource,
+    request: Request<ProxyBody>,
+    ctx: &RequestContext,
+    next: &S,
+) -> PipelineResult {
+    let spare = try_clone_request(&request);
+    let header = tokens.authorization().await?;
+    let response = next
+        .call(with_header(request, (header::AUTHORIZATION, header)), ctx)
+        .await?;
+    match (response.status(), spare) {
+        // A revoked or rotated token: fetch a new one and try once more.
+        (StatusCode::UNAUTHORIZED, Some(spare)) => {
+            tokens.invalidate();
+            let header = tokens.authorization().await?;
+            next.call(with_header(spare, (header::AUTHORIZATION, header)), ctx)
+                .await
+        }
+        _ => Ok(response),
+    }
+}
+
 impl Step for AuthStep {
     async fn call<S: Next>(
         &self,
@@ -396,7 +481,11 @@ impl Step for AuthStep {
         };
         match &layer.credentials {
             None => next.call(request, ctx).await,
-            Some(Credentials::Static { kind, secret }) => {
+            Some(Credentials::Static {
+                kind,
+                secret,
+                header,
+            }) => {
                 let previous = secret
                     .previous
                     .as_ref()
@@ -404,7 +493,7 @@ impl Step for AuthStep {
                 let spare = previous.and_then(|_| try_clone_request(&request));
                 let response = next
                     .call(
-                        with_header(request, header_for(kind, &secret.current)?),
+                        with_header(request, header.header(kind, &secret.current)?),
                         ctx,
                     )
                     .await?;
@@ -423,23 +512,43 @@ impl Step for AuthStep {
                     _ => Ok(response),
                 }
             }
+            // Boxed: the token fetch makes a large future, which the
+            // static credentials' every request would otherwise carry.
             Some(Credentials::OAuth2(tokens)) => {
-                let spare = try_clone_request(&request);
-                let header = tokens.authorization().await?;
-                let response = next
-                    .call(with_header(request, (header::AUTHORIZATION, header)), ctx)
-                    .await?;
-                match (response.status(), spare) {
-                    // A revoked or rotated token: fetch a new one and try once more.
-                    (StatusCode::UNAUTHORIZED, Some(spare)) => {
-                        tokens.invalidate();
-                        let header = tokens.authorization().await?;
-                        next.call(with_header(spare, (header::AUTHORIZATION, header)), ctx)
-                            .await
-                    }
-                    _ => Ok(response),
-                }
+                Box::pin(call_with_token(tokens, request, ctx, next)).await
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    #[test]
+    fn the_credential_header_is_built_once_per_secret_value() {
+        let dir = std::env::temp_dir().join(format!("sluice-header-cache-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("key");
+        std::fs::write(&file, "first\n").unwrap();
+        let store = SecretStore::new();
+        let secret = store.load(&file, &Name::from("test")).unwrap();
+        let cache = HeaderCache::default();
+        let kind = Static::Bearer;
+        let (name, first) = cache.header(&kind, &secret).unwrap();
+        assert_eq!(
+            (name.as_str(), first.as_bytes()),
+            ("authorization", &b"Bearer first"[..])
+        );
+        assert!(first.is_sensitive());
+        let (_, again) = cache.header(&kind, &secret).unwrap();
+        // The same bytes, shared rather than rebuilt.
+        assert_eq!(again.as_bytes().as_ptr(), first.as_bytes().as_ptr());
+        std::fs::write(&file, "second").unwrap();
+        store.reload(&Metrics::default());
+        let (_, rotated) = cache.header(&kind, &secret).unwrap();
+        assert_eq!(rotated, "Bearer second");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
