@@ -204,21 +204,31 @@ fn local_runs_a_sidecar_from_a_manifest_and_a_secrets_dir() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `sluice local` on PORT with the credential from a `kind: Secret` in the
+/// manifest itself (value "inline-key").
+fn start_with_inline_secret(
+    dir: &std::path::Path,
+    upstream: SocketAddr,
+    port: u16,
+) -> (Running, String) {
+    // base64("inline-key")
+    let secret = "---\napiVersion: v1\nkind: Secret\nmetadata: {name: carrier-key}\ndata: {current: aW5saW5lLWtleQ==}\n";
+    std::fs::write(dir.join("pi.yaml"), manifest(upstream, port, secret)).unwrap();
+    let admin = format!("127.0.0.1:{}", free_port());
+    Running::start(&[
+        "local",
+        dir.join("pi.yaml").to_str().unwrap(),
+        "--admin-listen",
+        &admin,
+    ])
+}
+
 #[test]
 fn local_reads_secrets_from_secret_documents() {
     let upstream = echo_upstream();
     let port = free_port();
     let dir = temp_dir("inline");
-    // base64("inline-key")
-    let secret = "---\napiVersion: v1\nkind: Secret\nmetadata: {name: carrier-key}\ndata: {current: aW5saW5lLWtleQ==}\n";
-    std::fs::write(dir.join("pi.yaml"), manifest(upstream, port, secret)).unwrap();
-    let admin = format!("127.0.0.1:{}", free_port());
-    let (running, banner) = Running::start(&[
-        "local",
-        dir.join("pi.yaml").to_str().unwrap(),
-        "--admin-listen",
-        &admin,
-    ]);
+    let (running, banner) = start_with_inline_secret(&dir, upstream, port);
     assert!(banner.contains("carrier:"), "{banner}");
     let answer = get(&format!("127.0.0.1:{port}"), "/");
     assert!(answer.ends_with("key=inline-key"), "{answer}");
@@ -233,17 +243,8 @@ fn local_reads_secrets_from_secret_documents() {
 fn local_exits_cleanly_on_a_sigterm_sent_right_after_its_banner() {
     let upstream = echo_upstream();
     let dir = temp_dir("early-term");
-    let secret = "---\napiVersion: v1\nkind: Secret\nmetadata: {name: carrier-key}\ndata: {current: aW5saW5lLWtleQ==}\n";
     for round in 0..5 {
-        let port = free_port();
-        std::fs::write(dir.join("pi.yaml"), manifest(upstream, port, secret)).unwrap();
-        let admin = format!("127.0.0.1:{}", free_port());
-        let (running, banner) = Running::start(&[
-            "local",
-            dir.join("pi.yaml").to_str().unwrap(),
-            "--admin-listen",
-            &admin,
-        ]);
+        let (running, banner) = start_with_inline_secret(&dir, upstream, free_port());
         assert!(banner.contains("admin:"), "round {round}: {banner}");
         running.stop();
     }
