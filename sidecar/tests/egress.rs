@@ -164,13 +164,23 @@ async fn upstream_connections_are_reused() {
     sidecar.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_pooled_connection_the_upstream_closed_is_replaced_without_an_error() {
-    // A server that closes every connection after three responses, without
-    // saying so (as one whose idle timeout fires does). The middle one is
-    // chunked: its end, too, must free the connection for the third.
+/// A server that closes every connection after three responses, without
+/// saying so (as one whose idle timeout fires does). The middle one is
+/// chunked: its end, too, must free the connection for the third. With
+/// `swallow`, it first reads a fourth request and closes without answering
+/// it (its timeout fired just as the request came). Returns its address and
+/// how many connections it accepted.
+fn closing_upstream(
+    swallow: bool,
+) -> (
+    std::net::SocketAddr,
+    Arc<AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
     let counter = accepted.clone();
@@ -179,7 +189,7 @@ async fn a_pooled_connection_the_upstream_closed_is_replaced_without_an_error() 
             counter.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let mut buffer = Vec::new();
-                for turn in 0..3 {
+                for turn in 0..if swallow { 4 } else { 3 } {
                     // One GET per turn: read to the end of its head.
                     while !buffer.windows(4).any(|w| w == b"\r\n\r\n") {
                         let mut chunk = [0u8; 1024];
@@ -190,6 +200,9 @@ async fn a_pooled_connection_the_upstream_closed_is_replaced_without_an_error() 
                     }
                     let end = buffer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
                     buffer.drain(..end);
+                    if turn == 3 {
+                        return;
+                    }
                     let reply: &[u8] = if turn == 1 {
                         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
                     } else {
@@ -202,12 +215,22 @@ async fn a_pooled_connection_the_upstream_closed_is_replaced_without_an_error() 
             });
         }
     });
+    (addr, accepted, server)
+}
+
+async fn closing_sidecar(addr: std::net::SocketAddr) -> sluice_sidecar::Sidecar {
     let mut config: sluice_sidecar::config::IntegrationConfig = serde_yaml_ng::from_str(&format!(
         "name: closing\nlisten: 127.0.0.1:0\nupstream: {{baseUrl: 'http://{addr}', timeout: 2s, totalTimeout: 5s}}\nretry: {{maxAttempts: 1}}\n"
     ))
     .unwrap();
     config.retry.budget.min_per_second = 0;
-    let sidecar = start(vec![config]).await;
+    start(vec![config]).await
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_upstream_closed_is_replaced_without_an_error() {
+    let (addr, accepted, server) = closing_upstream(false);
+    let sidecar = closing_sidecar(addr).await;
     let app = App::new(sidecar.egress_addr("closing").unwrap());
     for round in 0..3 {
         for _ in 0..3 {
@@ -222,6 +245,28 @@ async fn a_pooled_connection_the_upstream_closed_is_replaced_without_an_error() 
         accepted.load(Ordering::SeqCst),
         3,
         "one connection per three requests"
+    );
+    sidecar.shutdown().await;
+    server.abort();
+}
+
+/// A request can go out on a reused connection just as the upstream closes
+/// it; one the upstream never answered, if it can be sent again safely (a
+/// GET), goes on the next connection instead of failing.
+#[tokio::test]
+async fn a_get_sent_as_the_upstream_closes_goes_on_another_connection() {
+    let (addr, accepted, server) = closing_upstream(true);
+    let sidecar = closing_sidecar(addr).await;
+    let app = App::new(sidecar.egress_addr("closing").unwrap());
+    for n in 0..12 {
+        let answer = app.get("/x").await;
+        assert_eq!(answer.status, 200, "request {n}: {}", answer.text());
+        assert_eq!(answer.text(), "ok", "request {n}");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        4,
+        "three answers per connection, every fourth request moved to a new one"
     );
     sidecar.shutdown().await;
     server.abort();

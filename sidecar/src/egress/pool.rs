@@ -25,7 +25,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri, Version};
-use http_body::{Frame, SizeHint};
+use http_body::{Body as _, Frame, SizeHint};
 use hyper::client::conn::http2;
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
@@ -170,6 +170,11 @@ impl Pool {
         body_idle: Duration,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (parts, mut body) = request.into_parts();
+        // A body already at its end (a GET's, straight from the app) can be
+        // sent again; as `Empty` it says so.
+        if body.is_end_stream() {
+            body = ProxyBody::Empty;
+        }
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         for _ in 0..MAX_STALE {
             let (mut conn, fresh) = match self.checkout().await? {
