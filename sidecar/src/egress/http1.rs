@@ -451,7 +451,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             }
             let status = StatusCode::from_u16(code)
                 .map_err(|_| invalid(format!("invalid status code {code}")))?;
-            let mut headers = HeaderMap::with_capacity(spans.len());
+            // Room for the fields the sidecar adds on the way back
+            // (x-request-id), so adding them does not grow the map.
+            let mut headers = HeaderMap::with_capacity(spans.len() + 2);
             for (name_at, name_len, value_at, value_len) in spans {
                 let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
                     .map_err(|_| invalid("invalid header field name"))?;
