@@ -26,15 +26,7 @@ fn operator_on_a_real_api_server() {
         ],
         None,
     );
-    cp.ok(
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/providerintegrations.sluice.dev",
-            "--timeout=30s",
-        ],
-        None,
-    );
+    cp.wait_established("providerintegrations.sluice.dev");
     for ns in ["shop", "onboarding"] {
         cp.ok(&["create", "namespace", ns], None);
     }

@@ -301,14 +301,7 @@ fn injection_and_live_config_with_the_charts_rbac() {
         .collect::<Vec<_>>()
         .join("\n---");
     cp.ok(&["apply", "--server-side", "-f", "-"], Some(&crd_only));
-    cp.ok(
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/providerintegrations.sluice.dev",
-        ],
-        None,
-    );
+    cp.wait_established("providerintegrations.sluice.dev");
     cp.ok(&["apply", "--dry-run=server", "-f", "-"], Some(&rendered));
     cp.ok(&["apply", "--server-side", "-f", "-"], Some(&rendered));
 

@@ -71,6 +71,28 @@ impl ControlPlane {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Waits (up to 30 s) until the CRD named `crd` is Established.
+    /// `kubectl wait --for=condition=...` fails outright, instead of
+    /// waiting, when it reads the CRD before the API server has written any
+    /// condition (`.status.conditions accessor error: <nil>`): CI met that.
+    pub fn wait_established(&self, crd: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let jsonpath = r#"jsonpath={.status.conditions[?(@.type=="Established")].status}"#;
+        loop {
+            let out = self.kubectl(&["get", "crd", crd, "-o", jsonpath], None);
+            if out.status.success() && out.stdout == b"True" {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "CRD {crd} not Established after 30 s: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut all = args.to_vec();
         all.extend(["-o", "json"]);
