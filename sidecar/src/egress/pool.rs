@@ -352,7 +352,8 @@ fn upstream_error(error: Http1Error) -> ProxyError {
     match error {
         Http1Error::RequestBody(message) => ProxyError::BadRequest(message),
         Http1Error::Invalid(message) => ProxyError::Protocol(message),
-        Http1Error::Closed(_) => ProxyError::Reset(error.to_string()),
+        // `Reset` says "the upstream closed the connection" itself.
+        Http1Error::Closed(when) => ProxyError::Reset(when),
         // A TLS failure is told apart from a plain reset by its cause.
         Http1Error::Io(error) => ProxyError::from_client_error(&error, false),
     }
