@@ -138,11 +138,22 @@ pub enum CredentialsError {
 }
 
 fn header_for(kind: &Static, secret: &Secret) -> Result<(HeaderName, HeaderValue), ProxyError> {
-    let username = match kind {
-        Static::Basic { username } => Some(username.current()),
-        _ => None,
-    };
-    build_header(kind, &secret.current(), username.as_ref(), secret.path())
+    build_header(
+        kind,
+        &secret.current(),
+        kind.username().as_ref(),
+        secret.path(),
+    )
+}
+
+impl Static {
+    /// The current username, for Basic.
+    fn username(&self) -> Option<SecretValue> {
+        match self {
+            Static::Basic { username } => Some(username.current()),
+            _ => None,
+        }
+    }
 }
 
 /// The credential header for a secret value (and, for Basic, a username).
@@ -152,9 +163,12 @@ fn build_header(
     username: Option<&SecretValue>,
     path: &std::path::Path,
 ) -> Result<(HeaderName, HeaderValue), ProxyError> {
-    let (name, text) = match (kind, username) {
-        (Static::Basic { .. }, Some(username)) => {
-            let pair = format!("{}:{}", username.expose(), value.expose());
+    let (name, text) = match kind {
+        Static::Header(name) => (name.clone(), value.expose().to_owned()),
+        Static::Bearer => (header::AUTHORIZATION, format!("Bearer {}", value.expose())),
+        Static::Basic { .. } => {
+            let user = username.map_or("", SecretValue::expose);
+            let pair = format!("{user}:{}", value.expose());
             (
                 header::AUTHORIZATION,
                 format!(
@@ -163,8 +177,6 @@ fn build_header(
                 ),
             )
         }
-        (Static::Header(name), _) => (name.clone(), value.expose().to_owned()),
-        _ => (header::AUTHORIZATION, format!("Bearer {}", value.expose())),
     };
     let mut header_value = HeaderValue::from_str(&text).map_err(|_| {
         // Name the file, never the value.
@@ -196,10 +208,7 @@ impl HeaderCache {
         secret: &Secret,
     ) -> Result<(HeaderName, HeaderValue), ProxyError> {
         let value = secret.current();
-        let username = match kind {
-            Static::Basic { username } => Some(username.current()),
-            _ => None,
-        };
+        let username = kind.username();
         let mut cached = self.0.lock().expect("credential cache lock poisoned");
         if let Some(hit) = cached.as_ref()
             && hit.value == value

@@ -787,10 +787,15 @@ mod tests {
         (Connection::new(client), server)
     }
 
-    fn get_head<'a>(host: &'a HeaderValue, headers: &'a HeaderMap) -> RequestHead<'a> {
+    fn request_head<'a>(
+        method: &'a Method,
+        target: &'a str,
+        host: &'a HeaderValue,
+        headers: &'a HeaderMap,
+    ) -> RequestHead<'a> {
         RequestHead {
-            method: &Method::GET,
-            target: "/v1/things?a=1",
+            method,
+            target,
             host,
             headers,
         }
@@ -839,7 +844,10 @@ mod tests {
         let exchange = tokio::spawn(async move {
             let mut body = ProxyBody::Empty;
             let head = conn
-                .exchange(get_head(&host, &headers), &mut body)
+                .exchange(
+                    request_head(&Method::GET, "/v1/things?a=1", &host, &headers),
+                    &mut body,
+                )
                 .await
                 .unwrap();
             (conn, head)
@@ -871,12 +879,7 @@ mod tests {
         let headers = HeaderMap::new();
         let upload = tokio::spawn(async move {
             let mut body = ProxyBody::full("{\"a\":1}");
-            let head = RequestHead {
-                method: &Method::POST,
-                target: "/",
-                host: &host,
-                headers: &headers,
-            };
+            let head = request_head(&Method::POST, "/", &host, &headers);
             let response = conn.exchange(head, &mut body).await.unwrap();
             let _ = body_of(&mut conn, response.decoder).await.unwrap();
             let stream = futures_util::stream::iter(vec![
@@ -884,12 +887,7 @@ mod tests {
                 Ok(Frame::data(Bytes::from_static(b"0123456789abcdefX"))),
             ]);
             let mut body = ProxyBody::boxed(http_body_util::StreamBody::new(stream));
-            let head = RequestHead {
-                method: &Method::POST,
-                target: "/stream",
-                host: &host,
-                headers: &headers,
-            };
+            let head = request_head(&Method::POST, "/stream", &host, &headers);
             conn.exchange(head, &mut body).await.unwrap();
         });
         let first = read_until(&mut server, b"{\"a\":1}").await;
@@ -940,12 +938,7 @@ mod tests {
                 Some(server)
             }
         });
-        let head = RequestHead {
-            method: &method,
-            target: "/",
-            host: &host,
-            headers: &headers,
-        };
+        let head = request_head(&method, "/", &host, &headers);
         let result = conn.exchange(head, &mut ProxyBody::Empty).await;
         let _server = upstream.await.unwrap();
         let head = result?;
@@ -1130,12 +1123,7 @@ mod tests {
         });
         let host = HeaderValue::from_static("h");
         let headers = HeaderMap::new();
-        let head = RequestHead {
-            method: &Method::POST,
-            target: "/upload",
-            host: &host,
-            headers: &headers,
-        };
+        let head = request_head(&Method::POST, "/upload", &host, &headers);
         let response = conn.exchange(head, &mut body).await.unwrap();
         assert_eq!(response.response.status(), 413);
         assert!(
