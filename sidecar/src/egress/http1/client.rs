@@ -1,15 +1,6 @@
 //! The HTTP/1.1 client side of an upstream connection: writes a request,
 //! reads the response head, then decodes the response body.
 //!
-//! Why not hyper's client connection: on the proxy's hot path it cost 13.5k
-//! of the 37k instructions per request (its dispatch channel and callback,
-//! a state machine polled from both ends, a HeaderMap rebuilt on encode);
-//! this codec writes the head from the request's parts into one reused
-//! buffer and hands the response's header values out as slices of the bytes
-//! read (bench/results.md has the before/after). The parser is the one hyper
-//! uses (httparse), and framing follows RFC 9112 strictly: a response whose
-//! length is ambiguous is refused, never guessed.
-//!
 //! The connection's lifecycle (the pool, reuse, idle timeouts) is not here:
 //! see `pool.rs`.
 
@@ -18,22 +9,19 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode, Version};
-use http_body::{Body as _, Frame, SizeHint};
+use http_body::{Body as _, Frame};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::body::ProxyBody;
+use super::{
+    BodyError, Chunked, Decoder, FramingError, MAX_HEAD_BYTES, MAX_HEADERS, READ_CHUNK,
+    chunked_is_last, content_length, field_spans, has_token, header_map, itoa_u64, put_chunk,
+    put_field, put_last_chunk,
+};
+use crate::egress::body::ProxyBody;
 
-/// The largest response head (status line and fields), and trailer section.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// The most header fields a response head may have.
-const MAX_HEADERS: usize = 128;
-/// The longest chunk-size line, extensions included.
-const MAX_CHUNK_LINE: usize = 4096;
-/// Read granularity: one read takes up to this much.
-const READ_CHUNK: usize = 16 * 1024;
 /// A request body known in full and at most this big goes out in the same
 /// write as the head.
 const COALESCE_BODY: usize = 16 * 1024;
@@ -65,6 +53,12 @@ impl Http1Error {
 
 fn invalid(message: impl Into<String>) -> Http1Error {
     Http1Error::Invalid(message.into())
+}
+
+impl From<FramingError> for Http1Error {
+    fn from(error: FramingError) -> Self {
+        Http1Error::Invalid(error.0)
+    }
 }
 
 /// How a request body is delimited on the wire.
@@ -101,25 +95,6 @@ pub struct RequestHead<'a> {
     pub target: &'a str,
     pub host: &'a HeaderValue,
     pub headers: &'a HeaderMap,
-}
-
-/// How a response body is delimited on the wire (RFC 9112 §6.3).
-#[derive(Debug)]
-pub enum Decoder {
-    /// `Content-Length`: this many bytes still to give.
-    Length(u64),
-    Chunked(Chunked),
-    /// No length: the body ends when the upstream closes the connection.
-    UntilClose,
-    Done,
-}
-
-#[derive(Debug)]
-pub enum Chunked {
-    Size,
-    Data(u64),
-    DataEnd,
-    Trailers,
 }
 
 /// A response head and how its body is framed.
@@ -339,10 +314,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 )))
             }
             RequestFraming::Chunked => {
-                self.out
-                    .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                self.out.extend_from_slice(data);
-                self.out.extend_from_slice(b"\r\n");
+                put_chunk(&mut self.out, data);
                 Ok(())
             }
             _ => {
@@ -361,11 +333,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 )))
             }
             RequestFraming::Chunked => {
-                self.out.extend_from_slice(b"0\r\n");
-                for (name, value) in sending.trailers.iter().flatten() {
-                    put_field(&mut self.out, name, value);
-                }
-                self.out.extend_from_slice(b"\r\n");
+                put_last_chunk(&mut self.out, sending.trailers.as_ref());
                 Ok(())
             }
             _ => Ok(()),
@@ -427,18 +395,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 Some(0) => Version::HTTP_10,
                 _ => Version::HTTP_11,
             };
-            // Where each field sits in the buffer, so that values can be
-            // slices of it once it is split off.
-            let base = self.read.as_ptr() as usize;
-            let spans: Vec<(usize, usize, usize, usize)> = parsed
-                .headers
-                .iter()
-                .map(|f| {
-                    let name = f.name.as_ptr() as usize - base;
-                    let value = f.value.as_ptr() as usize - base;
-                    (name, f.name.len(), value, f.value.len())
-                })
-                .collect();
+            let spans = field_spans(self.read.as_ptr(), parsed.headers);
             let head = self.read.split_to(length).freeze();
             if (100..200).contains(&code) {
                 if code == 101 {
@@ -453,15 +410,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 .map_err(|_| invalid(format!("invalid status code {code}")))?;
             // Room for the fields the sidecar adds on the way back
             // (x-request-id), so adding them does not grow the map.
-            let mut headers = HeaderMap::with_capacity(spans.len() + 2);
-            for (name_at, name_len, value_at, value_len) in spans {
-                let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
-                    .map_err(|_| invalid("invalid header field name"))?;
-                let value =
-                    HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
-                        .map_err(|_| invalid(format!("invalid value of header field {name}")))?;
-                headers.append(name, value);
-            }
+            let mut headers = header_map(&head, &spans, 2)?;
             let decoder = response_decoder(status, version, expects_body, &mut headers)?;
             if version == Version::HTTP_10
                 || matches!(decoder, Decoder::UntilClose)
@@ -483,152 +432,27 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         cx: &mut Context<'_>,
         decoder: &mut Decoder,
     ) -> Poll<Option<Result<Frame<Bytes>, Http1Error>>> {
-        loop {
-            match decoder {
-                Decoder::Done | Decoder::Length(0) => {
-                    *decoder = Decoder::Done;
-                    return Poll::Ready(None);
-                }
-                Decoder::Length(remaining) => {
-                    if !self.read.is_empty() {
-                        let data = self.take_data(remaining);
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                    let missing = *remaining;
-                    if ready!(self.poll_fill(cx))? == 0 {
-                        self.done = true;
-                        return Poll::Ready(Some(Err(Http1Error::Closed(format!(
-                            "with {missing} bytes of the response body still to come"
-                        )))));
-                    }
-                }
-                Decoder::UntilClose => {
-                    if !self.read.is_empty() {
-                        return Poll::Ready(Some(Ok(Frame::data(self.read.split().freeze()))));
-                    }
-                    if ready!(self.poll_fill(cx))? == 0 {
-                        *decoder = Decoder::Done;
-                        return Poll::Ready(None);
-                    }
-                }
-                Decoder::Chunked(state) => {
-                    if let Some(frame) = self.decode_chunked(state)? {
-                        return Poll::Ready(Some(Ok(frame)));
-                    }
-                    if matches!(state, Chunked::Trailers) && self.read.starts_with(b"\r\n") {
-                        self.read.advance(2);
-                        *decoder = Decoder::Done;
-                        continue;
-                    }
-                    if let Chunked::Trailers = state
-                        && let Some(trailers) = self.parse_trailers()?
-                    {
-                        *decoder = Decoder::Done;
-                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-                    }
-                    if ready!(self.poll_fill(cx))? == 0 {
-                        self.done = true;
-                        return Poll::Ready(Some(Err(Http1Error::Closed(
-                            "in the middle of a chunked response body".into(),
-                        ))));
-                    }
-                }
-            }
-        }
-    }
-
-    /// Up to `remaining` bytes from the read buffer, as a slice of it.
-    fn take_data(&mut self, remaining: &mut u64) -> Bytes {
-        let n = (*remaining).min(self.read.len() as u64) as usize;
-        *remaining -= n as u64;
-        self.read.split_to(n).freeze()
-    }
-
-    /// Advances the chunked decoder over what is buffered; a data frame when
-    /// there is one, `None` when more bytes are needed (or the trailer
-    /// section is next).
-    fn decode_chunked(&mut self, state: &mut Chunked) -> Result<Option<Frame<Bytes>>, Http1Error> {
-        loop {
-            match state {
-                Chunked::Size => {
-                    let window = &self.read[..self.read.len().min(MAX_CHUNK_LINE)];
-                    let Some(end) = window.iter().position(|&b| b == b'\n') else {
-                        if self.read.len() >= MAX_CHUNK_LINE {
-                            return Err(invalid(format!(
-                                "a chunk-size line is longer than {MAX_CHUNK_LINE} bytes"
-                            )));
+        let frame = ready!(super::poll_body(cx, &mut self.io, &mut self.read, decoder));
+        Poll::Ready(frame.map(|frame| {
+            frame.map_err(|error| match error {
+                BodyError::Io(error) => Http1Error::Io(error),
+                BodyError::Framing(error) => error.into(),
+                BodyError::Truncated(missing) => {
+                    self.done = true;
+                    Http1Error::Closed(match missing {
+                        Some(missing) => {
+                            format!("with {missing} bytes of the response body still to come")
                         }
-                        return Ok(None);
-                    };
-                    if end == 0 || self.read[end - 1] != b'\r' {
-                        return Err(invalid("a chunk-size line does not end with CRLF"));
-                    }
-                    let size = parse_chunk_size(&self.read[..end - 1])?;
-                    self.read.advance(end + 1);
-                    *state = if size == 0 {
-                        Chunked::Trailers
-                    } else {
-                        Chunked::Data(size)
-                    };
+                        None => "in the middle of a chunked response body".into(),
+                    })
                 }
-                Chunked::Data(remaining) => {
-                    if self.read.is_empty() {
-                        return Ok(None);
-                    }
-                    let data = self.take_data(remaining);
-                    if *remaining == 0 {
-                        *state = Chunked::DataEnd;
-                    }
-                    return Ok(Some(Frame::data(data)));
-                }
-                Chunked::DataEnd => {
-                    if self.read.len() < 2 {
-                        return Ok(None);
-                    }
-                    if &self.read[..2] != b"\r\n" {
-                        return Err(invalid("chunk data is not followed by CRLF"));
-                    }
-                    self.read.advance(2);
-                    *state = Chunked::Size;
-                }
-                Chunked::Trailers => return Ok(None),
-            }
-        }
-    }
-
-    /// The trailer section, once all of it (up to its empty line) is buffered.
-    fn parse_trailers(&mut self) -> Result<Option<HeaderMap>, Http1Error> {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        match httparse::parse_headers(&self.read, &mut fields) {
-            Ok(httparse::Status::Complete((length, parsed))) => {
-                let mut trailers = HeaderMap::with_capacity(parsed.len());
-                for field in parsed {
-                    let name = HeaderName::from_bytes(field.name.as_bytes())
-                        .map_err(|_| invalid("invalid trailer field name"))?;
-                    let value = HeaderValue::from_bytes(field.value)
-                        .map_err(|_| invalid(format!("invalid value of trailer field {name}")))?;
-                    trailers.append(name, value);
-                }
-                self.read.advance(length);
-                Ok(Some(trailers))
-            }
-            Ok(httparse::Status::Partial) if self.read.len() >= MAX_HEAD_BYTES => {
-                Err(invalid(format!(
-                    "the trailer section is larger than {} KiB",
-                    MAX_HEAD_BYTES / 1024
-                )))
-            }
-            Ok(httparse::Status::Partial) => Ok(None),
-            Err(error) => Err(invalid(format!("invalid trailer section: {error}"))),
-        }
+            })
+        }))
     }
 
     /// Reads more bytes into the buffer; `Ready(Ok(0))` at the end of stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.read.capacity() - self.read.len() < READ_CHUNK / 4 {
-            self.read.reserve(READ_CHUNK);
-        }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+        super::poll_fill(&mut self.io, &mut self.read, cx)
     }
 }
 
@@ -661,26 +485,6 @@ fn encode_head(out: &mut BytesMut, head: &RequestHead<'_>, framing: RequestFrami
     out.extend_from_slice(b"\r\n");
 }
 
-fn put_field(out: &mut BytesMut, name: &HeaderName, value: &HeaderValue) {
-    out.extend_from_slice(name.as_str().as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value.as_bytes());
-    out.extend_from_slice(b"\r\n");
-}
-
-/// `n` in decimal, without allocating.
-fn itoa_u64(mut n: u64, buffer: &mut [u8; 20]) -> &[u8] {
-    let mut at = buffer.len();
-    loop {
-        at -= 1;
-        buffer[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buffer[at..];
-        }
-    }
-}
-
 /// How the body of a response is delimited (RFC 9112 §6.3). A
 /// `Transfer-Encoding` overrides a `Content-Length`, which is then removed;
 /// conflicting or malformed lengths are refused.
@@ -695,84 +499,16 @@ fn response_decoder(
     }
     if headers.contains_key(header::TRANSFER_ENCODING) {
         headers.remove(header::CONTENT_LENGTH);
-        let chunked_last = last_token(headers, &header::TRANSFER_ENCODING)
-            .is_some_and(|coding| coding.eq_ignore_ascii_case("chunked"));
-        return Ok(if chunked_last && version == Version::HTTP_11 {
+        return Ok(if chunked_is_last(headers) && version == Version::HTTP_11 {
             Decoder::Chunked(Chunked::Size)
         } else {
             Decoder::UntilClose
         });
     }
-    let mut length: Option<u64> = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for item in value.as_bytes().split(|&b| b == b',') {
-            let item = item.trim_ascii();
-            let parsed =
-                (!item.is_empty() && item.len() <= 19 && item.iter().all(u8::is_ascii_digit))
-                    .then(|| std::str::from_utf8(item).ok()?.parse::<u64>().ok())
-                    .flatten()
-                    .ok_or_else(|| {
-                        invalid(format!(
-                            "invalid content-length {:?}",
-                            String::from_utf8_lossy(value.as_bytes())
-                        ))
-                    })?;
-            if length.is_some_and(|seen| seen != parsed) {
-                return Err(invalid("conflicting content-length values"));
-            }
-            length = Some(parsed);
-        }
-    }
-    Ok(match length {
+    Ok(match content_length(headers)? {
         Some(length) => Decoder::Length(length),
         None => Decoder::UntilClose,
     })
-}
-
-/// The last comma-separated token of a (possibly repeated) field.
-fn last_token<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h str> {
-    let last = headers.get_all(name).iter().next_back()?;
-    last.to_str().ok()?.rsplit(',').next().map(str::trim)
-}
-
-/// Whether a (possibly repeated) comma-separated field holds `token`.
-fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
-/// `1a`, `1A;name=value`, `1a  ;ext`: the hex size; anything else is refused.
-fn parse_chunk_size(line: &[u8]) -> Result<u64, Http1Error> {
-    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 || digits > 16 {
-        return Err(invalid("invalid chunk size"));
-    }
-    let rest = line[digits..].trim_ascii_start();
-    if !(rest.is_empty() || rest[0] == b';')
-        || rest.iter().any(|&b| b.is_ascii_control() && b != b'\t')
-    {
-        return Err(invalid("invalid chunk extension"));
-    }
-    let text = std::str::from_utf8(&line[..digits]).expect("hex digits are ASCII");
-    u64::from_str_radix(text, 16).map_err(|_| invalid("invalid chunk size"))
-}
-
-impl Decoder {
-    pub fn is_end(&self) -> bool {
-        matches!(self, Decoder::Done | Decoder::Length(0))
-    }
-
-    pub fn size_hint(&self) -> SizeHint {
-        match self {
-            Decoder::Done => SizeHint::with_exact(0),
-            Decoder::Length(remaining) => SizeHint::with_exact(*remaining),
-            _ => SizeHint::default(),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -1153,29 +889,5 @@ mod tests {
             .await
             .unwrap();
         assert!(!conn.poll_usable(&mut cx));
-    }
-
-    #[test]
-    fn chunk_sizes() {
-        assert_eq!(parse_chunk_size(b"1a").unwrap(), 26);
-        assert_eq!(parse_chunk_size(b"FF;name=\"v\"").unwrap(), 255);
-        assert_eq!(parse_chunk_size(b"10 \t;x").unwrap(), 16);
-        for bad in [
-            &b""[..],
-            b";x",
-            b"-1",
-            b"1 2",
-            b"0x10",
-            b"1\x00",
-            b"12345678901234567",
-        ] {
-            assert!(
-                parse_chunk_size(bad).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-        assert_eq!(itoa_u64(0, &mut [0; 20]), b"0");
-        assert_eq!(itoa_u64(u64::MAX, &mut [0; 20]), b"18446744073709551615");
     }
 }
