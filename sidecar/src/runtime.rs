@@ -14,7 +14,6 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
@@ -64,25 +63,13 @@ pub struct Sidecar {
 #[derive(Clone)]
 struct CurrentPipeline(Arc<RwLock<EgressService>>);
 
-impl tower::Service<Request<Incoming>> for CurrentPipeline {
-    type Response = Response<ProxyBody>;
-    type Error = std::convert::Infallible;
-    type Future = futures_util::future::Map<
-        std::pin::Pin<Box<dyn std::future::Future<Output = Response<ProxyBody>> + Send>>,
-        fn(Response<ProxyBody>) -> Result<Response<ProxyBody>, Self::Error>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        // Every pipeline is always ready: its layers queue inside `call`.
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+impl egress::Handle for CurrentPipeline {
+    fn handle(
+        &self,
+        request: Request<ProxyBody>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<ProxyBody>> + Send>> {
         let service = self.0.read().expect("pipeline lock").clone();
-        futures_util::FutureExt::map(service.handle(request), Ok)
+        service.handle(request)
     }
 }
 
@@ -165,7 +152,6 @@ impl Sidecar {
             live.stop.subscribe(),
             config.drain_timeout.get(),
             "admin".into(),
-            egress::server::Peers::Network,
         ));
         tracing::info!(%admin_addr, "admin listening");
         *live.secret_watcher.lock().expect("watcher lock") =
@@ -329,13 +315,12 @@ impl Live {
                 let current = CurrentPipeline(Arc::new(RwLock::new(service)));
                 let (stop, stopped) = watch::channel(false);
                 let serving = current.clone();
-                self.tasks.spawn(egress::server::serve(
+                self.tasks.spawn(egress::server::serve_app(
                     listener,
-                    move |_| serving.clone(),
+                    serving,
                     stopped,
                     self.base.drain_timeout.get(),
                     config.name.clone(),
-                    egress::server::Peers::App,
                 ));
                 slots.insert(
                     config.name.clone(),
@@ -369,7 +354,6 @@ impl Live {
             self.stop.subscribe(),
             self.base.drain_timeout.get(),
             "ingress".into(),
-            egress::server::Peers::Network,
         ));
         *self.ingress_addr.write().expect("ingress lock") = Some(addr);
         Ok(())

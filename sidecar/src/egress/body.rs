@@ -13,6 +13,7 @@ use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 
+use super::http1::server::AppBody;
 use super::pool::Http1Body;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -24,12 +25,14 @@ pub enum ProxyBody {
     Empty,
     /// Fully in memory; cloning it is cheap, so a retry can resend it.
     Full(Option<Bytes>),
-    /// Straight from a peer, sent once.
+    /// Straight from the app over HTTP/1.1, sent once.
+    App(AppBody),
+    /// Straight from a peer over HTTP/2, sent once.
     Incoming(Incoming),
     /// The part read while deciding whether to buffer, then the rest as it comes.
     Prefixed {
         prefix: Option<Bytes>,
-        rest: Incoming,
+        rest: Box<ProxyBody>,
     },
     /// An upstream response body: fails if the upstream sends nothing for
     /// `idle` (a stalled provider must not hang the app).
@@ -133,29 +136,30 @@ impl ProxyBody {
         matches!(self, ProxyBody::Empty | ProxyBody::Full(_))
     }
 
-    /// Reads a streamed body into memory if it has at most `limit` bytes; a
-    /// larger one keeps streaming (with what was read in front) and stays
-    /// non-replayable. Errors are the peer's (a reset while reading).
-    pub async fn buffer_up_to(self, limit: u64) -> Result<ProxyBody, hyper::Error> {
-        let mut incoming = match self {
-            ProxyBody::Incoming(incoming) => incoming,
-            other => return Ok(other),
-        };
-        if incoming.is_end_stream() {
+    /// Reads a body streamed from the app into memory if it has at most
+    /// `limit` bytes; a larger one keeps streaming (with what was read in
+    /// front) and stays non-replayable. Errors are the app's (a reset or a
+    /// malformed body while reading).
+    pub async fn buffer_up_to(self, limit: u64) -> Result<ProxyBody, BoxError> {
+        if !matches!(self, ProxyBody::App(_) | ProxyBody::Incoming(_)) {
+            return Ok(self);
+        }
+        let mut body = self;
+        if body.is_end_stream() {
             return Ok(ProxyBody::Empty);
         }
-        if incoming.size_hint().lower() > limit {
-            return Ok(ProxyBody::Incoming(incoming));
+        if body.size_hint().lower() > limit {
+            return Ok(body);
         }
         let mut buffer = bytes::BytesMut::new();
-        while let Some(frame) = incoming.frame().await {
+        while let Some(frame) = body.frame().await {
             // Trailers on requests are rare and not replayed; data is what matters.
             if let Ok(data) = frame?.into_data() {
                 buffer.extend_from_slice(&data);
                 if buffer.len() as u64 > limit {
                     return Ok(ProxyBody::Prefixed {
                         prefix: Some(buffer.freeze()),
-                        rest: incoming,
+                        rest: Box::new(body),
                     });
                 }
             }
@@ -169,6 +173,7 @@ impl std::fmt::Debug for ProxyBody {
         let kind = match self {
             ProxyBody::Empty => "Empty",
             ProxyBody::Full(_) => "Full",
+            ProxyBody::App(_) => "App",
             ProxyBody::Incoming(_) => "Incoming",
             ProxyBody::Prefixed { .. } => "Prefixed",
             ProxyBody::Upstream { .. } => "Upstream",
@@ -189,10 +194,11 @@ impl Body for ProxyBody {
         match self.get_mut() {
             ProxyBody::Empty => Poll::Ready(None),
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::App(body) => body.poll_frame(cx).map_err(Into::into),
             ProxyBody::Incoming(incoming) => Pin::new(incoming).poll_frame(cx).map_err(Into::into),
             ProxyBody::Prefixed { prefix, rest } => match prefix.take() {
                 Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
-                None => Pin::new(rest).poll_frame(cx).map_err(Into::into),
+                None => Pin::new(rest.as_mut()).poll_frame(cx),
             },
             ProxyBody::Upstream {
                 body,
@@ -226,6 +232,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Empty => true,
             ProxyBody::Full(bytes) => bytes.is_none(),
+            ProxyBody::App(body) => body.is_end_stream(),
             ProxyBody::Incoming(incoming) => incoming.is_end_stream(),
             ProxyBody::Prefixed { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
             ProxyBody::Upstream { body, .. } => body.is_end_stream(),
@@ -239,6 +246,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
+            ProxyBody::App(body) => body.size_hint(),
             ProxyBody::Incoming(incoming) => incoming.size_hint(),
             ProxyBody::Prefixed { prefix, rest } => {
                 let extra = prefix.as_ref().map_or(0, |b| b.len() as u64);

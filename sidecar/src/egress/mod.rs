@@ -24,7 +24,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 use tower::ServiceBuilder;
 
 use self::auth::{AuthStep, Credentials, CredentialsError};
@@ -47,7 +46,7 @@ use crate::secrets::SecretStore;
 pub trait Handle: Send + Sync + 'static {
     fn handle(
         &self,
-        request: Request<Incoming>,
+        request: Request<ProxyBody>,
     ) -> Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>>;
 }
 

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue};
 use http::{Method, Request, Response};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 use tower::Layer;
 
@@ -93,7 +92,7 @@ struct Edge<S> {
 
 /// The app's request id when it sent a usable one (shared, not copied),
 /// else 16 random hex digits.
-fn request_id(request: &Request<Incoming>) -> HeaderValue {
+fn request_id(request: &Request<ProxyBody>) -> HeaderValue {
     match request
         .headers()
         .get(REQUEST_ID_HEADER)
@@ -135,7 +134,7 @@ fn outcome(response: &Response<ProxyBody>, error: Option<&'static str>) -> &'sta
 impl<S: Next> super::Handle for ObserveService<S> {
     fn handle(
         &self,
-        request: Request<Incoming>,
+        request: Request<ProxyBody>,
     ) -> Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>> {
         let edge = self.0.clone();
         Box::pin(async move {
@@ -155,7 +154,7 @@ impl<S: Next> super::Handle for ObserveService<S> {
                         deadline: started + route.total_timeout,
                     };
                     edge.inner
-                        .call(Request::from_parts(parts, ProxyBody::Incoming(body)), &ctx)
+                        .call(Request::from_parts(parts, body), &ctx)
                         .await
                 }
                 Err(reason) => Err(ProxyError::BadRequest(reason)),

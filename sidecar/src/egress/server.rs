@@ -1,15 +1,26 @@
-//! Serving a listener: HTTP/1.1 and h2c (prior knowledge) from the app, with
-//! graceful shutdown that stops accepting and then drains in-flight requests.
+//! Serving a listener, with graceful shutdown that stops accepting and then
+//! drains in-flight requests.
+//!
+//! Two kinds of listener:
+//! - [`serve_app`] for egress: the app over loopback. HTTP/1.1 through the
+//!   proxy's own codec (`http1::server`), h2c (prior knowledge) through hyper,
+//!   told apart by the first bytes. No header read timeout: the app is the
+//!   only peer, and a timer per request would cost more than it protects.
+//! - [`serve`] for webhooks and admin: anyone who can reach the pod, through
+//!   hyper; a client that never finishes its headers is cut off after 30 s.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::future::Future;
+use std::future::{Future, poll_fn};
+use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use bytes::{Buf, BytesMut};
+use futures_util::FutureExt;
 use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
@@ -17,34 +28,28 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use pin_project_lite::pin_project;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tower::Service;
+
+use super::Handle;
+use super::body::ProxyBody;
+use super::http1;
 
 /// Set to `true` once to begin a graceful shutdown of every server.
 pub type ShutdownSignal = watch::Receiver<bool>;
 
-/// Who may connect to a listener, which decides how wary it is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Peers {
-    /// The app, over loopback (egress): no header read timeout, which
-    /// would cost a timer entry per request.
-    App,
-    /// Anyone who can reach the pod (webhooks, admin): a client that never
-    /// finishes its headers is cut off after 30 s.
-    Network,
-}
-
-/// Accepts connections on `listener` until `shutdown`, then waits up to
-/// `drain` for the requests in flight to finish. `service_for` makes the
-/// service of each connection from the peer's address.
+/// Serves a network-facing listener (webhooks, admin) with hyper until
+/// `shutdown`, then waits up to `drain` for the requests in flight.
+/// `service_for` makes the service of each connection from the peer's
+/// address.
 pub async fn serve<S, B, F>(
     listener: TcpListener,
     service_for: F,
-    mut shutdown: ShutdownSignal,
+    shutdown: ShutdownSignal,
     drain: Duration,
     name: String,
-    peers: Peers,
 ) where
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
@@ -56,15 +61,59 @@ pub async fn serve<S, B, F>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     F: Fn(std::net::SocketAddr) -> S,
 {
-    let connections = Arc::new(Drain::default());
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    if peers == Peers::Network {
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            // A client that never finishes its headers must not hold a task forever.
-            .header_read_timeout(Duration::from_secs(30));
-    }
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // A client that never finishes its headers must not hold a task forever.
+        .header_read_timeout(Duration::from_secs(30));
+    accept_until_shutdown(listener, shutdown, drain, name, |stream, peer, drain| {
+        let connection = builder
+            .serve_connection(
+                TokioIo::new(stream),
+                TowerToHyperService::new(service_for(peer)),
+            )
+            .into_owned();
+        let connection = drain.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+        });
+    })
+    .await;
+}
+
+/// Serves an egress listener: each request goes to `handler` (the
+/// integration's pipeline); see the module docs.
+pub async fn serve_app<H: Handle + Clone>(
+    listener: TcpListener,
+    handler: H,
+    shutdown: ShutdownSignal,
+    drain: Duration,
+    name: String,
+) {
+    accept_until_shutdown(listener, shutdown, drain, name, |stream, _, drain| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let connection = serve_app_connection(stream, handler.clone(), stop.clone());
+        tokio::spawn(drain.watch(StopFlag {
+            connection,
+            stop,
+        }));
+    })
+    .await;
+}
+
+/// Accepts connections until `shutdown`, handing each to `spawn`, then
+/// waits up to `drain` for the connections to finish.
+async fn accept_until_shutdown(
+    listener: TcpListener,
+    mut shutdown: ShutdownSignal,
+    drain: Duration,
+    name: String,
+    mut spawn: impl FnMut(TcpStream, std::net::SocketAddr, &Arc<Drain>),
+) {
+    let connections = Arc::new(Drain::default());
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -78,15 +127,7 @@ pub async fn serve<S, B, F>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let connection = builder
-                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service_for(peer)))
-                    .into_owned();
-                let connection = connections.watch(connection);
-                tokio::spawn(async move {
-                    if let Err(error) = connection.await {
-                        tracing::debug!(%error, "connection ended with an error");
-                    }
-                });
+                spawn(stream, peer, &connections);
             }
             _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => break,
         }
@@ -97,6 +138,132 @@ pub async fn serve<S, B, F>(
         _ = tokio::time::sleep(drain) => {
             tracing::warn!(listener = %name, drain_timeout = ?drain, "requests still in flight at the drain timeout were cut off");
         }
+    }
+}
+
+/// The HTTP/2 connection preface a prior-knowledge (h2c) client opens with.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// One connection from the app: h2c to hyper, anything else to the HTTP/1.1
+/// codec (which answers malformed input itself).
+async fn serve_app_connection<H: Handle + Clone>(
+    mut stream: TcpStream,
+    handler: H,
+    stop: Arc<AtomicBool>,
+) {
+    let mut read = BytesMut::with_capacity(16 * 1024);
+    // At most one read per preface byte, usually one in all.
+    loop {
+        let seen = read.len().min(H2_PREFACE.len());
+        if read[..seen] != H2_PREFACE[..seen] || seen == H2_PREFACE.len() {
+            break;
+        }
+        if stop.load(Ordering::Relaxed) && read.is_empty() {
+            return;
+        }
+        match stream.read_buf(&mut read).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+    if !read.starts_with(H2_PREFACE) {
+        return http1::server::serve_connection(stream, read, handler, stop).await;
+    }
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        handler
+            .handle(request.map(ProxyBody::Incoming))
+            .map(Ok::<_, Infallible>)
+    });
+    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(Rewound { read, stream }), service);
+    let mut connection = std::pin::pin!(connection);
+    let mut shutting_down = false;
+    let result = poll_fn(|cx| {
+        if !shutting_down && stop.load(Ordering::Relaxed) {
+            connection.as_mut().graceful_shutdown();
+            shutting_down = true;
+        }
+        connection.as_mut().poll(cx)
+    })
+    .await;
+    if let Err(error) = result {
+        tracing::debug!(%error, "h2c connection ended with an error");
+    }
+}
+
+/// A stream whose first bytes were already read: they are read again first.
+struct Rewound {
+    read: BytesMut,
+    stream: TcpStream,
+}
+
+impl AsyncRead for Rewound {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(buf.remaining());
+            buf.put_slice(&self.read[..n]);
+            self.read.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewound {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+pin_project! {
+    /// An app connection asked to finish through a flag it reads whenever
+    /// it is polled (the drain wakes it).
+    struct StopFlag<F> {
+        #[pin]
+        connection: F,
+        stop: Arc<AtomicBool>,
+    }
+}
+
+impl<F: Future> Future for StopFlag<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.project().connection.poll(cx)
+    }
+}
+
+impl<F> GracefulConnection for StopFlag<F> {
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 

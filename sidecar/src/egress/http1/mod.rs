@@ -363,20 +363,24 @@ fn put_field(out: &mut BytesMut, name: &HeaderName, value: &HeaderValue) {
 
 /// Appends one chunk of a chunked body: its size line, the data and CRLF.
 fn put_chunk(out: &mut BytesMut, data: &[u8]) {
+    put_chunk_size(out, data.len());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The size line of a chunk of `length` bytes.
+fn put_chunk_size(out: &mut BytesMut, mut length: usize) {
     let mut size = [0u8; 16];
     let mut at = size.len();
-    let mut n = data.len();
     loop {
         at -= 1;
-        size[at] = b"0123456789abcdef"[n & 0xf];
-        n >>= 4;
-        if n == 0 {
+        size[at] = b"0123456789abcdef"[length & 0xf];
+        length >>= 4;
+        if length == 0 {
             break;
         }
     }
     out.extend_from_slice(&size[at..]);
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
 }
 

@@ -1,1 +1,684 @@
+//! The HTTP/1.1 server side of the app's connection to an egress listener:
+//! reads each request, hands it to the pipeline, writes the response, and
+//! keeps the connection for the next request when both sides allow it.
+//!
+//! A request body streams straight from the connection: [`AppBody`] takes
+//! the connection's read side while the pipeline reads it and hands it back
+//! at its end. A body left unread makes the response close the connection
+//! (after a bounded lingering read, so the app still sees the answer).
+//!
+//! Only egress listeners use this (the app on loopback is the one peer, so
+//! there is no header read timeout); `egress::server` routes h2c connections
+//! to hyper before any byte reaches this module.
 
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::oneshot;
+
+use super::{
+    BodyError, Chunked, Decoder, FramingError, MAX_HEAD_BYTES, MAX_HEADERS, READ_CHUNK,
+    chunked_is_last, content_length, field_spans, has_token, header_map, itoa_u64, poll_fill,
+    put_chunk, put_chunk_size, put_field, put_last_chunk,
+};
+use crate::egress::Handle;
+use crate::egress::body::ProxyBody;
+use crate::egress::error::ProxyError;
+
+/// Response bytes gathered before they are written: small frames go out
+/// together, larger ones are written from their own buffer.
+const WRITE_BATCH: usize = 16 * 1024;
+/// After a response that closes the connection while the app is still
+/// sending its request body, how much more is read and dropped (so that
+/// closing does not reset the connection before the app reads the answer).
+const LINGER_BYTES: usize = 1024 * 1024;
+const LINGER_TIME: Duration = Duration::from_secs(2);
+
+/// The read side of the app's connection and the bytes read ahead.
+pub struct Reader {
+    io: OwnedReadHalf,
+    buf: BytesMut,
+}
+
+impl Reader {
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        poll_fill(&mut self.io, &mut self.buf, cx)
+    }
+}
+
+/// A request body read straight from the app's connection, sent once.
+pub struct AppBody {
+    /// `None` once the body failed: the connection closes.
+    reader: Option<Reader>,
+    decoder: Decoder,
+    /// Where the reader goes at the end (or drop) of the body, with whether
+    /// the whole body was read.
+    back: Option<oneshot::Sender<(Reader, bool)>>,
+}
+
+/// Why a request body could not be read from the app.
+#[derive(Debug, thiserror::Error)]
+pub enum AppBodyError {
+    #[error("the app closed the connection with {0} bytes of the request body still to come")]
+    Truncated(u64),
+    #[error("the app closed the connection in the middle of a chunked request body")]
+    TruncatedChunked,
+    #[error("invalid chunked request body: {0}")]
+    Framing(FramingError),
+    #[error("{0}")]
+    Io(io::Error),
+}
+
+impl AppBody {
+    pub fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, AppBodyError>>> {
+        let Some(reader) = self.reader.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = ready!(super::poll_body(
+            cx,
+            &mut reader.io,
+            &mut reader.buf,
+            &mut self.decoder
+        ));
+        match frame {
+            None => {
+                self.give_back();
+                Poll::Ready(None)
+            }
+            Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
+            Some(Err(error)) => {
+                // The connection cannot be read on: dropping the sender
+                // tells it so.
+                self.reader = None;
+                self.back = None;
+                Poll::Ready(Some(Err(match error {
+                    BodyError::Truncated(Some(missing)) => AppBodyError::Truncated(missing),
+                    BodyError::Truncated(None) => AppBodyError::TruncatedChunked,
+                    BodyError::Framing(error) => AppBodyError::Framing(error),
+                    BodyError::Io(error) => AppBodyError::Io(error),
+                })))
+            }
+        }
+    }
+
+    pub fn is_end_stream(&self) -> bool {
+        self.decoder.is_end() || self.reader.is_none()
+    }
+
+    pub fn size_hint(&self) -> SizeHint {
+        self.decoder.size_hint()
+    }
+
+    fn give_back(&mut self) {
+        if let (Some(reader), Some(back)) = (self.reader.take(), self.back.take()) {
+            let _ = back.send((reader, self.decoder.is_end()));
+        }
+    }
+}
+
+impl Drop for AppBody {
+    fn drop(&mut self) {
+        self.give_back();
+    }
+}
+
+/// What the connection needs to know about a request besides the request.
+struct RequestFacts {
+    method: Method,
+    version: Version,
+    /// The app allows the connection to stay open after this request.
+    keep_alive: bool,
+    /// `TE: trailers`: the app reads trailer fields.
+    wants_trailers: bool,
+}
+
+/// A request head, its body's framing and what the response depends on.
+struct ParsedHead {
+    request: Request<()>,
+    body: Decoder,
+    expect_continue: bool,
+    facts: RequestFacts,
+}
+
+/// A request refused before it reaches the pipeline; the connection closes
+/// after the answer.
+#[derive(Debug)]
+struct Refusal {
+    status: StatusCode,
+    reason: String,
+}
+
+fn bad_request(reason: impl Into<String>) -> Refusal {
+    Refusal {
+        status: StatusCode::BAD_REQUEST,
+        reason: reason.into(),
+    }
+}
+
+impl Refusal {
+    fn into_response(self) -> Response<ProxyBody> {
+        let mut response = ProxyError::BadRequest(self.reason).into_response();
+        *response.status_mut() = self.status;
+        response
+    }
+}
+
+/// Serves HTTP/1.1 on `stream` until the app closes it, a response must
+/// close it, or `stop` is set (then an idle connection closes at once and a
+/// busy one after its response). `read` holds bytes already read from it.
+pub async fn serve_connection<H: Handle>(
+    stream: TcpStream,
+    read: BytesMut,
+    handler: H,
+    stop: Arc<AtomicBool>,
+) {
+    let (io, write) = stream.into_split();
+    let mut connection = AppConnection {
+        reader: Some(Reader { io, buf: read }),
+        write,
+        out: BytesMut::with_capacity(1024),
+    };
+    if let Err(error) = connection.run(&handler, &stop).await {
+        tracing::debug!(%error, "app connection ended with an error");
+    }
+}
+
+struct AppConnection {
+    /// `None` while a request body has it.
+    reader: Option<Reader>,
+    write: OwnedWriteHalf,
+    /// Response bytes not yet written (reused from response to response).
+    out: BytesMut,
+}
+
+impl AppConnection {
+    async fn run<H: Handle>(&mut self, handler: &H, stop: &AtomicBool) -> io::Result<()> {
+        loop {
+            let Some(reader) = self.reader.as_mut() else {
+                return Ok(());
+            };
+            let head = match next_head(reader, stop).await? {
+                None => return Ok(()),
+                Some(Ok(head)) => head,
+                Some(Err(refusal)) => {
+                    tracing::debug!(status = %refusal.status, reason = %refusal.reason, "malformed request from the app");
+                    let facts = RequestFacts {
+                        method: Method::GET,
+                        version: Version::HTTP_11,
+                        keep_alive: false,
+                        wants_trailers: false,
+                    };
+                    self.write_response(refusal.into_response(), &facts, false)
+                        .await?;
+                    return Ok(());
+                }
+            };
+            let ParsedHead {
+                request,
+                body,
+                expect_continue,
+                mut facts,
+            } = head;
+            let mut body_back = None;
+            let body = if body.is_end() {
+                ProxyBody::Empty
+            } else {
+                if expect_continue {
+                    self.write.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+                }
+                let (back, returned) = oneshot::channel();
+                body_back = Some(returned);
+                ProxyBody::App(AppBody {
+                    reader: self.reader.take(),
+                    decoder: body,
+                    back: Some(back),
+                })
+            };
+            let answer = handler.handle(request.map(|()| body));
+            let response = match self.reader.as_mut() {
+                Some(reader) => match until_answered_or_hung_up(answer, reader).await {
+                    Some(response) => response,
+                    // The app is gone: dropping its request cancels it.
+                    None => return Ok(()),
+                },
+                None => answer.await,
+            };
+            let mut unread_body = false;
+            if let Some(mut returned) = body_back {
+                match returned.try_recv() {
+                    Ok((reader, complete)) => {
+                        unread_body = !complete;
+                        self.reader = Some(reader);
+                    }
+                    // Still being read (or failed): this connection cannot
+                    // carry another request.
+                    Err(_) => facts.keep_alive = false,
+                }
+            }
+            let keep_alive =
+                facts.keep_alive && !unread_body && !stop.load(Ordering::Relaxed);
+            let kept = self.write_response(response, &facts, keep_alive).await?;
+            if !kept {
+                if unread_body && let Some(reader) = self.reader.take() {
+                    self.linger(reader).await;
+                }
+                return Ok(());
+            }
+        }
+    }
+
+    /// Writes `response`; `Ok(true)` when the connection stays open for the
+    /// next request. A response body that fails midway aborts the
+    /// connection, so the app sees a truncated response, never a short one.
+    async fn write_response(
+        &mut self,
+        response: Response<ProxyBody>,
+        request: &RequestFacts,
+        mut keep_alive: bool,
+    ) -> io::Result<bool> {
+        let (parts, mut body) = response.into_parts();
+        let status = parts.status;
+        let bodiless_status = status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let framing = if request.method == Method::HEAD || bodiless_status {
+            OutFraming::None
+        } else {
+            match body.size_hint().exact() {
+                Some(length) => OutFraming::Length(length),
+                None if request.version == Version::HTTP_11 => OutFraming::Chunked,
+                None => OutFraming::UntilClose,
+            }
+        };
+        if framing == OutFraming::UntilClose {
+            keep_alive = false;
+        }
+        // HEAD and 304 describe the body they leave out: their length stays.
+        let keeps_length = framing == OutFraming::None
+            && !status.is_informational()
+            && status != StatusCode::NO_CONTENT;
+        let exact = body.size_hint().exact();
+        encode_head(
+            &mut self.out,
+            status,
+            &parts.headers,
+            framing,
+            keeps_length.then_some(exact).flatten(),
+            keep_alive,
+            request.version,
+        );
+        if framing == OutFraming::None {
+            self.flush_out().await?;
+            return Ok(keep_alive);
+        }
+        let mut written = 0u64;
+        let mut trailers = None;
+        loop {
+            // Whatever the body has ready joins the head in one write.
+            let frame = match body.frame().now_or_never() {
+                Some(frame) => frame,
+                None => {
+                    self.flush_out().await?;
+                    body.frame().await
+                }
+            };
+            let data = match frame {
+                None => break,
+                Some(Err(error)) => {
+                    return Err(io::Error::other(format!(
+                        "the response body failed midway: {error}"
+                    )));
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => data,
+                    Err(frame) => {
+                        trailers = frame.into_trailers().ok();
+                        continue;
+                    }
+                },
+            };
+            if data.is_empty() {
+                continue;
+            }
+            written += data.len() as u64;
+            if let OutFraming::Length(length) = framing
+                && written > length
+            {
+                return Err(io::Error::other(format!(
+                    "the response body is longer than its length of {length}"
+                )));
+            }
+            self.push_data(&data, framing).await?;
+        }
+        match framing {
+            OutFraming::Length(length) if written != length => {
+                return Err(io::Error::other(format!(
+                    "the response body ended after {written} of its {length} bytes"
+                )));
+            }
+            OutFraming::Chunked => put_last_chunk(
+                &mut self.out,
+                trailers.as_ref().filter(|_| request.wants_trailers),
+            ),
+            _ => {}
+        }
+        self.flush_out().await?;
+        Ok(keep_alive)
+    }
+
+    /// Adds body data to the output: copied when small, else written from
+    /// its own buffer after what is pending.
+    async fn push_data(&mut self, data: &Bytes, framing: OutFraming) -> io::Result<()> {
+        if data.len() <= WRITE_BATCH {
+            match framing {
+                OutFraming::Chunked => put_chunk(&mut self.out, data),
+                _ => self.out.extend_from_slice(data),
+            }
+            if self.out.len() >= WRITE_BATCH {
+                self.flush_out().await?;
+            }
+            return Ok(());
+        }
+        if framing == OutFraming::Chunked {
+            put_chunk_size(&mut self.out, data.len());
+        }
+        self.flush_out().await?;
+        self.write.write_all(data).await?;
+        if framing == OutFraming::Chunked {
+            self.out.extend_from_slice(b"\r\n");
+        }
+        Ok(())
+    }
+
+    async fn flush_out(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.write.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Closes the sending side, then reads and drops what the app is still
+    /// sending (bounded in bytes and time), so that closing with unread
+    /// bytes does not reset the connection before the app read the answer.
+    async fn linger(&mut self, mut reader: Reader) {
+        let _ = self.write.shutdown().await;
+        let mut dropped = 0usize;
+        let drain = poll_fn(|cx| {
+            while dropped < LINGER_BYTES {
+                reader.buf.clear();
+                match ready!(reader.poll_fill(cx)) {
+                    Ok(0) | Err(_) => return Poll::Ready(()),
+                    Ok(n) => dropped += n,
+                }
+            }
+            Poll::Ready(())
+        });
+        let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+    }
+}
+
+/// Awaits the pipeline's answer while watching the idle read side: an app
+/// that hangs up cancels its request (`None`), as with hyper. Bytes of a
+/// pipelined next request stay buffered for later.
+async fn until_answered_or_hung_up(
+    mut answer: Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>>,
+    reader: &mut Reader,
+) -> Option<Response<ProxyBody>> {
+    let mut watching = reader.buf.is_empty();
+    poll_fn(|cx| {
+        if let Poll::Ready(response) = answer.as_mut().poll(cx) {
+            return Poll::Ready(Some(response));
+        }
+        if watching {
+            match reader.poll_fill(cx) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
+                // The next request, early: read no further until it is due.
+                Poll::Ready(Ok(_)) => watching = false,
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// The next request head: `None` when the app closed the connection between
+/// requests (or `stop` is set while it is idle), a refusal when the head
+/// is malformed.
+async fn next_head(
+    reader: &mut Reader,
+    stop: &AtomicBool,
+) -> io::Result<Option<Result<ParsedHead, Refusal>>> {
+    // Each head is read from the start of the buffer (reclaimed in place
+    // once the last request's header values are dropped).
+    if reader.buf.is_empty() && reader.buf.capacity() < READ_CHUNK {
+        reader.buf.reserve(READ_CHUNK);
+    }
+    poll_fn(|cx| {
+        loop {
+            if !reader.buf.is_empty() {
+                match parse_head(&mut reader.buf) {
+                    Ok(Some(head)) => return Poll::Ready(Ok(Some(Ok(head)))),
+                    Ok(None) => {}
+                    Err(refusal) => return Poll::Ready(Ok(Some(Err(refusal)))),
+                }
+            } else if stop.load(Ordering::Relaxed) {
+                return Poll::Ready(Ok(None));
+            }
+            match ready!(reader.poll_fill(cx))? {
+                0 if reader.buf.is_empty() => return Poll::Ready(Ok(None)),
+                0 => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the app closed the connection in the middle of a request head",
+                    )));
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+}
+
+/// A request head from the front of `buf`, if all of it is there.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, Refusal> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut fields);
+    let length = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
+            return Err(Refusal {
+                status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                reason: format!("the request head is larger than {} KiB", MAX_HEAD_BYTES / 1024),
+            });
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Refusal {
+                status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                reason: format!("the request has more than {MAX_HEADERS} header fields"),
+            });
+        }
+        Err(error) => return Err(bad_request(format!("invalid request head: {error}"))),
+    };
+    let method = parsed.method.unwrap_or_default();
+    let method = Method::from_bytes(method.as_bytes())
+        .map_err(|_| bad_request(format!("invalid method {method:?}")))?;
+    let version = match parsed.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let base = buf.as_ptr() as usize;
+    let path = parsed.path.unwrap_or_default();
+    let target = (path.as_ptr() as usize - base, path.len());
+    let spans = field_spans(buf.as_ptr(), parsed.headers);
+    let head = buf.split_to(length).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1)).map_err(|_| {
+        let shown: String = String::from_utf8_lossy(&head[target.0..target.0 + target.1])
+            .chars()
+            .take(200)
+            .collect();
+        bad_request(format!("invalid request target {shown:?}"))
+    })?;
+    // Room for what the pipeline adds (credentials, an idempotency key).
+    let headers = header_map(&head, &spans, 2).map_err(|error| bad_request(error.to_string()))?;
+    let body = request_body(version, &headers)?;
+    let facts = RequestFacts {
+        method: method.clone(),
+        version,
+        keep_alive: if version == Version::HTTP_11 {
+            !has_token(&headers, &header::CONNECTION, "close")
+        } else {
+            has_token(&headers, &header::CONNECTION, "keep-alive")
+        },
+        wants_trailers: has_token(&headers, &header::TE, "trailers"),
+    };
+    let expect_continue = version == Version::HTTP_11
+        && headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    Ok(Some(ParsedHead {
+        request,
+        body,
+        expect_continue,
+        facts,
+    }))
+}
+
+/// How the request body is delimited (RFC 9112 §6.3). Anything a proxy
+/// could read differently from the next hop is refused: both framing
+/// headers (the shape of request smuggling), a transfer coding that does
+/// not end in chunked, Transfer-Encoding from HTTP/1.0.
+fn request_body(version: Version, headers: &HeaderMap) -> Result<Decoder, Refusal> {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        if version == Version::HTTP_10 {
+            return Err(bad_request(
+                "header transfer-encoding is not allowed in an HTTP/1.0 request",
+            ));
+        }
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            return Err(bad_request(
+                "the request has both transfer-encoding and content-length headers",
+            ));
+        }
+        if !chunked_is_last(headers) {
+            return Err(bad_request(
+                "header transfer-encoding must end with chunked in a request",
+            ));
+        }
+        return Ok(Decoder::Chunked(Chunked::Size));
+    }
+    match content_length(headers) {
+        Ok(Some(length)) => Ok(Decoder::Length(length)),
+        Ok(None) => Ok(Decoder::Done),
+        Err(error) => Err(bad_request(error.to_string())),
+    }
+}
+
+/// How a response body is delimited on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OutFraming {
+    /// No body (HEAD, 1xx, 204, 304).
+    None,
+    Length(u64),
+    Chunked,
+    /// HTTP/1.0 and no length: the end of the connection ends the body.
+    UntilClose,
+}
+
+/// The status line and fields, with this connection's framing fields in
+/// place of any the response carries.
+fn encode_head(
+    out: &mut BytesMut,
+    status: StatusCode,
+    headers: &HeaderMap,
+    framing: OutFraming,
+    bodiless_length: Option<u64>,
+    keep_alive: bool,
+    version: Version,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut has_date = false;
+    let mut has_length = false;
+    for (name, value) in headers {
+        match *name {
+            header::CONNECTION | header::TRANSFER_ENCODING => continue,
+            header::CONTENT_LENGTH if framing != OutFraming::None => continue,
+            header::CONTENT_LENGTH => has_length = true,
+            header::DATE => has_date = true,
+            _ => {}
+        }
+        put_field(out, name, value);
+    }
+    if !has_date {
+        put_date(out);
+    }
+    let length = match framing {
+        OutFraming::Length(length) => Some(length),
+        OutFraming::None if !has_length => bodiless_length.filter(|&length| length > 0),
+        _ => None,
+    };
+    if let Some(length) = length {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa_u64(length, &mut [0; 20]));
+        out.extend_from_slice(b"\r\n");
+    }
+    if framing == OutFraming::Chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if version == Version::HTTP_10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `date: <now>`, formatted once a second per thread.
+fn put_date(out: &mut BytesMut) {
+    thread_local! {
+        static DATE: RefCell<(u64, HeaderValue)> =
+            RefCell::new((u64::MAX, HeaderValue::from_static("")));
+    }
+    let now = SystemTime::now();
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|date| {
+        let mut date = date.borrow_mut();
+        if date.0 != second {
+            let text = httpdate::fmt_http_date(now);
+            *date = (
+                second,
+                HeaderValue::from_str(&text).expect("an HTTP date is a valid header value"),
+            );
+        }
+        put_field(out, &header::DATE, &date.1);
+    });
+}
