@@ -1174,6 +1174,8 @@ async fn shutdown_finishes_in_flight_requests_and_stops_accepting() {
     // once, not waited for until the drain timeout (5 s here).
     let idle = App::new(addr);
     assert_eq!(idle.get("/warm").await.status, 200);
+    // Nor may a connection that never sent a byte hold up the drain.
+    let _silent = tokio::net::TcpStream::connect(addr).await.unwrap();
     let in_flight = tokio::spawn(async move { App::new(addr).get("/slow").await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = Instant::now();

@@ -16,7 +16,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -28,7 +28,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use pin_project_lite::pin_project;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tower::Service;
@@ -96,10 +96,7 @@ pub async fn serve_app<H: Handle + Clone>(
     accept_until_shutdown(listener, shutdown, drain, name, |stream, _, drain| {
         let stop = Arc::new(AtomicBool::new(false));
         let connection = serve_app_connection(stream, handler.clone(), stop.clone());
-        tokio::spawn(drain.watch(StopFlag {
-            connection,
-            stop,
-        }));
+        tokio::spawn(drain.watch(StopFlag { connection, stop }));
     })
     .await;
 }
@@ -152,19 +149,31 @@ async fn serve_app_connection<H: Handle + Clone>(
     stop: Arc<AtomicBool>,
 ) {
     let mut read = BytesMut::with_capacity(16 * 1024);
-    // At most one read per preface byte, usually one in all.
-    loop {
-        let seen = read.len().min(H2_PREFACE.len());
-        if read[..seen] != H2_PREFACE[..seen] || seen == H2_PREFACE.len() {
-            break;
+    // Reads until the bytes differ from the preface or are all of it: one
+    // read nearly always. The stop flag is read on every wake-up, so a
+    // connection that never sends anything does not hold up a drain.
+    let opened = poll_fn(|cx| {
+        loop {
+            let seen = read.len().min(H2_PREFACE.len());
+            if read[..seen] != H2_PREFACE[..seen] || seen == H2_PREFACE.len() {
+                return Poll::Ready(true);
+            }
+            if stop.load(Ordering::Relaxed) && read.is_empty() {
+                return Poll::Ready(false);
+            }
+            match ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut stream),
+                cx,
+                &mut read
+            )) {
+                Ok(0) | Err(_) => return Poll::Ready(false),
+                Ok(_) => {}
+            }
         }
-        if stop.load(Ordering::Relaxed) && read.is_empty() {
-            return;
-        }
-        match stream.read_buf(&mut read).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
+    })
+    .await;
+    if !opened {
+        return;
     }
     if !read.starts_with(H2_PREFACE) {
         return http1::server::serve_connection(stream, read, handler, stop).await;

@@ -242,7 +242,9 @@ impl AppConnection {
                 ProxyBody::Empty
             } else {
                 if expect_continue {
-                    self.write.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+                    self.write
+                        .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                        .await?;
                 }
                 let (back, returned) = oneshot::channel();
                 body_back = Some(returned);
@@ -273,8 +275,7 @@ impl AppConnection {
                     Err(_) => facts.keep_alive = false,
                 }
             }
-            let keep_alive =
-                facts.keep_alive && !unread_body && !stop.load(Ordering::Relaxed);
+            let keep_alive = facts.keep_alive && !unread_body && !stop.load(Ordering::Relaxed);
             let kept = self.write_response(response, &facts, keep_alive).await?;
             if !kept {
                 if unread_body && let Some(reader) = self.reader.take() {
@@ -302,7 +303,10 @@ impl AppConnection {
         let framing = if request.method == Method::HEAD || bodiless_status {
             OutFraming::None
         } else {
-            match body.size_hint().exact() {
+            // The body's own length when it knows it, else the one the
+            // response declares (checked as the body is written).
+            let declared = || content_length(&parts.headers).ok().flatten();
+            match body.size_hint().exact().or_else(declared) {
                 Some(length) => OutFraming::Length(length),
                 None if request.version == Version::HTTP_11 => OutFraming::Chunked,
                 None => OutFraming::UntilClose,
@@ -343,6 +347,9 @@ impl AppConnection {
             let data = match frame {
                 None => break,
                 Some(Err(error)) => {
+                    // What was read goes out before the close, so the app
+                    // sees where the response broke off.
+                    self.flush_out().await?;
                     return Err(io::Error::other(format!(
                         "the response body failed midway: {error}"
                     )));
@@ -508,7 +515,10 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, Refusal> {
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
             return Err(Refusal {
                 status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                reason: format!("the request head is larger than {} KiB", MAX_HEAD_BYTES / 1024),
+                reason: format!(
+                    "the request head is larger than {} KiB",
+                    MAX_HEAD_BYTES / 1024
+                ),
             });
         }
         Ok(httparse::Status::Partial) => return Ok(None),
@@ -681,4 +691,507 @@ fn put_date(out: &mut BytesMut) {
         }
         put_field(out, &header::DATE, &date.1);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    /// Answers `METHOD TARGET` and the request body; a few paths behave
+    /// differently (see `handle`).
+    #[derive(Clone, Default)]
+    struct Echo {
+        /// Set when a request future is dropped before it finished.
+        cancelled: Arc<AtomicBool>,
+    }
+
+    struct SetOnDrop(Arc<AtomicBool>, bool);
+    impl Drop for SetOnDrop {
+        fn drop(&mut self) {
+            if !self.1 {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    impl Handle for Echo {
+        fn handle(
+            &self,
+            request: Request<ProxyBody>,
+        ) -> Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>> {
+            let cancelled = self.cancelled.clone();
+            Box::pin(async move {
+                let (parts, body) = request.into_parts();
+                let path = parts.uri.path().to_string();
+                let mut guard = SetOnDrop(cancelled, false);
+                if path == "/forever" {
+                    std::future::pending::<()>().await;
+                }
+                if path == "/slow" {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                guard.1 = true;
+                if path == "/ignore-body" {
+                    return Response::new(ProxyBody::full("not read"));
+                }
+                if path == "/streamed" {
+                    // No length known up front: chunked (or close-delimited).
+                    let (tx, rx) =
+                        tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+                    tokio::spawn(async move {
+                        for part in ["one ", "two ", "three"] {
+                            let _ = tx.send(Ok(Frame::data(Bytes::from(part)))).await;
+                        }
+                        let mut trailers = HeaderMap::new();
+                        trailers.insert("x-checksum", HeaderValue::from_static("abc"));
+                        let _ = tx.send(Ok(Frame::trailers(trailers))).await;
+                    });
+                    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                        rx.recv().await.map(|f| (f, rx))
+                    });
+                    return Response::new(ProxyBody::boxed(http_body_util::StreamBody::new(
+                        stream,
+                    )));
+                }
+                if path == "/fails-midway" {
+                    let stream = futures_util::stream::iter([
+                        Ok(Frame::data(Bytes::from("partial"))),
+                        Err(std::io::Error::other("upstream reset")),
+                    ]);
+                    let body = http_body_util::StreamBody::new(stream);
+                    let mut response = Response::new(ProxyBody::boxed(body));
+                    response
+                        .headers_mut()
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("100"));
+                    return response;
+                }
+                let collected = match body.collect().await {
+                    Ok(collected) => collected.to_bytes(),
+                    Err(error) => {
+                        return ProxyError::BadRequest(error.to_string()).into_response();
+                    }
+                };
+                let mut text = format!("{} {}\n", parts.method, parts.uri).into_bytes();
+                text.extend_from_slice(&collected);
+                let mut response = Response::new(ProxyBody::full(text));
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
+                response
+            })
+        }
+    }
+
+    async fn server(handler: Echo) -> (SocketAddr, Arc<AtomicBool>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve_connection(
+                    stream,
+                    BytesMut::new(),
+                    handler.clone(),
+                    stopping.clone(),
+                ));
+            }
+        });
+        (addr, stop)
+    }
+
+    /// One response as the app reads it.
+    #[derive(Debug)]
+    struct Answer {
+        status: u16,
+        headers: HeaderMap,
+        body: Vec<u8>,
+        trailers: Vec<u8>,
+    }
+
+    impl Answer {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers.get(name).map(|v| v.to_str().unwrap())
+        }
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.body).into_owned()
+        }
+    }
+
+    /// A raw client connection: what the app writes and reads, byte for byte.
+    struct RawApp {
+        stream: TcpStream,
+        buf: Vec<u8>,
+    }
+
+    impl RawApp {
+        async fn connect(addr: SocketAddr) -> Self {
+            Self {
+                stream: TcpStream::connect(addr).await.unwrap(),
+                buf: Vec::new(),
+            }
+        }
+
+        async fn send(&mut self, bytes: &[u8]) {
+            self.stream.write_all(bytes).await.unwrap();
+        }
+
+        /// Reads more; `false` at the end of stream.
+        async fn fill(&mut self) -> bool {
+            let mut chunk = [0u8; 8192];
+            let n = tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut chunk))
+                .await
+                .expect("no answer within 5 s")
+                .unwrap_or(0);
+            self.buf.extend_from_slice(&chunk[..n]);
+            n > 0
+        }
+
+        /// Whether the server closed the connection (after anything buffered).
+        async fn closed(&mut self) -> bool {
+            self.buf.is_empty() && !self.fill().await
+        }
+
+        /// The next response to a request of `method`.
+        async fn answer(&mut self, method: &str) -> Answer {
+            let (status, headers, length) = loop {
+                let mut fields = [httparse::EMPTY_HEADER; 64];
+                let mut parsed = httparse::Response::new(&mut fields);
+                if let httparse::Status::Complete(n) = parsed.parse(&self.buf).unwrap() {
+                    let mut headers = HeaderMap::new();
+                    for f in parsed.headers.iter() {
+                        headers.append(
+                            http::HeaderName::from_bytes(f.name.as_bytes()).unwrap(),
+                            HeaderValue::from_bytes(f.value).unwrap(),
+                        );
+                    }
+                    let status = parsed.code.unwrap();
+                    self.buf.drain(..n);
+                    break (status, headers, n);
+                }
+                assert!(
+                    self.fill().await,
+                    "closed before a response head: {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                );
+            };
+            let _ = length;
+            let mut answer = Answer {
+                status,
+                headers,
+                body: Vec::new(),
+                trailers: Vec::new(),
+            };
+            if method == "HEAD" || status == 204 || status == 304 || status < 200 {
+                return answer;
+            }
+            if answer.header("transfer-encoding") == Some("chunked") {
+                loop {
+                    while !self.buf.windows(2).any(|w| w == b"\r\n") {
+                        assert!(self.fill().await, "closed in a chunk size");
+                    }
+                    let end = self.buf.windows(2).position(|w| w == b"\r\n").unwrap();
+                    let size =
+                        usize::from_str_radix(std::str::from_utf8(&self.buf[..end]).unwrap(), 16)
+                            .unwrap();
+                    self.buf.drain(..end + 2);
+                    if size == 0 {
+                        while !self.buf.windows(2).any(|w| w == b"\r\n") {
+                            assert!(self.fill().await, "closed in the trailers");
+                        }
+                        loop {
+                            let end = self.buf.windows(2).position(|w| w == b"\r\n").unwrap();
+                            let line: Vec<u8> = self.buf.drain(..end + 2).collect();
+                            if end == 0 {
+                                return answer;
+                            }
+                            answer.trailers.extend_from_slice(&line);
+                            while !self.buf.windows(2).any(|w| w == b"\r\n") {
+                                assert!(self.fill().await, "closed in the trailers");
+                            }
+                        }
+                    }
+                    while self.buf.len() < size + 2 {
+                        assert!(self.fill().await, "closed in a chunk");
+                    }
+                    answer.body.extend(self.buf.drain(..size));
+                    assert_eq!(self.buf.drain(..2).collect::<Vec<_>>(), b"\r\n");
+                }
+            }
+            match answer.header("content-length") {
+                Some(length) => {
+                    let length: usize = length.parse().unwrap();
+                    while self.buf.len() < length {
+                        assert!(self.fill().await, "closed in a body");
+                    }
+                    answer.body = self.buf.drain(..length).collect();
+                }
+                None => {
+                    while self.fill().await {}
+                    answer.body = std::mem::take(&mut self.buf);
+                }
+            }
+            answer
+        }
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_are_answered_in_order_on_one_connection() {
+        let (addr, _) = server(Echo::default()).await;
+        let mut app = RawApp::connect(addr).await;
+        app.send(b"GET /a?x=1 HTTP/1.1\r\nhost: s\r\n\r\nPOST /b HTTP/1.1\r\nhost: s\r\ncontent-length: 5\r\n\r\nhelloGET /c HTTP/1.1\r\nhost: s\r\n\r\n").await;
+        for expected in ["GET /a?x=1\n", "POST /b\nhello", "GET /c\n"] {
+            let answer = app.answer("GET").await;
+            assert_eq!((answer.status, answer.text().as_str()), (200, expected));
+            assert_eq!(
+                answer.header("content-length").unwrap(),
+                expected.len().to_string(),
+                "the body's true length, not the one the handler wrote"
+            );
+            assert!(answer.header("date").is_some());
+            assert!(answer.header("connection").is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_chunked_upload_after_100_continue_streams_and_keeps_the_connection() {
+        let (addr, _) = server(Echo::default()).await;
+        let mut app = RawApp::connect(addr).await;
+        app.send(b"PUT /up HTTP/1.1\r\nhost: s\r\nexpect: 100-continue\r\ntransfer-encoding: chunked\r\n\r\n").await;
+        let continued = app.answer("GET").await;
+        assert_eq!(continued.status, 100);
+        app.send(b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: t\r\n\r\n")
+            .await;
+        let answer = app.answer("PUT").await;
+        assert_eq!(
+            (answer.status, answer.text().as_str()),
+            (200, "PUT /up\nhello world")
+        );
+        // The same connection carries the next request.
+        app.send(b"GET /next HTTP/1.1\r\nhost: s\r\n\r\n").await;
+        assert_eq!(app.answer("GET").await.text(), "GET /next\n");
+    }
+
+    #[tokio::test]
+    async fn ambiguous_or_malformed_heads_are_refused_with_the_reason_and_a_close() {
+        let (addr, _) = server(Echo::default()).await;
+        let big = format!("GET / HTTP/1.1\r\nx-big: {}\r\n\r\n", "a".repeat(70 * 1024));
+        let many = format!("GET / HTTP/1.1\r\n{}\r\n", "x-f: 1\r\n".repeat(200));
+        let cases: [(&[u8], u16, &str); 8] = [
+            (
+                b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\nabc",
+                400,
+                "both transfer-encoding and content-length",
+            ),
+            (
+                b"POST / HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n",
+                400,
+                "transfer-encoding must end with chunked",
+            ),
+            (
+                b"POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n",
+                400,
+                "HTTP/1.0",
+            ),
+            (
+                b"POST / HTTP/1.1\r\ncontent-length: 3, 4\r\n\r\nabc",
+                400,
+                "content-length",
+            ),
+            (
+                b"POST / HTTP/1.1\r\ncontent-length: -3\r\n\r\n",
+                400,
+                "content-length",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nbad header: 1\r\n\r\n",
+                400,
+                "invalid request head",
+            ),
+            (big.as_bytes(), 431, "larger than 64 KiB"),
+            (many.as_bytes(), 431, "more than 128 header fields"),
+        ];
+        for (request, status, reason) in cases {
+            let mut app = RawApp::connect(addr).await;
+            app.send(request).await;
+            let answer = app.answer("GET").await;
+            let shown = String::from_utf8_lossy(&request[..request.len().min(60)]);
+            assert_eq!(answer.status, status, "{shown}");
+            assert!(answer.text().contains(reason), "{shown}: {}", answer.text());
+            assert_eq!(answer.header("x-sluice-error"), Some("bad-request"));
+            assert_eq!(answer.header("connection"), Some("close"));
+            assert!(app.closed().await, "{shown}: still open");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_truncated_or_malformed_upload_fails_the_request_not_the_server() {
+        let (addr, _) = server(Echo::default()).await;
+        let mut app = RawApp::connect(addr).await;
+        app.send(b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n")
+            .await;
+        let answer = app.answer("POST").await;
+        assert_eq!(answer.status, 400);
+        assert!(
+            answer.text().contains("invalid chunk size"),
+            "{}",
+            answer.text()
+        );
+        assert!(app.closed().await);
+
+        let mut app = RawApp::connect(addr).await;
+        app.send(b"POST / HTTP/1.1\r\ncontent-length: 10\r\n\r\nabc")
+            .await;
+        app.stream.shutdown().await.unwrap();
+        let answer = app.answer("POST").await;
+        assert!(
+            answer
+                .text()
+                .contains("7 bytes of the request body still to come"),
+            "{}",
+            answer.text()
+        );
+    }
+
+    #[tokio::test]
+    async fn http_1_0_closes_unless_kept_alive_and_never_gets_chunks() {
+        let (addr, _) = server(Echo::default()).await;
+        let mut app = RawApp::connect(addr).await;
+        app.send(b"GET /old HTTP/1.0\r\n\r\n").await;
+        let answer = app.answer("GET").await;
+        assert_eq!(
+            (answer.status, answer.header("connection")),
+            (200, Some("close"))
+        );
+        assert!(app.closed().await);
+
+        let mut app = RawApp::connect(addr).await;
+        app.send(b"GET /old HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
+            .await;
+        assert_eq!(
+            app.answer("GET").await.header("connection"),
+            Some("keep-alive")
+        );
+        // A body of unknown length: delimited by the close for HTTP/1.0.
+        app.send(b"GET /streamed HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
+            .await;
+        let answer = app.answer("GET").await;
+        assert_eq!(answer.header("transfer-encoding"), None);
+        assert_eq!(answer.header("connection"), Some("close"));
+        assert_eq!(answer.text(), "one two three");
+    }
+
+    #[tokio::test]
+    async fn streamed_bodies_are_chunked_with_trailers_only_for_who_asks() {
+        let (addr, _) = server(Echo::default()).await;
+        let mut app = RawApp::connect(addr).await;
+        app.send(b"GET /streamed HTTP/1.1\r\n\r\n").await;
+        let answer = app.answer("GET").await;
+        assert_eq!(
+            (answer.header("transfer-encoding"), answer.text().as_str()),
+            (Some("chunked"), "one two three")
+        );
+        assert!(answer.trailers.is_empty());
+        app.send(b"GET /streamed HTTP/1.1\r\nte: trailers\r\n\r\n")
+            .await;
+        let answer = app.answer("GET").await;
+        assert_eq!(answer.trailers, b"x-checksum: abc\r\n");
+    }
+
+    #[tokio::test]
+    async fn head_answers_keep_their_length_and_send_no_body() {
+        let (addr, _) = server(Echo::default()).await;
+        let mut app = RawApp::connect(addr).await;
+        app.send(b"HEAD /h HTTP/1.1\r\n\r\nGET /g HTTP/1.1\r\n\r\n")
+            .await;
+        let head = app.answer("HEAD").await;
+        assert_eq!(
+            (head.status, head.header("content-length")),
+            (200, Some("999")),
+            "as the handler said"
+        );
+        // Had a body been written, it would be read as the next answer.
+        assert_eq!(app.answer("GET").await.text(), "GET /g\n");
+    }
+
+    #[tokio::test]
+    async fn an_unread_upload_is_answered_then_the_connection_closes() {
+        let (addr, _) = server(Echo::default()).await;
+        let mut request = b"POST /ignore-body HTTP/1.1\r\ncontent-length: 300000\r\n\r\n".to_vec();
+        request.extend(std::iter::repeat_n(b'x', 300_000));
+        // Written while the answer is read: the server lingers over the rest.
+        let (mut read, mut write) = TcpStream::connect(addr).await.unwrap().into_split();
+        let writer = tokio::spawn(async move { write.write_all(&request).await });
+        let mut bytes = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), read.read_to_end(&mut bytes))
+            .await
+            .expect("the connection was not closed");
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK\r\n")
+                && text.contains("connection: close\r\n")
+                && text.ends_with("not read"),
+            "{text}"
+        );
+        let _ = writer.await;
+    }
+
+    #[tokio::test]
+    async fn an_app_that_hangs_up_cancels_its_request() {
+        let echo = Echo::default();
+        let (addr, _) = server(echo.clone()).await;
+        let mut app = RawApp::connect(addr).await;
+        app.send(b"GET /forever HTTP/1.1\r\n\r\n").await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!echo.cancelled.load(Ordering::SeqCst));
+        drop(app);
+        for _ in 0..100 {
+            if echo.cancelled.load(Ordering::SeqCst) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the request outlived its connection");
+    }
+
+    #[tokio::test]
+    async fn a_response_body_that_fails_midway_truncates_the_answer() {
+        let (addr, _) = server(Echo::default()).await;
+        let mut app = RawApp::connect(addr).await;
+        app.send(b"GET /fails-midway HTTP/1.1\r\n\r\n").await;
+        let mut seen = Vec::new();
+        while app.fill().await {}
+        seen.extend_from_slice(&app.buf);
+        let text = String::from_utf8_lossy(&seen);
+        assert!(
+            text.contains("content-length: 100\r\n") && text.ends_with("partial"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stop_closes_idle_connections_and_busy_ones_after_their_answer() {
+        let (addr, stop) = server(Echo::default()).await;
+        let mut idle = RawApp::connect(addr).await;
+        idle.send(b"GET /1 HTTP/1.1\r\n\r\n").await;
+        assert_eq!(idle.answer("GET").await.status, 200);
+        let mut busy = RawApp::connect(addr).await;
+        busy.send(b"GET /slow HTTP/1.1\r\n\r\n").await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stop.store(true, Ordering::SeqCst);
+        // The busy one finishes, and says it closes.
+        let answer = busy.answer("GET").await;
+        assert_eq!(
+            (answer.status, answer.header("connection")),
+            (200, Some("close"))
+        );
+        assert!(busy.closed().await);
+        // The drain would wake the idle one; here a late request does, and
+        // it closes instead of starting another request.
+        idle.send(b"GET /2 HTTP/1.1\r\n\r\n").await;
+        assert!(idle.closed().await);
+    }
 }
