@@ -5,10 +5,14 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin sluice --bin sluice-sidecar
+# The sidecar is built profile-guided (a training run between two builds,
+# see sidecar/build-release); the operator is a plain release build.
+RUN rustup component add llvm-tools \
+ && cargo build --release --locked --bin sluice \
+ && sidecar/build-release
 
 FROM gcr.io/distroless/cc-debian12:nonroot AS sidecar
-COPY --from=build /src/target/release/sluice-sidecar /usr/local/bin/sluice-sidecar
+COPY --from=build /src/target/pgo/sluice-sidecar /usr/local/bin/sluice-sidecar
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/sluice-sidecar"]
 
