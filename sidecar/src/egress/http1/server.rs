@@ -316,16 +316,17 @@ impl AppConnection {
             keep_alive = false;
         }
         // HEAD and 304 describe the body they leave out: their length stays.
-        let keeps_length = framing == OutFraming::None
+        let bodiless_length = (framing == OutFraming::None
             && !status.is_informational()
-            && status != StatusCode::NO_CONTENT;
-        let exact = body.size_hint().exact();
+            && status != StatusCode::NO_CONTENT)
+            .then(|| body.size_hint().exact())
+            .flatten();
         encode_head(
             &mut self.out,
             status,
             &parts.headers,
             framing,
-            keeps_length.then_some(exact).flatten(),
+            bodiless_length,
             keep_alive,
             request.version,
         );
