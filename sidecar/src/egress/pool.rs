@@ -170,8 +170,8 @@ impl Pool {
         body_idle: Duration,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (parts, mut body) = request.into_parts();
-        // A body already at its end (a GET's, straight from the app) can be
-        // sent again; as `Empty` it says so.
+        // A body already at its end (an h2c GET's, straight from the app)
+        // can be sent again; as `Empty` it says so.
         if body.is_end_stream() {
             body = ProxyBody::Empty;
         }
