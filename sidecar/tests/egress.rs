@@ -604,6 +604,86 @@ async fn post_is_retried_only_with_an_idempotency_key_that_never_changes() {
     sidecar.shutdown().await;
 }
 
+/// The retry step does not copy the request before each attempt: the
+/// attempt gives its head back (see `egress/replay.rs`), also when the
+/// attempt timeout cut it off mid-exchange. Every attempt must still be the
+/// app's request, under a base path that is added once.
+#[tokio::test]
+async fn every_attempt_resends_the_apps_request_even_after_a_timeout() {
+    let upstream = TestUpstream::plain(handler(|_, n| async move {
+        match n {
+            1 => {
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                respond(200, "too late")
+            }
+            2 => respond(503, "busy"),
+            _ => respond(200, "charged"),
+        }
+    }))
+    .await;
+    let secrets = SecretDir::new("replay");
+    let mut config = integration("replay", &upstream);
+    config.upstream.base_url = format!("{}/base", upstream.url());
+    config.upstream.timeout = D::from_millis(300);
+    config.retry.max_attempts = 3;
+    config.retry.retry_on.push(RetryOn::Timeout);
+    config.retry.idempotency = Some(IdempotencyConfig {
+        header: "Idempotency-Key".into(),
+        methods: vec!["POST".into()],
+    });
+    config.auth = Some(AuthConfig::Bearer {
+        secret: SecretFile::new(secrets.write("key", "sk-test")),
+        previous: None,
+    });
+    let sidecar = start(vec![config]).await;
+    let answer = App::new(sidecar.egress_addr("replay").unwrap())
+        .send(
+            "POST",
+            "/v1/charges?expand=a%2Fb",
+            &[
+                ("x-app", "kept"),
+                ("x-app-hop", "1"),
+                ("connection", "keep-alive, x-app-hop"),
+            ],
+            "amount=5",
+        )
+        .await;
+    assert_eq!((answer.status, answer.text().as_str()), (200, "charged"));
+    let attempts = upstream.requests();
+    assert_eq!(attempts.len(), 3, "a timeout, a 503, then the answer");
+    let key = &attempts[0].headers["idempotency-key"];
+    for seen in &attempts {
+        assert_eq!(seen.method, "POST");
+        assert_eq!(
+            seen.uri, "/base/v1/charges?expand=a%2Fb",
+            "base path added once"
+        );
+        assert_eq!(seen.body, "amount=5");
+        assert_eq!(seen.headers["x-app"], "kept");
+        assert_eq!(seen.headers["authorization"], "Bearer sk-test");
+        assert_eq!(&seen.headers["idempotency-key"], key);
+        assert_eq!(seen.headers.get_all("authorization").iter().count(), 1);
+        assert!(
+            !seen.headers.contains_key("x-app-hop"),
+            "hop-by-hop stripped"
+        );
+    }
+    let metrics = admin(&sidecar, "/metrics").await.text();
+    for reason in ["timeout", "503"] {
+        assert_eq!(
+            metric(
+                &metrics,
+                &format!(
+                    "sluice_egress_retries_total{{integration=\"replay\",endpoint=\"default\",reason=\"{reason}\"}}"
+                )
+            ),
+            1.0,
+            "{metrics}"
+        );
+    }
+    sidecar.shutdown().await;
+}
+
 #[tokio::test]
 async fn honours_retry_after_and_passes_long_waits_to_the_app() {
     let upstream = TestUpstream::plain(handler(|seen, _| async move {

@@ -454,7 +454,12 @@ async fn call_with_token<S: Next>(
     next: &S,
 ) -> PipelineResult {
     let spare = try_clone_request(&request);
+    // Lent while the token may be fetched, so that a retry gets the head
+    // back even if the attempt times out here (`replay`).
+    let (head, body) = request.into_parts();
+    let head = ctx.replay.lend(head);
     let header = tokens.authorization().await?;
+    let request = Request::from_parts(head.reclaim(), body);
     let response = next
         .call(with_header(request, (header::AUTHORIZATION, header)), ctx)
         .await?;

@@ -100,10 +100,11 @@ impl UpstreamClient {
     /// each pause of the response body.
     pub async fn request(
         &self,
-        mut request: Request<ProxyBody>,
+        request: Request<ProxyBody>,
         body_idle: Duration,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let uri = request.uri();
+        let (mut head, body) = request.into_parts();
+        let uri = &head.uri;
         let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
             return Err(ProxyError::BadRequest(format!(
                 "{uri} is not an absolute URI"
@@ -114,8 +115,8 @@ impl UpstreamClient {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        *request.uri_mut() = Uri::from(target);
-        pool.send(request, body_idle).await
+        head.uri = Uri::from(target);
+        pool.send(&mut head, false, body, body_idle).await
     }
 }
 
@@ -231,20 +232,20 @@ impl Next for UpstreamService {
         request: Request<ProxyBody>,
         ctx: &RequestContext,
     ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send {
-        let (mut parts, body) = request.into_parts();
+        let (parts, body) = request.into_parts();
         ctx.route.series.attempts.inc();
         // The body may pause at most as long as an attempt may take.
         let idle = ctx.route.attempt_timeout;
-        let target = self.upstream.target_for(std::mem::take(&mut parts.uri));
+        // Held for the whole attempt, so a retry gets it back (`replay`).
+        let mut head = ctx.replay.lend(parts);
+        let target = self.upstream.target_for(std::mem::take(&mut head.uri));
         // Boxed: the pool's future is large, and the steps above hold this one.
         Box::pin(async move {
-            parts.uri = target?;
-            strip_hop_by_hop(&mut parts.headers);
+            head.uri = target?;
+            strip_hop_by_hop(&mut head.headers);
             // The pool sets Host (HTTP/1.1) or :authority (HTTP/2) to the upstream's.
-            let response = self
-                .pool
-                .send(Request::from_parts(parts, body), idle)
-                .await?;
+            let keep = head.is_kept();
+            let response = self.pool.send(&mut head, keep, body, idle).await?;
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             Ok(Response::from_parts(parts, body))

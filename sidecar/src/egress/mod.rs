@@ -13,6 +13,7 @@ pub mod http1;
 pub mod observe;
 pub mod pool;
 pub mod ratelimit;
+pub mod replay;
 pub mod retry;
 pub mod route;
 pub mod server;

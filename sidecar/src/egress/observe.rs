@@ -15,6 +15,7 @@ use tower::Layer;
 
 use super::body::ProxyBody;
 use super::error::{ERROR_HEADER, ProxyError};
+use super::replay::Replay;
 use super::route::{PRIORITY_HEADER, Priority, RequestContext, Router};
 use super::step::Next;
 use crate::metrics::{Metrics, Name, RequestLabels};
@@ -152,6 +153,7 @@ impl<S: Next> super::Handle for ObserveService<S> {
                         route: route.clone(),
                         priority,
                         deadline: started + route.total_timeout,
+                        replay: Replay::default(),
                     };
                     edge.inner
                         .call(Request::from_parts(parts, body), &ctx)

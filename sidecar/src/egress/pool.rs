@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, Scheme};
-use http::{Request, Response, Uri, Version};
+use http::{Request, Response, Uri, Version, request};
 use http_body::{Body as _, Frame, SizeHint};
 use hyper::client::conn::http2;
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
@@ -160,16 +160,19 @@ impl Pool {
         pool
     }
 
-    /// Sends `request` (origin-form: path and query only) and returns the
-    /// response head; its body streams from the connection.
+    /// Sends a request (its target in origin-form: path and query only)
+    /// and returns the response head; its body streams from the connection.
     ///
-    /// `body_idle` bounds each pause of the response body.
+    /// The head is borrowed: with `keep`, it is left as it was, for the
+    /// caller to send again; without, it may be emptied. `body_idle` bounds
+    /// each pause of the response body.
     pub async fn send(
         self: &Arc<Self>,
-        request: Request<ProxyBody>,
+        parts: &mut request::Parts,
+        keep: bool,
+        mut body: ProxyBody,
         body_idle: Duration,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let (parts, mut body) = request.into_parts();
         // A body already at its end (an h2c GET's, straight from the app)
         // can be sent again; as `Empty` it says so.
         if body.is_end_stream() {
@@ -181,7 +184,7 @@ impl Pool {
                 // Boxed, like `connect`: rare paths with large futures would
                 // otherwise make every request's future large to move.
                 Checkout::Http2(sender) => {
-                    let request = Request::from_parts(parts, body);
+                    let request = owned_request(parts, keep, body);
                     return Box::pin(self.send_http2(sender, request, body_idle)).await;
                 }
                 Checkout::Http1 { conn, fresh } => (conn, fresh),
@@ -345,6 +348,24 @@ impl Pool {
             idle.pop_front();
         }
     }
+}
+
+/// A request hyper can own (HTTP/2 takes its request by value): a copy of
+/// `head` if it is to be kept, else its contents.
+fn owned_request(head: &mut request::Parts, keep: bool, body: ProxyBody) -> Request<ProxyBody> {
+    let mut request = Request::new(body);
+    *request.version_mut() = head.version;
+    if keep {
+        *request.method_mut() = head.method.clone();
+        *request.uri_mut() = head.uri.clone();
+        *request.headers_mut() = head.headers.clone();
+    } else {
+        *request.method_mut() = std::mem::take(&mut head.method);
+        *request.uri_mut() = std::mem::take(&mut head.uri);
+        *request.headers_mut() = std::mem::take(&mut head.headers);
+        *request.extensions_mut() = std::mem::take(&mut head.extensions);
+    }
+    request
 }
 
 /// The error a request gets for an HTTP/1.1 exchange that failed.

@@ -12,7 +12,7 @@ use http_body::Body as _;
 use tokio::time::Instant;
 use tower::retry::budget::{Budget, TpsBudget};
 
-use super::body::{ProxyBody, try_clone_request};
+use super::body::ProxyBody;
 use super::error::ProxyError;
 use super::route::RequestContext;
 use super::step::{Next, PipelineResult, Step};
@@ -114,15 +114,10 @@ impl RetryRules {
         }
     }
 
-    /// Whether a request of this method may be sent more than once. A request
-    /// that never reached the upstream (connect or TLS failure) always may.
-    fn may_repeat(
-        &self,
-        method: &Method,
-        result: &Result<Response<ProxyBody>, ProxyError>,
-    ) -> bool {
-        matches!(result, Err(ProxyError::Connect(_) | ProxyError::Tls(_)))
-            || method.is_idempotent()
+    /// Whether a request of this method may be sent more than once; one
+    /// that never reached the upstream always may (`never_reached_upstream`).
+    fn may_repeat(&self, method: &Method) -> bool {
+        method.is_idempotent()
             || self
                 .idempotency
                 .as_ref()
@@ -163,6 +158,11 @@ pub fn provider_wait(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     } else {
         Some(Duration::from_secs_f64(reset))
     }
+}
+
+/// A connect or TLS failure: the upstream never saw the request.
+fn never_reached_upstream(result: &Result<Response<ProxyBody>, ProxyError>) -> bool {
+    matches!(result, Err(ProxyError::Connect(_) | ProxyError::Tls(_)))
 }
 
 /// A fresh idempotency key: 128 random bits, hex.
@@ -216,20 +216,27 @@ impl Step for RetryStep {
                     })?;
             request = Request::from_parts(parts, body);
         }
+        let may_repeat = rules.may_repeat(request.method());
+        let (mut head, mut body) = request.into_parts();
         let mut attempt = 1u32;
         loop {
-            let spare = if attempt < rules.max_attempts {
-                try_clone_request(&request)
+            // Only a body small enough to be buffered above can be sent
+            // again; its copy shares the bytes.
+            let spare_body = if attempt < rules.max_attempts {
+                body.try_clone()
             } else {
                 None
             };
-            let method = request.method().clone();
-            let result = next.call(request, ctx).await;
-            let Some(spare) = spare else { return result };
+            // The head is not copied: the attempt gives it back (see `replay`).
+            ctx.replay.want(spare_body.is_some());
+            let result = next.call(Request::from_parts(head, body), ctx).await;
+            let Some(spare_body) = spare_body else {
+                return result;
+            };
             let Some(reason) = rules.reason(&result) else {
                 return result;
             };
-            if !rules.may_repeat(&method, &result) {
+            if !(may_repeat || never_reached_upstream(&result)) {
                 return result;
             }
             let wait = match (&result, rules.honor_retry_after) {
@@ -246,6 +253,12 @@ impl Step for RetryStep {
             if Instant::now() + wait >= ctx.deadline {
                 return result;
             }
+            // Every step that holds the head across a wait lends it, so it
+            // comes back even from an attempt cut off by its timeout; without
+            // it there would be nothing to send.
+            let Some(spare_head) = ctx.replay.take() else {
+                return result;
+            };
             if !rules.budget.withdraw() {
                 rules
                     .metrics
@@ -274,7 +287,8 @@ impl Step for RetryStep {
             // Free the failed attempt's connection before sleeping.
             drop(result);
             tokio::time::sleep(wait).await;
-            request = spare;
+            head = spare_head;
+            body = spare_body;
             attempt += 1;
         }
     }
@@ -356,8 +370,11 @@ mod tests {
             None
         );
         // POST is retried only after a connect failure, without an idempotency key.
-        assert!(!rules.may_repeat(&Method::POST, &status(503)));
-        assert!(rules.may_repeat(&Method::POST, &Err(ProxyError::Connect("x".into()))));
-        assert!(rules.may_repeat(&Method::PUT, &status(503)));
+        assert!(!rules.may_repeat(&Method::POST));
+        assert!(never_reached_upstream(&Err(ProxyError::Connect(
+            "x".into()
+        ))));
+        assert!(!never_reached_upstream(&status(503)));
+        assert!(rules.may_repeat(&Method::PUT));
     }
 }

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method};
 
+use super::replay::Replay;
 use crate::config::{IntegrationConfig, RequestMatch};
 use crate::metrics::{EndpointLabels, EndpointSeries, Metrics};
 
@@ -334,13 +335,15 @@ impl Priority {
 }
 
 /// Per-request facts every layer may read, passed alongside the request.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct RequestContext {
     /// From the app's `x-request-id`, else generated; echoed on the response.
     pub request_id: HeaderValue,
     pub route: Arc<Route>,
     pub priority: Priority,
     pub deadline: Instant,
+    /// Where an attempt gives the request head back for the next one.
+    pub replay: Replay,
 }
 
 #[cfg(test)]
