@@ -16,6 +16,12 @@ use sluice_sidecar::config::{Duration as ConfigDuration, SidecarConfig};
 use sluice_sidecar::source::{self, StreamSettings};
 use sluice_sidecar::{Sidecar, runtime};
 
+/// mimalloc instead of the system allocator: a request makes ~15 small
+/// allocations, and glibc's malloc and free took ~3.5k instructions of the
+/// ~26k a proxied request costs (bench/instructions; docs/decisions.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     version,

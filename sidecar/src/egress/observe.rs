@@ -145,21 +145,25 @@ impl<S: Next> super::Handle for ObserveService<S> {
             let method = request.method().clone();
             let route = layer.router.route(&method, request.uri().path());
             let (mut parts, body) = request.into_parts();
-            let result = match admit(&parts.method, &parts.headers) {
+            let (result, id) = match admit(&parts.method, &parts.headers) {
                 Ok(priority) => {
                     parts.headers.remove(PRIORITY_HEADER);
+                    // The id moves in and back out: a generated one is not
+                    // shared, so a clone would copy it.
                     let ctx = RequestContext {
-                        request_id: id.clone(),
+                        request_id: id,
                         route: route.clone(),
                         priority,
                         deadline: started + route.total_timeout,
                         replay: Replay::default(),
                     };
-                    edge.inner
+                    let result = edge
+                        .inner
                         .call(Request::from_parts(parts, body), &ctx)
-                        .await
+                        .await;
+                    (result, ctx.request_id)
                 }
-                Err(reason) => Err(ProxyError::BadRequest(reason)),
+                Err(reason) => (Err(ProxyError::BadRequest(reason)), id),
             };
             let (mut response, error) = match result {
                 Ok(response) => (response, None),
