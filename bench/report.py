@@ -69,6 +69,28 @@ def medians(rows):
     return out
 
 
+def paired_ratios(rows, mode, key, invert=False):
+    """Sluice / nginx per round: the two ran minutes apart at most, so a
+    drift of the machine's speed over the run cancels out of each pair."""
+    by_round = defaultdict(dict)
+    for row in rows:
+        if row["mode"] == mode and row["target"] in ("sluice", "nginx"):
+            by_round[row["round"]][row["target"]] = summarize(row)[key]
+    ratios = []
+    for pair in by_round.values():
+        s, n = pair.get("sluice"), pair.get("nginx")
+        if s and n:
+            ratios.append(n / s if invert else s / n)
+    return sorted(ratios)
+
+
+def ratio_line(ratios):
+    if not ratios:
+        return "–"
+    spread = f", rounds {ratios[0]:.2f}–{ratios[-1]:.2f}" if len(ratios) > 1 else ""
+    return f"**{statistics.median(ratios):.2f}x** (median of {len(ratios)} paired rounds{spread})"
+
+
 def fmt(value, digits=2, unit=""):
     if value is None:
         return "–"
@@ -213,8 +235,10 @@ def main():
         out += [
             "Targets (ratios from this run):",
             "",
-            f"* throughput Sluice / nginx: **{s['rps'] / n['rps']:.2f}x** (target ≥ 1.0)"
+            f"* throughput Sluice / nginx: **{s['rps'] / n['rps']:.2f}x** of the medians (target ≥ 1.0)"
             + (f"; plain hyper / nginx: {h['rps'] / n['rps']:.2f}x, Sluice / plain hyper: {s['rps'] / h['rps']:.2f}x" if h else ""),
+            f"  * paired by round: {ratio_line(paired_ratios(rows, 'concurrency', 'rps'))}",
+            f"  * CPU per request, nginx / Sluice (above 1 = Sluice cheaper): {ratio_line(paired_ratios(rows, 'concurrency', 'cpu10k', invert=True))}",
             f"* added p99 at the fixed rate, Sluice vs nginx: **{added_s:.3f} ms vs {added_n:.3f} ms** (target: no more than nginx's)",
             f"* Sluice idle RSS: **{fmt(s['idle_mib'], 1)} MiB** (target ≤ 15 MiB)",
             "",
