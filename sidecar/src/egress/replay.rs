@@ -163,23 +163,3 @@ mod tests {
         assert_eq!(replay.take().unwrap().uri, "/slow");
     }
 }
-#[cfg(test)]
-mod sizes {
-    #[test]
-    fn print_sizes() {
-        use std::mem::size_of;
-        eprintln!("Request<ProxyBody> {}", size_of::<http::Request<crate::egress::body::ProxyBody>>());
-        eprintln!("ProxyBody {}", size_of::<crate::egress::body::ProxyBody>());
-        eprintln!("Parts {}", size_of::<http::request::Parts>());
-        eprintln!("Response<ProxyBody> {}", size_of::<http::Response<crate::egress::body::ProxyBody>>());
-        eprintln!("response Parts {}", size_of::<http::response::Parts>());
-        eprintln!("HeaderMap {}", size_of::<http::HeaderMap>());
-        eprintln!("Uri {}", size_of::<http::Uri>());
-        eprintln!("Method {}", size_of::<http::Method>());
-        eprintln!("AppBody {}", size_of::<crate::egress::http1::server::AppBody>());
-        eprintln!("Incoming {}", size_of::<hyper::body::Incoming>());
-        eprintln!("UpstreamBody {}", size_of::<crate::egress::body::UpstreamBody>());
-        eprintln!("ProxyError {}", size_of::<crate::egress::error::ProxyError>());
-        eprintln!("PipelineResult {}", size_of::<crate::egress::step::PipelineResult>());
-    }
-}
