@@ -478,7 +478,7 @@ async fn call_with_token<S: Next>(
 impl Step for AuthStep {
     async fn call<S: Next>(
         &self,
-        request: Request<ProxyBody>,
+        mut request: Request<ProxyBody>,
         ctx: &RequestContext,
         next: &S,
     ) -> PipelineResult {
@@ -505,12 +505,10 @@ impl Step for AuthStep {
                     .as_ref()
                     .filter(|(_, until)| SystemTime::now() < *until);
                 let spare = previous.and_then(|_| try_clone_request(&request));
-                let response = next
-                    .call(
-                        with_header(request, header.header(kind, &secret.current)?),
-                        ctx,
-                    )
-                    .await?;
+                // Set in place: the request is large, and every move copies it.
+                let (name, value) = header.header(kind, &secret.current)?;
+                request.headers_mut().insert(name, value);
+                let response = next.call(request, ctx).await?;
                 match (response.status(), previous, spare) {
                     (StatusCode::UNAUTHORIZED, Some((old, _)), Some(spare)) => {
                         let retried = next

@@ -100,9 +100,12 @@ impl DerefMut for Loan<'_> {
 
 impl Drop for Loan<'_> {
     fn drop(&mut self) {
-        if let (Some(mut head), Some(target)) = (self.head.take(), self.target.take()) {
+        if let Some(target) = self.target.take()
+            && let Some(head) = self.head.as_mut()
+        {
             head.uri = target;
-            *self.slot.head.lock().expect("replay lock poisoned") = Some(head);
+            // One move of the head, straight into the slot.
+            *self.slot.head.lock().expect("replay lock poisoned") = self.head.take();
         }
     }
 }

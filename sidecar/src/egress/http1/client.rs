@@ -17,7 +17,7 @@ use http_body::{Body as _, Frame};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{
-    BodyError, Chunked, Decoder, FramingError, MAX_HEAD_BYTES, MAX_HEADERS, READ_CHUNK,
+    BodyError, Chunked, Decoder, FieldsSeen, FramingError, MAX_HEAD_BYTES, MAX_HEADERS, READ_CHUNK,
     chunked_is_last, content_length, field_spans, has_token, header_map, itoa_u64, put_chunk,
     put_field, put_last_chunk,
 };
@@ -418,11 +418,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 .map_err(|_| invalid(format!("invalid status code {code}")))?;
             // Room for the fields the sidecar adds on the way back
             // (x-request-id), so adding them does not grow the map.
-            let mut headers = header_map(&head, &spans, 2)?;
-            let decoder = response_decoder(status, version, expects_body, &mut headers)?;
+            let (mut headers, seen) = header_map(&head, &spans, 2)?;
+            let decoder = response_decoder(status, version, expects_body, &mut headers, seen)?;
             if version == Version::HTTP_10
                 || matches!(decoder, Decoder::UntilClose)
-                || has_token(&headers, &header::CONNECTION, "close")
+                || (seen.connection && has_token(&headers, &header::CONNECTION, "close"))
             {
                 self.done = true;
             }
@@ -501,17 +501,21 @@ fn response_decoder(
     version: Version,
     expects_body: bool,
     headers: &mut HeaderMap,
+    seen: FieldsSeen,
 ) -> Result<Decoder, Http1Error> {
     if !expects_body || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok(Decoder::Done);
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    if seen.transfer_encoding {
         headers.remove(header::CONTENT_LENGTH);
         return Ok(if chunked_is_last(headers) && version == Version::HTTP_11 {
             Decoder::Chunked(Chunked::Size)
         } else {
             Decoder::UntilClose
         });
+    }
+    if !seen.content_length {
+        return Ok(Decoder::UntilClose);
     }
     Ok(match content_length(headers)? {
         Some(length) => Decoder::Length(length),

@@ -277,18 +277,55 @@ fn field_spans(base: *const u8, fields: &[httparse::Header<'_>]) -> Vec<FieldSpa
         .collect()
 }
 
-/// The fields at `spans` in `head`, values sharing its bytes. `room` more
-/// fields fit without growing the map.
-fn header_map(head: &Bytes, spans: &[FieldSpan], room: usize) -> Result<HeaderMap, FramingError> {
+/// Which of the fields that decide framing and connection reuse a message
+/// has, noted while its header map is built: most messages carry only
+/// `Content-Length`, and each field known absent is a hash lookup saved.
+#[derive(Clone, Copy, Debug, Default)]
+struct FieldsSeen {
+    content_length: bool,
+    transfer_encoding: bool,
+    connection: bool,
+    te: bool,
+    expect: bool,
+}
+
+impl FieldsSeen {
+    fn note(&mut self, name: &HeaderName) {
+        use http::header;
+        // Standard names compare as enum values: no byte comparison.
+        if name == header::CONTENT_LENGTH {
+            self.content_length = true;
+        } else if name == header::TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+        } else if name == header::CONNECTION {
+            self.connection = true;
+        } else if name == header::TE {
+            self.te = true;
+        } else if name == header::EXPECT {
+            self.expect = true;
+        }
+    }
+}
+
+/// The fields at `spans` in `head`, values sharing its bytes, and which
+/// framing fields are among them. `room` more fields fit without growing
+/// the map.
+fn header_map(
+    head: &Bytes,
+    spans: &[FieldSpan],
+    room: usize,
+) -> Result<(HeaderMap, FieldsSeen), FramingError> {
     let mut headers = HeaderMap::with_capacity(spans.len() + room);
+    let mut seen = FieldsSeen::default();
     for &(name_at, name_len, value_at, value_len) in spans {
         let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
             .map_err(|_| framing("invalid header field name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
             .map_err(|_| framing(format!("invalid value of header field {name}")))?;
+        seen.note(&name);
         headers.append(name, value);
     }
-    Ok(headers)
+    Ok((headers, seen))
 }
 
 /// The message's `Content-Length`, if it has one. Repeated identical values

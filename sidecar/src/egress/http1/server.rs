@@ -33,7 +33,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::oneshot;
 
 use super::{
-    BodyError, Chunked, Decoder, FramingError, MAX_HEAD_BYTES, MAX_HEADERS, READ_CHUNK,
+    BodyError, Chunked, Decoder, FieldsSeen, FramingError, MAX_HEAD_BYTES, MAX_HEADERS, READ_CHUNK,
     chunked_is_last, content_length, field_spans, has_token, header_map, itoa_u64, poll_fill,
     put_chunk, put_chunk_size, put_field, put_last_chunk,
 };
@@ -555,19 +555,21 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, Refusal> {
         bad_request(format!("invalid request target {shown:?}"))
     })?;
     // Room for what the pipeline adds (credentials, an idempotency key).
-    let headers = header_map(&head, &spans, 2).map_err(|error| bad_request(error.to_string()))?;
-    let body = request_body(version, &headers)?;
+    let (headers, seen) =
+        header_map(&head, &spans, 2).map_err(|error| bad_request(error.to_string()))?;
+    let body = request_body(version, &headers, seen)?;
     let facts = RequestFacts {
         head: method == Method::HEAD,
         version,
         keep_alive: if version == Version::HTTP_11 {
-            !has_token(&headers, &header::CONNECTION, "close")
+            !(seen.connection && has_token(&headers, &header::CONNECTION, "close"))
         } else {
-            has_token(&headers, &header::CONNECTION, "keep-alive")
+            seen.connection && has_token(&headers, &header::CONNECTION, "keep-alive")
         },
-        wants_trailers: has_token(&headers, &header::TE, "trailers"),
+        wants_trailers: seen.te && has_token(&headers, &header::TE, "trailers"),
     };
     let expect_continue = version == Version::HTTP_11
+        && seen.expect
         && headers
             .get(header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
@@ -588,14 +590,18 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, Refusal> {
 /// could read differently from the next hop is refused: both framing
 /// headers (the shape of request smuggling), a transfer coding that does
 /// not end in chunked, Transfer-Encoding from HTTP/1.0.
-fn request_body(version: Version, headers: &HeaderMap) -> Result<Decoder, Refusal> {
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+fn request_body(
+    version: Version,
+    headers: &HeaderMap,
+    seen: FieldsSeen,
+) -> Result<Decoder, Refusal> {
+    if seen.transfer_encoding {
         if version == Version::HTTP_10 {
             return Err(bad_request(
                 "header transfer-encoding is not allowed in an HTTP/1.0 request",
             ));
         }
-        if headers.contains_key(header::CONTENT_LENGTH) {
+        if seen.content_length {
             return Err(bad_request(
                 "the request has both transfer-encoding and content-length headers",
             ));
@@ -606,6 +612,9 @@ fn request_body(version: Version, headers: &HeaderMap) -> Result<Decoder, Refusa
             ));
         }
         return Ok(Decoder::Chunked(Chunked::Size));
+    }
+    if !seen.content_length {
+        return Ok(Decoder::Done);
     }
     match content_length(headers) {
         Ok(Some(length)) => Ok(Decoder::Length(length)),
