@@ -34,11 +34,6 @@ impl Replay {
         self.wanted.store(wanted, Ordering::Relaxed);
     }
 
-    /// Whether a head lent now is to be given back.
-    pub fn is_wanted(&self) -> bool {
-        self.wanted.load(Ordering::Relaxed)
-    }
-
     /// The head the last attempt gave back, if it got far enough to hold it.
     pub fn take(&self) -> Option<Parts> {
         self.head.lock().expect("replay lock poisoned").take()
@@ -46,7 +41,10 @@ impl Replay {
 
     /// Holds `head` for the length of an attempt; see [`Loan`].
     pub fn lend(&self, head: Parts) -> Loan<'_> {
-        let target = self.is_wanted().then(|| head.uri.clone());
+        let target = self
+            .wanted
+            .load(Ordering::Relaxed)
+            .then(|| head.uri.clone());
         Loan {
             head: Some(head),
             target,

@@ -8,8 +8,9 @@
 //! polled from both ends, header maps rebuilt on encode), and its server
 //! connection a fifth of the instruction-cache misses; these write heads
 //! from the message's parts into one reused buffer and hand header values
-//! out as slices of the bytes read (bench/results.md has the before/after). The parser is the one hyper uses (httparse), and framing is
-//! strict: a message whose length is ambiguous is refused, never guessed.
+//! out as slices of the bytes read (bench/results.md has the before/after).
+//! The parser is the one hyper uses (httparse), and framing is strict: a
+//! message whose length is ambiguous is refused, never guessed.
 
 pub mod client;
 pub mod server;
