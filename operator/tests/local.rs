@@ -49,6 +49,19 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The admin address `sluice local` bound, from its banner's last line
+/// (asked for port 0: no port is picked here and handed over, a race).
+fn admin_addr(banner: &str) -> String {
+    banner
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("admin: http://")?
+                .strip_suffix("/metrics")
+        })
+        .unwrap_or_else(|| panic!("no admin address in the banner:\n{banner}"))
+        .to_owned()
+}
+
 fn get(addr: &str, path: &str) -> String {
     use std::io::Write;
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
@@ -155,7 +168,7 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
 #[test]
 fn local_runs_a_sidecar_from_a_manifest_and_a_secrets_dir() {
     let upstream = echo_upstream();
-    let (port, admin_port) = (free_port(), free_port());
+    let port = free_port();
     let dir = temp_dir("dir");
     std::fs::create_dir_all(dir.join("secrets/carrier-key")).unwrap();
     std::fs::write(
@@ -164,15 +177,15 @@ fn local_runs_a_sidecar_from_a_manifest_and_a_secrets_dir() {
     )
     .unwrap();
     std::fs::write(dir.join("pi.yaml"), manifest(upstream, port, "")).unwrap();
-    let admin = format!("127.0.0.1:{admin_port}");
     let (running, banner) = Running::start(&[
         "local",
         dir.join("pi.yaml").to_str().unwrap(),
         "--secrets-dir",
         dir.join("secrets").to_str().unwrap(),
         "--admin-listen",
-        &admin,
+        "127.0.0.1:0",
     ]);
+    let admin = admin_addr(&banner);
     assert!(
         banner.contains(&format!(
             "carrier: http://127.0.0.1:{port} -> http://{upstream}"
@@ -214,12 +227,11 @@ fn start_with_inline_secret(
     // base64("inline-key")
     let secret = "---\napiVersion: v1\nkind: Secret\nmetadata: {name: carrier-key}\ndata: {current: aW5saW5lLWtleQ==}\n";
     std::fs::write(dir.join("pi.yaml"), manifest(upstream, port, secret)).unwrap();
-    let admin = format!("127.0.0.1:{}", free_port());
     Running::start(&[
         "local",
         dir.join("pi.yaml").to_str().unwrap(),
         "--admin-listen",
-        &admin,
+        "127.0.0.1:0",
     ])
 }
 

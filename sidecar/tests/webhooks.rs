@@ -554,6 +554,68 @@ async fn a_full_queue_answers_503_with_retry_after_and_claims_nothing() {
     sidecar.shutdown().await;
 }
 
+/// The real `sluice-sidecar` binary, with its log read for the address its
+/// webhook ingress bound and passed through to the test's output.
+struct SidecarProcess {
+    child: std::process::Child,
+    ingress: std::sync::mpsc::Receiver<std::net::SocketAddr>,
+}
+
+impl SidecarProcess {
+    fn spawn(config: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice-sidecar"))
+            .arg("--config")
+            .arg(config)
+            .env("SLUICE_LOG", "warn,sluice_sidecar::runtime=info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting sluice-sidecar");
+        let log = std::io::BufReader::new(child.stderr.take().expect("piped stderr"));
+        let (tell, ingress) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(log).map_while(Result::ok) {
+                let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                if event["fields"]["message"] == "webhook ingress listening" {
+                    let addr = event["fields"]["addr"].as_str().unwrap_or_default();
+                    let _ = tell.send(addr.parse().expect("the logged address parses"));
+                } else {
+                    eprintln!("sluice-sidecar: {line}");
+                }
+            }
+        });
+        SidecarProcess { child, ingress }
+    }
+
+    fn ingress_addr(&mut self) -> std::net::SocketAddr {
+        match self.ingress.recv_timeout(Duration::from_secs(10)) {
+            Ok(addr) => addr,
+            Err(_) => panic!(
+                "the sidecar did not report its webhook address in 10 s; it {}",
+                self.state()
+            ),
+        }
+    }
+
+    fn state(&mut self) -> String {
+        match self.child.try_wait() {
+            Ok(None) => "is still running".into(),
+            Ok(Some(status)) => format!("exited: {status}"),
+            Err(error) => format!("cannot be waited for: {error}"),
+        }
+    }
+
+    fn kill_9(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for SidecarProcess {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
+}
+
 /// A provider sending as fast as it can while the sidecar is killed with
 /// SIGKILL: every event acknowledged with 200 is delivered after a restart.
 #[tokio::test]
@@ -578,43 +640,38 @@ async fn kill_9_loses_no_acknowledged_event() {
         "{{name: k, path: /wh, forwardTo: '{}/in', delivery: {{ratePerSecond: 2000, maxAttempts: 5, deadLetter: true}}, verify: {{scheme: GitHub, secrets: [{{secret: {{path: {secret}}}}}]}}}}",
         app.url()
     ));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Port 0, and the sidecar's own log says which port it got: picking a
+    // free port here and handing it over races with every other test
+    // binding ports meanwhile.
     let config = sidecar_config(
         &dir.0.join("state"),
         vec![provider(vec![hook])],
-        &format!("127.0.0.1:{port}"),
+        "127.0.0.1:0",
     );
     let config_path = dir.0.join("sidecar.yaml");
     std::fs::write(&config_path, config.to_yaml()).unwrap();
-    let spawn = || {
-        Command::new(env!("CARGO_BIN_EXE_sluice-sidecar"))
-            .arg("--config")
-            .arg(&config_path)
-            .env("SLUICE_LOG", "error")
-            .spawn()
-            .unwrap()
-    };
+    let spawn = || SidecarProcess::spawn(&config_path);
     let total = 400;
     let bodies: Vec<String> = (0..total).map(|i| format!("{{\"n\":{i}}}")).collect();
     let signed = Arc::new(sign(&bodies.iter().enumerate().map(|(i, b)| serde_json::json!({"scheme": "GitHub", "secret": "kill-secret", "body": b, "id": format!("k{i}")})).collect::<Vec<_>>()));
     let mut child = spawn();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "the sidecar did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let addr = child.ingress_addr();
     // Eight senders; kill -9 once about a third has been acknowledged.
     let acked = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let refused = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<
+        String,
+        usize,
+    >::new()));
     let next = Arc::new(AtomicUsize::new(0));
     let mut senders = Vec::new();
     for _ in 0..8 {
-        let (acked, next, signed, bodies) =
-            (acked.clone(), next.clone(), signed.clone(), bodies.clone());
+        let (acked, refused, next, signed, bodies) = (
+            acked.clone(),
+            refused.clone(),
+            next.clone(),
+            signed.clone(),
+            bodies.clone(),
+        );
         senders.push(tokio::spawn(async move {
             let client =
                 hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
@@ -631,22 +688,34 @@ async fn kill_9_loses_no_acknowledged_event() {
                 let request = request
                     .body(http_body_util::Full::new(Bytes::from(bodies[i].clone())))
                     .unwrap();
-                if let Ok(Ok(response)) =
-                    tokio::time::timeout(Duration::from_secs(5), client.request(request)).await
-                    && response.status() == 200
-                {
-                    acked.lock().unwrap().push(format!("k{i}"));
-                }
+                let outcome =
+                    match tokio::time::timeout(Duration::from_secs(5), client.request(request))
+                        .await
+                    {
+                        Ok(Ok(response)) if response.status() == 200 => {
+                            acked.lock().unwrap().push(format!("k{i}"));
+                            continue;
+                        }
+                        Ok(Ok(response)) => response.status().to_string(),
+                        Ok(Err(error)) => format!("{error:?}"),
+                        Err(_) => "no answer in 5 s".to_owned(),
+                    };
+                *refused.lock().unwrap().entry(outcome).or_insert(0) += 1;
             }
         }));
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     while acked.lock().unwrap().len() < total / 3 {
-        assert!(Instant::now() < deadline, "too few acknowledgements");
+        assert!(
+            Instant::now() < deadline,
+            "too few acknowledgements: {} of {total} in 20 s, refused {:?}; the sidecar {}",
+            acked.lock().unwrap().len(),
+            refused.lock().unwrap(),
+            child.state()
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    child.kill_9();
     for s in senders {
         s.await.unwrap();
     }
@@ -666,7 +735,7 @@ async fn kill_9_loses_no_acknowledged_event() {
             break;
         }
         if Instant::now() > deadline {
-            child.kill().unwrap();
+            child.kill_9();
             let got = delivered.lock().unwrap();
             let lost: Vec<&String> = acked.iter().filter(|id| !got.contains(*id)).collect();
             panic!(
@@ -677,8 +746,7 @@ async fn kill_9_loses_no_acknowledged_event() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill_9();
     eprintln!(
         "kill -9: {} of {total} acknowledged before the kill, all delivered after restart ({} delivered in all)",
         acked.len(),
