@@ -240,6 +240,7 @@ def main():
             f"  * paired by round: {ratio_line(paired_ratios(rows, 'concurrency', 'rps'))}",
             f"  * CPU per request, nginx / Sluice (above 1 = Sluice cheaper): {ratio_line(paired_ratios(rows, 'concurrency', 'cpu10k', invert=True))}",
             f"* added p99 at the fixed rate, Sluice vs nginx: **{added_s:.3f} ms vs {added_n:.3f} ms** (target: no more than nginx's)",
+            f"  * p99 Sluice / nginx, paired by round (below 1 = Sluice lower): {ratio_line(paired_ratios(rows, 'rate', 'p99'))}",
             f"* Sluice idle RSS: **{fmt(s['idle_mib'], 1)} MiB** (target ≤ 15 MiB)",
             "",
         ]
