@@ -12,9 +12,11 @@
 //! dispatcher task per integration, which sleeps until the next slot opens.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
+use futures_util::future::Either;
 use http::Request;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
@@ -174,6 +176,19 @@ struct State {
 impl State {
     fn all_have_room(&mut self, limits: &[usize], now: Instant) -> bool {
         limits.iter().all(|&i| self.limits[i].has_room(now))
+    }
+
+    /// Consumes a slot of every limit if all have room and nobody waits
+    /// ahead (a waiter would otherwise be overtaken).
+    fn admit_if_free(&mut self, limits: &[usize], now: Instant) -> bool {
+        let contended = limits.iter().any(|&i| self.limits[i].waiting > 0);
+        if contended || !self.all_have_room(limits, now) {
+            return false;
+        }
+        for &i in limits {
+            self.limits[i].consume(now);
+        }
+        true
     }
 
     fn remove_waiter(&mut self, key: &WaiterKey) -> Option<Waiter> {
@@ -344,6 +359,17 @@ impl RateLimiter {
         self.wake_dispatcher.notify_one();
     }
 
+    /// Admits the request at once if every limit in `limits` has room and
+    /// nobody waits ahead of it: the common case, decided without a future.
+    pub fn admit_now(&self, limits: &[usize]) -> bool {
+        limits.is_empty()
+            || self
+                .state
+                .lock()
+                .expect("rate limiter lock poisoned")
+                .admit_if_free(limits, Instant::now())
+    }
+
     /// Waits until every limit in `limits` admits the request, or fails with
     /// 429 when a `Reject` limit is full, the queue is full, or the wait would
     /// pass `maxWait` or `deadline`.
@@ -359,11 +385,7 @@ impl RateLimiter {
         let now = Instant::now();
         let (key, admitted, give_up_at, names) = {
             let mut state = self.state.lock().expect("rate limiter lock poisoned");
-            let contended = limits.iter().any(|&i| state.limits[i].waiting > 0);
-            if !contended && state.all_have_room(limits, now) {
-                for &i in limits {
-                    state.limits[i].consume(now);
-                }
+            if state.admit_if_free(limits, now) {
                 return Ok(());
             }
             let mut give_up_at = deadline;
@@ -513,23 +535,43 @@ impl RateLimitStep {
 }
 
 impl Step for RateLimitStep {
-    async fn call<S: Next>(
+    /// A request admitted at once carries no waiting state: only one that
+    /// must queue boxes the wait (the step's future is boxed per request, and
+    /// its size is copied).
+    fn call<S: Next>(
         &self,
         request: Request<ProxyBody>,
         ctx: &RequestContext,
         next: &S,
-    ) -> PipelineResult {
+    ) -> impl Future<Output = PipelineResult> + Send {
         let limiter = &self.limiter;
         let limits = &ctx.route.limits;
-        limiter.acquire(limits, ctx.priority, ctx.deadline).await?;
-        let response = next.call(request, ctx).await?;
+        if limiter.admit_now(limits) {
+            return Either::Left(self.heed_429(next.call(request, ctx), ctx));
+        }
+        Either::Right(Box::pin(async move {
+            limiter.acquire(limits, ctx.priority, ctx.deadline).await?;
+            self.heed_429(next.call(request, ctx), ctx).await
+        }))
+    }
+}
+
+impl RateLimitStep {
+    /// A 429 with a time to come back pauses the request's limits until then.
+    async fn heed_429(
+        &self,
+        attempt: impl Future<Output = PipelineResult>,
+        ctx: &RequestContext,
+    ) -> PipelineResult {
+        let response = attempt.await?;
+        let limits = &ctx.route.limits;
         if response.status() == http::StatusCode::TOO_MANY_REQUESTS
             && !limits.is_empty()
             && let Some(wait) = provider_wait(response.headers(), SystemTime::now())
         {
             let wait = wait.min(MAX_PROVIDER_PAUSE);
-            tracing::warn!(request_id = super::observe::id_str(&ctx.request_id), integration = %limiter.integration, wait_ms = wait.as_millis() as u64, "the provider answered 429; holding this endpoint's queue until it said to come back");
-            limiter.pause(limits, Instant::now() + wait);
+            tracing::warn!(request_id = super::observe::id_str(&ctx.request_id), integration = %self.limiter.integration, wait_ms = wait.as_millis() as u64, "the provider answered 429; holding this endpoint's queue until it said to come back");
+            self.limiter.pause(limits, Instant::now() + wait);
         }
         Ok(response)
     }

@@ -39,6 +39,11 @@ impl Replay {
         self.head.lock().expect("replay lock poisoned").take()
     }
 
+    /// Whether the last attempt gave its head back (it stays in the slot).
+    pub fn is_filled(&self) -> bool {
+        self.head.lock().expect("replay lock poisoned").is_some()
+    }
+
     /// Holds `head` for the length of an attempt; see [`Loan`].
     pub fn lend(&self, head: Parts) -> Loan<'_> {
         let target = self
@@ -129,12 +134,15 @@ mod tests {
         loan.uri = "/base/v1/charges?x=1".parse().unwrap();
         loan.headers
             .insert("authorization", "Bearer k".parse().unwrap());
+        assert!(!replay.is_filled(), "not before the attempt ends");
         drop(loan);
+        assert!(replay.is_filled(), "and it stays there until taken");
         let back = replay.take().expect("given back");
         assert_eq!(back.uri, "/v1/charges?x=1");
         assert_eq!(back.headers["x-app"], "1");
         assert_eq!(back.headers["authorization"], "Bearer k");
         assert!(replay.take().is_none(), "taken once");
+        assert!(!replay.is_filled());
     }
 
     #[test]

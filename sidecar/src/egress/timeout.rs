@@ -7,6 +7,9 @@
 //! reading a body to buffer it for retries, and this timer — so one timer
 //! entry per attempt is all a request costs.
 
+use std::future::Future;
+
+use futures_util::FutureExt;
 use http::Request;
 
 use super::body::ProxyBody;
@@ -19,20 +22,21 @@ use super::step::{Next, PipelineResult, Step};
 pub struct AttemptTimeoutStep;
 
 impl Step for AttemptTimeoutStep {
-    async fn call<S: Next>(
+    /// A combinator, not an `async fn`: that would keep the request (an
+    /// argument) beside the attempt that took it, in a state boxed per request.
+    fn call<S: Next>(
         &self,
         request: Request<ProxyBody>,
         ctx: &RequestContext,
         next: &S,
-    ) -> PipelineResult {
+    ) -> impl Future<Output = PipelineResult> + Send {
         let limit = ctx.route.attempt_timeout;
-        let until = (tokio::time::Instant::now() + limit).min(ctx.deadline);
-        match tokio::time::timeout_at(until, next.call(request, ctx)).await {
+        let (deadline, total) = (ctx.deadline, ctx.route.total_timeout);
+        let until = (tokio::time::Instant::now() + limit).min(deadline);
+        tokio::time::timeout_at(until, next.call(request, ctx)).map(move |outcome| match outcome {
             Ok(result) => result,
-            Err(_) if until == ctx.deadline => {
-                Err(ProxyError::DeadlineExceeded(ctx.route.total_timeout))
-            }
+            Err(_) if until == deadline => Err(ProxyError::DeadlineExceeded(total)),
             Err(_) => Err(ProxyError::UpstreamTimeout(limit)),
-        }
+        })
     }
 }
