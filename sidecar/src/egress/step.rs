@@ -1,7 +1,12 @@
-//! One step of the egress pipeline, written as an `async fn` that gets the
-//! request and the rest of the pipeline (`next`). [`StepLayer`] turns any
-//! step into a tower layer, so the pipeline is assembled with
-//! `tower::ServiceBuilder` in one place.
+//! One step of the egress pipeline: a `call` that gets the request and the
+//! rest of the pipeline (`next`) and returns a future, usually an `async fn`.
+//! [`StepLayer`] turns any step into a tower layer, so the pipeline is
+//! assembled with `tower::ServiceBuilder` in one place.
+//!
+//! A step's future is boxed per request, and the box copies all of it; an
+//! `async fn` also stores its arguments twice. So the steps every request
+//! goes through return the next step's future (or a combinator over it) on
+//! their common path and box only their rare waits.
 //!
 //! The request's [`RequestContext`] (its route, deadline, priority) goes
 //! alongside the request by reference: no layer looks it up or copies it.
