@@ -49,7 +49,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The admin address `sluice local` bound, from its banner's last line
+/// The admin address `sluice local` bound, from its banner's `admin:` line
 /// (asked for port 0: no port is picked here and handed over, a race).
 fn admin_addr(banner: &str) -> String {
     banner

@@ -174,15 +174,14 @@ struct State {
 }
 
 impl State {
-    fn all_have_room(&mut self, limits: &[usize], now: Instant) -> bool {
-        limits.iter().all(|&i| self.limits[i].has_room(now))
-    }
-
     /// Consumes a slot of every limit if all have room and nobody waits
     /// ahead (a waiter would otherwise be overtaken).
     fn admit_if_free(&mut self, limits: &[usize], now: Instant) -> bool {
-        let contended = limits.iter().any(|&i| self.limits[i].waiting > 0);
-        if contended || !self.all_have_room(limits, now) {
+        let free = limits.iter().all(|&i| {
+            let limit = &mut self.limits[i];
+            limit.waiting == 0 && limit.has_room(now)
+        });
+        if !free {
             return false;
         }
         for &i in limits {
