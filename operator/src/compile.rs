@@ -370,6 +370,7 @@ pub fn compile(
     check_url(&mut errors, "spec.upstream.baseUrl", &up.base_url);
     positive(&mut errors, "spec.upstream.timeout", up.timeout);
     positive(&mut errors, "spec.upstream.totalTimeout", up.total_timeout);
+    positive(&mut errors, "spec.upstream.bodyTimeout", up.body_timeout);
     let timeout = up.timeout.unwrap_or_else(defaults::timeout);
     let total_timeout = up.total_timeout.unwrap_or_else(defaults::total_timeout);
     if total_timeout < timeout {
@@ -564,6 +565,7 @@ pub fn compile(
             base_url: up.base_url.clone(),
             timeout,
             total_timeout,
+            body_timeout: up.body_timeout.unwrap_or_else(defaults::body_timeout),
             ca_bundle: up.ca_bundle.clone(),
             max_buffered_body_bytes: up
                 .max_buffered_body_bytes

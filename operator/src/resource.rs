@@ -154,7 +154,8 @@ pub struct WebhookDeliverySpec {
 #[x_kube(
     validation = Rule::new("!has(self.timeout) || (duration(self.timeout) > duration('0s') && duration(self.timeout) <= duration('1h'))").message("timeout must be between 0s (exclusive) and 1h"),
     validation = Rule::new("!has(self.totalTimeout) || (duration(self.totalTimeout) > duration('0s') && duration(self.totalTimeout) <= duration('2h'))").message("totalTimeout must be between 0s (exclusive) and 2h"),
-    validation = Rule::new("!has(self.timeout) || !has(self.totalTimeout) || duration(self.totalTimeout) >= duration(self.timeout)").message("totalTimeout must be at least timeout")
+    validation = Rule::new("!has(self.timeout) || !has(self.totalTimeout) || duration(self.totalTimeout) >= duration(self.timeout)").message("totalTimeout must be at least timeout"),
+    validation = Rule::new("!has(self.bodyTimeout) || (duration(self.bodyTimeout) > duration('0s') && duration(self.bodyTimeout) <= duration('24h'))").message("bodyTimeout must be between 0s (exclusive) and 24h")
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpstreamSpec {
@@ -167,6 +168,10 @@ pub struct UpstreamSpec {
     /// Queueing plus every attempt and backoff (default 30s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_timeout: Option<Duration>,
+    /// From the response headers to the end of the response body (default
+    /// 60s): a body still arriving then is cut and counted as `upstream-timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_timeout: Option<Duration>,
     /// Extra CA certificates (PEM) to trust for this upstream, besides the public roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle: Option<String>,

@@ -39,7 +39,7 @@ async fn passes_path_query_headers_and_bodies_through() {
     let answer = app
         .send(
             "POST",
-            "/v1/items/a%2Fb/../c?q=%20x&q=2&empty=",
+            "/v1/items/a%2Fb/c?q=%20x&q=../2&empty=",
             &[
                 ("x-app", "1"),
                 ("connection", "x-drop"),
@@ -64,7 +64,7 @@ async fn passes_path_query_headers_and_bodies_through() {
 
     let seen = &upstream.requests()[0];
     assert_eq!(
-        seen.uri, "/v1/items/a%2Fb/../c?q=%20x&q=2&empty=",
+        seen.uri, "/v1/items/a%2Fb/c?q=%20x&q=../2&empty=",
         "path and query byte-exact"
     );
     assert_eq!(seen.body.len(), big.len());
@@ -218,9 +218,12 @@ fn closing_upstream(
     (addr, accepted, server)
 }
 
+/// Two sends a request: the resend on a fresh connection after a reused one
+/// was closed under it counts as one (`maxAttempts` bounds every send), and
+/// no retry budget, so nothing else sends again.
 async fn closing_sidecar(addr: std::net::SocketAddr) -> sluice_sidecar::Sidecar {
     let mut config: sluice_sidecar::config::IntegrationConfig = serde_yaml_ng::from_str(&format!(
-        "name: closing\nlisten: 127.0.0.1:0\nupstream: {{baseUrl: 'http://{addr}', timeout: 2s, totalTimeout: 5s}}\nretry: {{maxAttempts: 1}}\n"
+        "name: closing\nlisten: 127.0.0.1:0\nupstream: {{baseUrl: 'http://{addr}', timeout: 2s, totalTimeout: 5s}}\nretry: {{maxAttempts: 2}}\n"
     ))
     .unwrap();
     config.retry.budget.min_per_second = 0;
@@ -267,6 +270,15 @@ async fn a_get_sent_as_the_upstream_closes_goes_on_another_connection() {
         accepted.load(Ordering::SeqCst),
         4,
         "three answers per connection, every fourth request moved to a new one"
+    );
+    let metrics = admin(&sidecar, "/metrics").await.text();
+    assert_eq!(
+        metric(
+            &metrics,
+            "sluice_egress_attempts_total{integration=\"closing\""
+        ),
+        15.0,
+        "each of the three moved requests was sent twice, and counted so: {metrics}"
     );
     sidecar.shutdown().await;
     server.abort();
@@ -326,7 +338,8 @@ async fn upstream_failures_are_502_with_a_code() {
             answer.text()
         );
         let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
-        assert_eq!(body["error"], code);
+        assert_eq!(body["error"]["code"], code);
+        assert_eq!(body["error"]["type"], "sluice_error");
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "{name} took {:?}",
@@ -601,6 +614,54 @@ async fn post_is_retried_only_with_an_idempotency_key_that_never_changes() {
             .iter()
             .all(|s| s.headers["idempotency-key"] == "app-chosen")
     );
+    sidecar.shutdown().await;
+}
+
+/// A provider that did the work but answered too late: the app gets the
+/// 504 with the key Sluice used, so it can retry without a second charge.
+#[tokio::test]
+async fn the_idempotency_key_sluice_added_is_returned_whatever_the_outcome() {
+    let upstream = TestUpstream::plain(handler(|seen, _| async move {
+        if seen.uri == "/slow" {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+        respond(200, "charged")
+    }))
+    .await;
+    let mut config = integration("keyed", &upstream);
+    config.upstream.timeout = D::from_millis(200);
+    config.retry.max_attempts = 2;
+    config.retry.retry_on.push(RetryOn::Timeout);
+    config.retry.idempotency = Some(IdempotencyConfig {
+        header: "Idempotency-Key".into(),
+        methods: vec!["POST".into()],
+    });
+    let sidecar = start(vec![config]).await;
+    let app = App::new(sidecar.egress_addr("keyed").unwrap());
+
+    let timed_out = app.send("POST", "/slow", &[], "amount=1").await;
+    assert_eq!(timed_out.status, 504, "{}", timed_out.text());
+    assert_eq!(timed_out.header("x-sluice-error"), Some("upstream-timeout"));
+    let sent: Vec<_> = upstream
+        .requests()
+        .iter()
+        .map(|s| s.headers["idempotency-key"].clone())
+        .collect();
+    assert_eq!(sent.len(), 2, "both attempts reached the provider");
+    assert_eq!(
+        timed_out.header("idempotency-key"),
+        sent[0].to_str().ok(),
+        "the key the provider saw"
+    );
+
+    let ok = app.send("POST", "/fast", &[], "amount=2").await;
+    assert_eq!(ok.status, 200);
+    let last = upstream.requests().last().unwrap().headers["idempotency-key"].clone();
+    assert_eq!(ok.header("idempotency-key"), last.to_str().ok());
+    assert_ne!(last, sent[0], "a new request, a new key");
+
+    // A GET gets no key, and the app's own key is the app's business.
+    assert_eq!(app.get("/fast").await.header("idempotency-key"), None);
     sidecar.shutdown().await;
 }
 

@@ -255,6 +255,10 @@ pub struct UpstreamConfig {
     /// Queueing plus all attempts and backoff.
     #[serde(default = "defaults::total_timeout")]
     pub total_timeout: Duration,
+    /// From the response headers to the end of the response body: a
+    /// trickling body is cut (`upstream-timeout`) rather than held open.
+    #[serde(default = "defaults::body_timeout")]
+    pub body_timeout: Duration,
     /// Extra trust anchors (PEM) besides the public web roots, for private providers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle: Option<String>,
@@ -641,6 +645,9 @@ pub mod defaults {
     }
     pub fn total_timeout() -> Duration {
         Duration::from_secs(30)
+    }
+    pub fn body_timeout() -> Duration {
+        Duration::from_secs(60)
     }
     pub fn max_buffered_body() -> u64 {
         1 << 20

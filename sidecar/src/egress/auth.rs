@@ -18,7 +18,7 @@ use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 
-use super::body::{ProxyBody, try_clone_request};
+use super::body::{BodyTimeouts, ProxyBody, try_clone_request};
 use super::client::UpstreamClient;
 use super::error::ProxyError;
 use super::route::RequestContext;
@@ -326,7 +326,7 @@ impl TokenSource {
         let exchange = async {
             let response = self
                 .client
-                .request(request, self.timeout)
+                .request(request, BodyTimeouts::within(self.timeout))
                 .await
                 .map_err(|e| e.to_string())?;
             let status = response.status();
@@ -442,7 +442,13 @@ fn with_header(
     mut request: Request<ProxyBody>,
     (name, value): (HeaderName, HeaderValue),
 ) -> Request<ProxyBody> {
-    // Whatever the app sent under this name is replaced: Sluice owns the credential.
+    // Whatever the app sent under this name is replaced: Sluice owns the
+    // credential, in the trailers too (the well-known credential fields
+    // are dropped from every trailer section already).
+    if request.body().may_have_trailers() {
+        let (parts, body) = request.into_parts();
+        request = Request::from_parts(parts, body.without_trailer(&name));
+    }
     request.headers_mut().insert(name, value);
     request
 }
@@ -484,7 +490,7 @@ impl Step for AuthStep {
     /// holding the request twice (measured: 1.5 KB). The rest is boxed.
     fn call<S: Next>(
         &self,
-        mut request: Request<ProxyBody>,
+        request: Request<ProxyBody>,
         ctx: &RequestContext,
         next: &S,
     ) -> impl Future<Output = PipelineResult> + Send {
@@ -498,7 +504,7 @@ impl Step for AuthStep {
                 if let Ok((name, value)) = header.header(kind, &secret.current) {
                     // Set in place: whatever the app sent under this name is
                     // replaced, Sluice owns the credential.
-                    request.headers_mut().insert(name, value);
+                    let request = with_header(request, (name, value));
                     return Either::Left(next.call(request, ctx));
                 }
                 // An unusable secret value: the path below reports it.

@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
+use http::header::HeaderName;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 
+use super::error::ProxyError;
 use super::http1::server::AppBody;
 use super::pool::Http1Body;
 
@@ -34,14 +36,18 @@ pub enum ProxyBody {
         prefix: Option<Bytes>,
         rest: Box<ProxyBody>,
     },
-    /// An upstream response body: fails if the upstream sends nothing for
-    /// `idle` (a stalled provider must not hang the app).
+    /// An upstream response body: fails if the upstream pauses longer than
+    /// `limits.idle` or has not finished by `ends_by` (a stalled or
+    /// trickling provider must not hold the app).
     Upstream {
         body: UpstreamBody,
-        idle: Duration,
+        limits: BodyTimeouts,
+        ends_by: tokio::time::Instant,
         /// Armed the first time the body has nothing to give: most bodies
         /// arrive whole and never need a timer.
         deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+        /// Told how the body ended (the breaker, the request's metrics).
+        watch: Watch,
     },
     /// Anything else (e.g. a response being copied into the cache).
     Boxed(UnsyncBoxBody<Bytes, BoxError>),
@@ -60,7 +66,9 @@ impl UpstreamBody {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self {
             UpstreamBody::Http1(body) => body.poll_frame(cx),
-            UpstreamBody::Http2(incoming) => Pin::new(incoming).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Http2(incoming) => {
+                sanitized(Pin::new(incoming).poll_frame(cx)).map_err(Into::into)
+            }
             UpstreamBody::Closed => Poll::Ready(None),
         }
     }
@@ -87,6 +95,97 @@ impl UpstreamBody {
 #[error("the upstream sent no response data for {0:?}")]
 pub struct BodyIdleTimeout(pub Duration);
 
+/// The error a [`ProxyBody::Upstream`] body ends with when it is still
+/// arriving `upstream.bodyTimeout` after its headers.
+#[derive(Debug, thiserror::Error)]
+#[error("the response body did not end within upstream.bodyTimeout ({0:?} after its headers)")]
+pub struct BodyTimeout(pub Duration);
+
+/// How long an upstream response body may take.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyTimeouts {
+    /// The longest pause between two reads.
+    pub idle: Duration,
+    /// From the response headers to the end of the body.
+    pub total: Duration,
+}
+
+impl BodyTimeouts {
+    /// A body that must be whole within `limit`, however it pauses.
+    pub fn within(limit: Duration) -> Self {
+        Self {
+            idle: limit,
+            total: limit,
+        }
+    }
+}
+
+/// How an upstream response body ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyEnd {
+    /// Read to its end.
+    Complete,
+    /// Cut short by the upstream or a timeout: the `x-sluice-error` code
+    /// that names why (`upstream-reset`, `upstream-timeout`, ...).
+    Failed(&'static str),
+    /// Dropped before its end by the reader (the app hung up or stopped
+    /// reading): says nothing about the upstream.
+    Abandoned,
+}
+
+/// Something to do once an upstream response body has ended.
+pub trait OnBodyEnd: Send {
+    fn ended(self: Box<Self>, end: BodyEnd);
+}
+
+/// Two of them, in order.
+struct Both(Box<dyn OnBodyEnd>, Box<dyn OnBodyEnd>);
+
+impl OnBodyEnd for Both {
+    fn ended(self: Box<Self>, end: BodyEnd) {
+        self.0.ended(end);
+        self.1.ended(end);
+    }
+}
+
+/// Who is told how a body ended; told at most once (dropped unfinished:
+/// [`BodyEnd::Abandoned`]).
+#[derive(Default)]
+pub struct Watch(Option<Box<dyn OnBodyEnd>>);
+
+impl Watch {
+    fn fire(&mut self, end: BodyEnd) {
+        if let Some(watcher) = self.0.take() {
+            watcher.ended(end);
+        }
+    }
+
+    fn add(&mut self, watcher: Box<dyn OnBodyEnd>) {
+        self.0 = Some(match self.0.take() {
+            Some(first) => Box::new(Both(first, watcher)),
+            None => watcher,
+        });
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.fire(BodyEnd::Abandoned);
+    }
+}
+
+/// The code that names why an upstream response body failed.
+fn failure_code(error: &BoxError) -> &'static str {
+    if error.is::<BodyIdleTimeout>() || error.is::<BodyTimeout>() {
+        return "upstream-timeout";
+    }
+    match ProxyError::from_client_error(&**error, false) {
+        ProxyError::Protocol(_) => "upstream-protocol",
+        ProxyError::Tls(_) => "upstream-tls",
+        _ => "upstream-reset",
+    }
+}
+
 impl ProxyBody {
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         let bytes = bytes.into();
@@ -97,21 +196,36 @@ impl ProxyBody {
         }
     }
 
-    /// An HTTP/1.1 upstream body that errors after `idle` without data.
-    pub fn upstream_http1(body: Http1Body, idle: Duration) -> Self {
+    /// An HTTP/1.1 upstream response body, bounded by `limits`.
+    pub fn upstream_http1(body: Http1Body, limits: BodyTimeouts) -> Self {
+        Self::upstream(UpstreamBody::Http1(body), limits)
+    }
+
+    /// An HTTP/2 upstream response body, bounded by `limits`.
+    pub fn upstream_http2(incoming: Incoming, limits: BodyTimeouts) -> Self {
+        Self::upstream(UpstreamBody::Http2(incoming), limits)
+    }
+
+    fn upstream(body: UpstreamBody, limits: BodyTimeouts) -> Self {
         ProxyBody::Upstream {
-            body: UpstreamBody::Http1(body),
-            idle,
+            body,
+            limits,
+            ends_by: tokio::time::Instant::now() + limits.total,
             deadline: None,
+            watch: Watch::default(),
         }
     }
 
-    /// An HTTP/2 upstream body that errors after `idle` without data.
-    pub fn upstream_http2(incoming: Incoming, idle: Duration) -> Self {
-        ProxyBody::Upstream {
-            body: UpstreamBody::Http2(incoming),
-            idle,
-            deadline: None,
+    /// Runs `watcher` when this upstream response body ends. `Err` gives it
+    /// back when the body is not one still streaming from the upstream:
+    /// the caller accounts for the response now.
+    pub fn on_end(&mut self, watcher: Box<dyn OnBodyEnd>) -> Result<(), Box<dyn OnBodyEnd>> {
+        match self {
+            ProxyBody::Upstream { body, watch, .. } if !body.is_end_stream() => {
+                watch.add(watcher);
+                Ok(())
+            }
+            _ => Err(watcher),
         }
     }
 
@@ -195,30 +309,51 @@ impl Body for ProxyBody {
             ProxyBody::Empty => Poll::Ready(None),
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::App(body) => body.poll_frame(cx).map_err(Into::into),
-            ProxyBody::Incoming(incoming) => Pin::new(incoming).poll_frame(cx).map_err(Into::into),
+            ProxyBody::Incoming(incoming) => {
+                sanitized(Pin::new(incoming).poll_frame(cx)).map_err(Into::into)
+            }
             ProxyBody::Prefixed { prefix, rest } => match prefix.take() {
                 Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
                 None => Pin::new(rest.as_mut()).poll_frame(cx),
             },
             ProxyBody::Upstream {
                 body,
-                idle,
+                limits,
+                ends_by,
                 deadline,
+                watch,
             } => match body.poll_frame(cx) {
                 Poll::Ready(frame) => {
-                    // Progress: the next pause gets a fresh `idle`.
+                    // Progress: the next pause gets a fresh `idle`, up to
+                    // the body's end time.
                     if let Some(timer) = deadline.as_mut() {
-                        timer.as_mut().reset(tokio::time::Instant::now() + *idle);
+                        let next = (tokio::time::Instant::now() + limits.idle).min(*ends_by);
+                        timer.as_mut().reset(next);
+                    }
+                    match &frame {
+                        None => watch.fire(BodyEnd::Complete),
+                        Some(Err(error)) => watch.fire(BodyEnd::Failed(failure_code(error))),
+                        Some(Ok(_)) if body.is_end_stream() => watch.fire(BodyEnd::Complete),
+                        Some(Ok(_)) => {}
                     }
                     Poll::Ready(frame)
                 }
                 Poll::Pending => {
-                    let timer = deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(*idle)));
+                    let timer = deadline.get_or_insert_with(|| {
+                        let at = (tokio::time::Instant::now() + limits.idle).min(*ends_by);
+                        Box::pin(tokio::time::sleep_until(at))
+                    });
                     match timer.as_mut().poll(cx) {
                         Poll::Ready(()) => {
                             // Dropping the body closes its connection.
                             *body = UpstreamBody::Closed;
-                            Poll::Ready(Some(Err(Box::new(BodyIdleTimeout(*idle)))))
+                            let error: BoxError = if tokio::time::Instant::now() >= *ends_by {
+                                Box::new(BodyTimeout(limits.total))
+                            } else {
+                                Box::new(BodyIdleTimeout(limits.idle))
+                            };
+                            watch.fire(BodyEnd::Failed("upstream-timeout"));
+                            Poll::Ready(Some(Err(error)))
                         }
                         Poll::Pending => Poll::Pending,
                     }
@@ -261,6 +396,80 @@ impl Body for ProxyBody {
             ProxyBody::Upstream { body, .. } => body.size_hint(),
             ProxyBody::Boxed(body) => body.size_hint(),
         }
+    }
+}
+
+/// An HTTP/2 frame with the fields not allowed in trailers removed (the
+/// HTTP/1.1 codec does the same as it parses a trailer section).
+fn sanitized<E>(
+    frame: Poll<Option<Result<Frame<Bytes>, E>>>,
+) -> Poll<Option<Result<Frame<Bytes>, E>>> {
+    frame.map_ok(|mut frame| {
+        if let Some(trailers) = frame.trailers_mut() {
+            super::trailers::sanitize(trailers);
+        }
+        frame
+    })
+}
+
+/// A streamed body whose trailer section loses one field: the credential's
+/// header, which only Sluice may send.
+struct WithoutTrailer {
+    inner: ProxyBody,
+    name: HeaderName,
+}
+
+impl Body for WithoutTrailer {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        Pin::new(&mut this.inner)
+            .poll_frame(cx)
+            .map_ok(|mut frame| {
+                if let Some(trailers) = frame.trailers_mut() {
+                    trailers.remove(&this.name);
+                }
+                frame
+            })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl ProxyBody {
+    /// Whether trailer fields may still come: a chunked or HTTP/2 body
+    /// still streaming.
+    pub fn may_have_trailers(&self) -> bool {
+        match self {
+            ProxyBody::App(body) => body.may_have_trailers(),
+            ProxyBody::Incoming(incoming) => !incoming.is_end_stream(),
+            ProxyBody::Prefixed { rest, .. } => rest.may_have_trailers(),
+            ProxyBody::Boxed(body) => !body.is_end_stream(),
+            ProxyBody::Empty | ProxyBody::Full(_) | ProxyBody::Upstream { .. } => false,
+        }
+    }
+
+    /// This body without `name` in its trailers (boxed only when it may
+    /// have trailers at all).
+    pub fn without_trailer(self, name: &HeaderName) -> ProxyBody {
+        if !self.may_have_trailers() {
+            return self;
+        }
+        ProxyBody::boxed(WithoutTrailer {
+            inner: self,
+            name: name.clone(),
+        })
     }
 }
 

@@ -9,7 +9,7 @@ use http::{Request, Response};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
 
-use super::body::ProxyBody;
+use super::body::{BodyEnd, OnBodyEnd, ProxyBody};
 use super::error::ProxyError;
 use super::route::RequestContext;
 use super::step::{Next, PipelineResult, Step};
@@ -261,9 +261,40 @@ impl Step for CircuitStep {
             return next.call(request, ctx).await;
         };
         let admission = breaker.admit(Instant::now())?;
-        let result = next.call(request, ctx).await;
-        breaker.record(admission, upstream_failed(&result), Instant::now());
+        let mut result = next.call(request, ctx).await;
+        let failed = upstream_failed(&result);
+        // A success is only a success once its body has arrived whole: a
+        // response cut mid-body is an upstream failure.
+        if let (Ok(response), Some(false)) = (&mut result, failed) {
+            let outcome = Box::new(RecordAtBodyEnd {
+                breaker: breaker.clone(),
+                admission,
+            });
+            if let Err(outcome) = response.body_mut().on_end(outcome) {
+                outcome.ended(BodyEnd::Complete);
+            }
+            return result;
+        }
+        breaker.record(admission, failed, Instant::now());
         result
+    }
+}
+
+/// Records a call's outcome when its response body ends.
+struct RecordAtBodyEnd {
+    breaker: Arc<CircuitBreaker>,
+    admission: Admission,
+}
+
+impl OnBodyEnd for RecordAtBodyEnd {
+    fn ended(self: Box<Self>, end: BodyEnd) {
+        let failed = match end {
+            BodyEnd::Complete => Some(false),
+            BodyEnd::Failed(_) => Some(true),
+            // The app stopped reading: nothing learnt about the upstream.
+            BodyEnd::Abandoned => None,
+        };
+        self.breaker.record(self.admission, failed, Instant::now());
     }
 }
 

@@ -14,7 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
-use super::body::ProxyBody;
+use super::body::{BodyTimeouts, ProxyBody};
 use super::error::ProxyError;
 use super::pool::{Connector, Pool};
 use super::route::RequestContext;
@@ -96,12 +96,12 @@ impl UpstreamClient {
             .clone()
     }
 
-    /// Sends a request to the absolute URI it carries. `body_idle` bounds
-    /// each pause of the response body.
+    /// Sends a request to the absolute URI it carries; `body_limits` bound
+    /// the response body.
     pub async fn request(
         &self,
         request: Request<ProxyBody>,
-        body_idle: Duration,
+        body_limits: BodyTimeouts,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut head, body) = request.into_parts();
         let uri = &head.uri;
@@ -116,7 +116,8 @@ impl UpstreamClient {
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         head.uri = Uri::from(target);
-        pool.send(&mut head, false, body, body_idle).await
+        pool.send(&mut head, false, body, body_limits, &|| true)
+            .await
     }
 }
 
@@ -233,19 +234,35 @@ impl Next for UpstreamService {
         ctx: &RequestContext,
     ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send {
         let (parts, body) = request.into_parts();
+        // The retry loop only calls with a send left; a resend on a fresh
+        // connection needs one of its own.
+        let _ = ctx.sends.take();
         ctx.route.series.attempts.inc();
+        let may_resend = || {
+            let granted = ctx.sends.take();
+            if granted {
+                ctx.route.series.attempts.inc();
+            }
+            granted
+        };
         // The body may pause at most as long as an attempt may take.
-        let idle = ctx.route.attempt_timeout;
+        let body_limits = BodyTimeouts {
+            idle: ctx.route.attempt_timeout,
+            total: ctx.route.body_timeout,
+        };
         // Held for the whole attempt, so a retry gets it back (`replay`).
         let mut head = ctx.replay.lend(parts);
         let target = self.upstream.target_for(std::mem::take(&mut head.uri));
         // Boxed: the pool's future is large, and the steps above hold this one.
         Box::pin(async move {
+            // The app's hop-by-hop fields went at the edge (`observe`).
             head.uri = target?;
-            strip_hop_by_hop(&mut head.headers);
             // The pool sets Host (HTTP/1.1) or :authority (HTTP/2) to the upstream's.
             let keep = head.is_kept();
-            let response = self.pool.send(&mut head, keep, body, idle).await?;
+            let response = self
+                .pool
+                .send(&mut head, keep, body, body_limits, &may_resend)
+                .await?;
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             Ok(Response::from_parts(parts, body))

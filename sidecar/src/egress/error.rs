@@ -8,6 +8,8 @@ use http::{HeaderValue, Response, StatusCode};
 use super::body::{BoxError, ProxyBody};
 
 pub const ERROR_HEADER: http::HeaderName = http::HeaderName::from_static("x-sluice-error");
+/// `error.type` in the body of every answer Sluice gives itself.
+pub const ERROR_TYPE: &str = "sluice_error";
 
 /// Everything that can stop a request inside the sidecar.
 #[derive(Debug, thiserror::Error)]
@@ -125,9 +127,15 @@ impl ProxyError {
 
     pub fn into_response(self) -> Response<ProxyBody> {
         let status = self.status();
+        // An object under `error`, the shape provider SDKs parse (Stripe,
+        // OpenAI, EasyPost, ...): a string there makes some of them crash
+        // instead of raising their own error type.
         let body = serde_json::json!({
-            "error": self.code(),
-            "message": self.to_string(),
+            "error": {
+                "type": ERROR_TYPE,
+                "code": self.code(),
+                "message": self.to_string(),
+            }
         });
         let mut response = Response::new(ProxyBody::full(body.to_string()));
         *response.status_mut() = status;

@@ -18,7 +18,9 @@ pub mod retry;
 pub mod route;
 pub mod server;
 pub mod step;
+pub mod target;
 pub mod timeout;
+pub mod trailers;
 
 use std::future::Future;
 use std::pin::Pin;

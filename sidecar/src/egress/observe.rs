@@ -9,14 +9,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue};
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, Uri};
 use tokio::time::Instant;
 use tower::Layer;
 
-use super::body::ProxyBody;
+use super::body::{BodyEnd, OnBodyEnd, ProxyBody};
+use super::client::strip_hop_by_hop;
 use super::error::{ERROR_HEADER, ProxyError};
 use super::replay::Replay;
-use super::route::{PRIORITY_HEADER, Priority, RequestContext, Router};
+use super::route::{PRIORITY_HEADER, Priority, RequestContext, Route, Router};
 use super::step::Next;
 use crate::metrics::{Metrics, Name, RequestLabels};
 
@@ -145,9 +146,14 @@ impl<S: Next> super::Handle for ObserveService<S> {
             let method = request.method().clone();
             let route = layer.router.route(&method, request.uri().path());
             let (mut parts, body) = request.into_parts();
-            let (result, id) = match admit(&parts.method, &parts.headers) {
+            let mut added_key = None;
+            let (result, id) = match admit(&parts.method, &parts.uri, &parts.headers) {
                 Ok(priority) => {
                     parts.headers.remove(PRIORITY_HEADER);
+                    // Before any step adds a field (the credential, an
+                    // idempotency key): `Connection: <name>` from the app
+                    // must not remove what Sluice adds.
+                    strip_hop_by_hop(&mut parts.headers);
                     // The id moves in and back out: a generated one is not
                     // shared, so a clone would copy it.
                     let ctx = RequestContext {
@@ -156,11 +162,14 @@ impl<S: Next> super::Handle for ObserveService<S> {
                         priority,
                         deadline: started + route.total_timeout,
                         replay: Replay::default(),
+                        added_idempotency_key: Default::default(),
+                        sends: Default::default(),
                     };
                     let result = edge
                         .inner
                         .call(Request::from_parts(parts, body), &ctx)
                         .await;
+                    added_key = ctx.added_idempotency_key.into_inner();
                     (result, ctx.request_id)
                 }
                 Err(reason) => (Err(ProxyError::BadRequest(reason)), id),
@@ -190,14 +199,19 @@ impl<S: Next> super::Handle for ObserveService<S> {
             let elapsed = started.elapsed();
             let status = response.status().as_u16();
             let outcome = outcome(&response, error);
-            let series = &route.series;
-            series.count_request(&layer.metrics, status, outcome, || RequestLabels {
+            route.series.duration.observe(elapsed.as_secs_f64());
+            let count = Box::new(RequestCount {
+                metrics: layer.metrics.clone(),
                 integration: layer.integration.clone(),
-                endpoint: route.endpoint.clone(),
-                code: status,
+                route: route.clone(),
+                status,
                 outcome,
             });
-            series.duration.observe(elapsed.as_secs_f64());
+            // A body still streaming from the upstream is counted when it
+            // ends: cut short, its outcome is the failure's code.
+            if let Err(count) = response.body_mut().on_end(count) {
+                count.ended(BodyEnd::Complete);
+            }
             // One line per request at debug level: metrics carry the totals,
             // and a log write per request would cost more than the proxying.
             // The path only: queries can carry personal data or keys.
@@ -212,16 +226,59 @@ impl<S: Next> super::Handle for ObserveService<S> {
                 "egress"
             );
             response.headers_mut().insert(REQUEST_ID_HEADER, id);
+            if let Some((name, key)) = added_key {
+                // The app may retry with it after a timeout or a 5xx.
+                response.headers_mut().insert(name, key);
+            }
             debug_assert!(error.is_none() || response.headers().contains_key(ERROR_HEADER));
             response
         })
     }
 }
 
+/// `sluice_egress_requests_total` for one request, once its outcome is known.
+struct RequestCount {
+    metrics: Metrics,
+    integration: Name,
+    route: Arc<Route>,
+    status: u16,
+    outcome: &'static str,
+}
+
+impl OnBodyEnd for RequestCount {
+    fn ended(self: Box<Self>, end: BodyEnd) {
+        let outcome = match end {
+            BodyEnd::Failed(code) => code,
+            // The app hanging up says nothing new about the response.
+            BodyEnd::Complete | BodyEnd::Abandoned => self.outcome,
+        };
+        let RequestCount {
+            metrics,
+            integration,
+            route,
+            status,
+            ..
+        } = *self;
+        route
+            .series
+            .count_request(&metrics, status, outcome, || RequestLabels {
+                integration,
+                endpoint: route.endpoint.clone(),
+                code: status,
+                outcome,
+            });
+    }
+}
+
 /// Checks on the app's request before anything is spent on it.
-fn admit(method: &Method, headers: &http::HeaderMap) -> Result<Priority, String> {
+fn admit(method: &Method, uri: &Uri, headers: &http::HeaderMap) -> Result<Priority, String> {
     if method == Method::CONNECT {
         return Err("CONNECT is not supported: send plain HTTP requests to this port".into());
+    }
+    if let Some(target) = uri.path_and_query()
+        && let Some(reason) = super::target::refusal(target.as_str().as_bytes())
+    {
+        return Err(reason.into());
     }
     if headers.contains_key(http::header::UPGRADE) && !headers.contains_key("http2-settings") {
         return Err("protocol upgrades (header upgrade) are not proxied".into());

@@ -33,7 +33,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tower::ServiceExt;
 
-use super::body::{BoxError, ProxyBody};
+use super::body::{BodyTimeouts, BoxError, ProxyBody};
 use super::error::ProxyError;
 use super::http1::{self, Decoder, Http1Error, RequestHead};
 
@@ -164,14 +164,17 @@ impl Pool {
     /// and returns the response head; its body streams from the connection.
     ///
     /// The head is borrowed: with `keep`, it is left as it was, for the
-    /// caller to send again; without, it may be emptied. `body_idle` bounds
-    /// each pause of the response body.
+    /// caller to send again; without, it may be emptied. `body` bounds
+    /// the response body's pauses and its length in time. A request the
+    /// upstream closed a reused connection on is sent again on the next one
+    /// only if `may_resend` says so (it counts the send).
     pub async fn send(
         self: &Arc<Self>,
         parts: &mut request::Parts,
         keep: bool,
         mut body: ProxyBody,
-        body_idle: Duration,
+        body_limits: BodyTimeouts,
+        may_resend: &(dyn Fn() -> bool + Sync),
     ) -> Result<Response<ProxyBody>, ProxyError> {
         // A body already at its end (an h2c GET's, straight from the app)
         // can be sent again; as `Empty` it says so.
@@ -185,7 +188,7 @@ impl Pool {
                 // otherwise make every request's future large to move.
                 Checkout::Http2(sender) => {
                     let request = owned_request(parts, keep, body);
-                    return Box::pin(self.send_http2(sender, request, body_idle)).await;
+                    return Box::pin(self.send_http2(sender, request, body_limits)).await;
                 }
                 Checkout::Http1 { conn, fresh } => (conn, fresh),
             };
@@ -215,12 +218,14 @@ impl Pool {
                         upstream.release();
                         ProxyBody::Empty
                     } else {
-                        ProxyBody::upstream_http1(upstream, body_idle)
+                        ProxyBody::upstream_http1(upstream, body_limits)
                     };
                     return Ok(Response::from_parts(response, body));
                 }
                 Err(error) => match spare {
-                    Some(spare) if conn.received_nothing() && !error.is_protocol() => {
+                    Some(spare)
+                        if conn.received_nothing() && !error.is_protocol() && may_resend() =>
+                    {
                         tracing::debug!(%error, "a pooled connection was closed by the upstream; trying the next");
                         body = spare;
                     }
@@ -237,7 +242,7 @@ impl Pool {
         &self,
         mut sender: http2::SendRequest<ProxyBody>,
         mut request: Request<ProxyBody>,
-        body_idle: Duration,
+        body_limits: BodyTimeouts,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         // HTTP/2 carries the target as :scheme, :authority and :path.
         let mut uri = std::mem::take(request.uri_mut()).into_parts();
@@ -258,7 +263,7 @@ impl Pool {
         let (parts, incoming) = response.into_parts();
         Ok(Response::from_parts(
             parts,
-            ProxyBody::upstream_http2(incoming, body_idle),
+            ProxyBody::upstream_http2(incoming, body_limits),
         ))
     }
 

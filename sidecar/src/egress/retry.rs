@@ -202,9 +202,9 @@ impl Step for RetryStep {
             && methods.contains(request.method())
             && !request.headers().contains_key(header)
         {
-            request
-                .headers_mut()
-                .insert(header.clone(), new_idempotency_key());
+            let key = new_idempotency_key();
+            request.headers_mut().insert(header.clone(), key.clone());
+            let _ = ctx.added_idempotency_key.set((header.clone(), key));
         }
         let wants_retries = rules.max_attempts > 1;
         if wants_retries && !request.body().is_end_stream() {
@@ -245,6 +245,7 @@ fn attempts<S: Next>(
 ) -> impl Future<Output = PipelineResult> + Send {
     async move {
         let may_repeat = rules.may_repeat(&head.method);
+        ctx.sends.set(rules.max_attempts);
         let mut attempt = 1u32;
         loop {
             // Only a body small enough to be buffered can be sent again; its
@@ -260,6 +261,11 @@ fn attempts<S: Next>(
             let Some(spare_body) = spare_body else {
                 return result;
             };
+            // The pool may have sent it again on a fresh connection (a
+            // stale one failed): those sends count too.
+            if ctx.sends.left() == 0 {
+                return result;
+            }
             let Some(reason) = rules.reason(&result) else {
                 return result;
             };

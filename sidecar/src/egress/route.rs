@@ -139,6 +139,8 @@ pub struct Route {
     pub cache_ttl: Option<Duration>,
     pub attempt_timeout: Duration,
     pub total_timeout: Duration,
+    /// From the response headers to the end of the response body.
+    pub body_timeout: Duration,
 }
 
 /// A named route with its timeout overrides.
@@ -167,6 +169,7 @@ pub struct Router {
     cache: Vec<(Matcher, Duration)>,
     attempt_timeout: Duration,
     total_timeout: Duration,
+    body_timeout: Duration,
     default_endpoint: Arc<str>,
     series: HashMap<Arc<str>, Arc<EndpointSeries>>,
     /// Looked up once per request: foldhash, not SipHash (~300 instructions
@@ -210,6 +213,7 @@ impl Router {
                 .collect::<Result<_, MatchError>>()?,
             attempt_timeout: config.upstream.timeout.get(),
             total_timeout: config.upstream.total_timeout.get(),
+            body_timeout: config.upstream.body_timeout.get(),
             default_endpoint: Arc::from(DEFAULT_ENDPOINT),
             series: HashMap::new(),
             memo: Default::default(),
@@ -304,6 +308,7 @@ impl Router {
             total_timeout: endpoint
                 .and_then(|e| e.total_timeout)
                 .unwrap_or(self.total_timeout),
+            body_timeout: self.body_timeout,
         }
     }
 }
@@ -346,6 +351,44 @@ pub struct RequestContext {
     pub deadline: Instant,
     /// Where an attempt gives the request head back for the next one.
     pub replay: Replay,
+    /// The idempotency key Sluice added (the app sent none): the edge
+    /// returns it on the response, whatever the outcome.
+    pub added_idempotency_key: std::sync::OnceLock<(HeaderName, HeaderValue)>,
+    /// How many more times the request may be sent upstream, counting the
+    /// pool's resend after a stale connection: `retry.maxAttempts` bounds
+    /// every send, not only the retry loop's.
+    pub sends: SendBudget,
+}
+
+/// Sends left for one request (1 unless the retry step sets more).
+#[derive(Debug)]
+pub struct SendBudget(std::sync::atomic::AtomicU32);
+
+impl Default for SendBudget {
+    fn default() -> Self {
+        Self(1.into())
+    }
+}
+
+impl SendBudget {
+    pub fn set(&self, sends: u32) {
+        self.0.store(sends, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn left(&self) -> u32 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Takes one send; `false` when none is left.
+    pub fn take(&self) -> bool {
+        self.0
+            .fetch_update(
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+                |left| left.checked_sub(1),
+            )
+            .is_ok()
+    }
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::ordering::{OrderingGuard, Verdict};
 use super::queue::{QueueReader, StoredEvent};
 use crate::config::{DeliveryConfig, OrderingConfig};
-use crate::egress::body::ProxyBody;
+use crate::egress::body::{BodyTimeouts, ProxyBody};
 use crate::egress::client::{UpstreamClient, strip_hop_by_hop};
 use crate::metrics::{Metrics, WebhookResultLabels};
 
@@ -93,7 +93,10 @@ impl Deliverer {
         let send = async {
             let response = self
                 .client
-                .request(self.request(event, attempt), self.config.timeout.get())
+                .request(
+                    self.request(event, attempt),
+                    BodyTimeouts::within(self.config.timeout.get()),
+                )
                 .await
                 .map_err(|e| format!("sending to the app failed: {e}"))?;
             let status = response.status();

@@ -250,6 +250,7 @@ fn parse_trailers(read: &mut BytesMut) -> Result<Option<HeaderMap>, FramingError
                 trailers.append(name, value);
             }
             read.advance(length);
+            crate::egress::trailers::sanitize(&mut trailers);
             Ok(Some(trailers))
         }
         Ok(httparse::Status::Partial) if read.len() >= MAX_HEAD_BYTES => Err(framing(format!(
@@ -288,6 +289,8 @@ struct FieldsSeen {
     connection: bool,
     te: bool,
     expect: bool,
+    /// How many `Host` fields (saturating): a request needs exactly one.
+    hosts: u8,
 }
 
 impl FieldsSeen {
@@ -304,6 +307,8 @@ impl FieldsSeen {
             self.te = true;
         } else if name == header::EXPECT {
             self.expect = true;
+        } else if name == header::HOST {
+            self.hosts = self.hosts.saturating_add(1);
         }
     }
 }
@@ -364,6 +369,18 @@ fn chunked_is_last(headers: &HeaderMap) -> bool {
         .next_back()
         .and_then(|last| last.to_str().ok()?.rsplit(',').next().map(str::trim))
         .is_some_and(|coding| coding.eq_ignore_ascii_case("chunked"))
+}
+
+/// Whether `chunked` is the only transfer coding (however often the field
+/// is repeated).
+fn only_chunked(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|coding| !coding.is_empty())
+        .all(|coding| coding.eq_ignore_ascii_case(b"chunked"))
 }
 
 /// Whether a (possibly repeated) comma-separated field holds `token`.

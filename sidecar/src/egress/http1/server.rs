@@ -34,8 +34,8 @@ use tokio::sync::oneshot;
 
 use super::{
     BodyError, Chunked, Decoder, FieldsSeen, FramingError, MAX_HEAD_BYTES, MAX_HEADERS, READ_CHUNK,
-    chunked_is_last, content_length, field_spans, has_token, header_map, itoa_u64, poll_fill,
-    put_chunk, put_chunk_size, put_field, put_last_chunk,
+    chunked_is_last, content_length, field_spans, has_token, header_map, itoa_u64, only_chunked,
+    poll_fill, put_chunk, put_chunk_size, put_field, put_last_chunk,
 };
 use crate::egress::Handle;
 use crate::egress::body::ProxyBody;
@@ -122,6 +122,11 @@ impl AppBody {
 
     pub fn is_end_stream(&self) -> bool {
         self.decoder.is_end() || self.reader.is_none()
+    }
+
+    /// A chunked body still being read: a trailer section may follow.
+    pub fn may_have_trailers(&self) -> bool {
+        matches!(self.decoder, Decoder::Chunked(_)) && self.reader.is_some()
     }
 
     pub fn size_hint(&self) -> SizeHint {
@@ -517,6 +522,15 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, Refusal> {
     let mut parsed = httparse::Request::new(&mut []);
     let length = match parsed.parse_with_uninit_headers(buf, &mut fields) {
         Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES && !buf.contains(&b'\n') => {
+            return Err(Refusal {
+                status: StatusCode::URI_TOO_LONG,
+                reason: format!(
+                    "the request line is longer than {} KiB",
+                    MAX_HEAD_BYTES / 1024
+                ),
+            });
+        }
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
             return Err(Refusal {
                 status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -557,6 +571,16 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, Refusal> {
     // Room for what the pipeline adds (credentials, an idempotency key).
     let (headers, seen) =
         header_map(&head, &spans, 2).map_err(|error| bad_request(error.to_string()))?;
+    // RFC 9112 §3.2: a server must answer 400 to an HTTP/1.1 request
+    // without exactly one Host (the upstream's replaces it, but a second
+    // one is where proxies and servers disagree).
+    if version == Version::HTTP_11 && seen.hosts != 1 {
+        return Err(bad_request(if seen.hosts == 0 {
+            "an HTTP/1.1 request needs a host header"
+        } else {
+            "the request has more than one host header"
+        }));
+    }
     let body = request_body(version, &headers, seen)?;
     let facts = RequestFacts {
         head: method == Method::HEAD,
@@ -610,6 +634,15 @@ fn request_body(
             return Err(bad_request(
                 "header transfer-encoding must end with chunked in a request",
             ));
+        }
+        if !only_chunked(headers) {
+            // RFC 9112 §6.1: a coding the server does not understand is 501.
+            // Decoding only the chunks would forward a body the app did
+            // not mean.
+            return Err(Refusal {
+                status: StatusCode::NOT_IMPLEMENTED,
+                reason: "header transfer-encoding: only chunked is supported in a request".into(),
+            });
         }
         return Ok(Decoder::Chunked(Chunked::Size));
     }
@@ -991,16 +1024,43 @@ mod tests {
     #[tokio::test]
     async fn ambiguous_or_malformed_heads_are_refused_with_the_reason_and_a_close() {
         let (addr, _) = server(Echo::default()).await;
-        let big = format!("GET / HTTP/1.1\r\nx-big: {}\r\n\r\n", "a".repeat(70 * 1024));
-        let many = format!("GET / HTTP/1.1\r\n{}\r\n", "x-f: 1\r\n".repeat(200));
-        let cases: [(&[u8], u16, &str); 8] = [
+        let big = format!(
+            "GET / HTTP/1.1\r\nhost: s\r\nx-big: {}\r\n\r\n",
+            "a".repeat(70 * 1024)
+        );
+        let many = format!(
+            "GET / HTTP/1.1\r\nhost: s\r\n{}\r\n",
+            "x-f: 1\r\n".repeat(200)
+        );
+        let long_target = format!("GET /{} HTTP/1.1\r\n", "a".repeat(70 * 1024));
+        let cases: [(&[u8], u16, &str); 14] = [
+            (b"GET / HTTP/1.1\r\n\r\n", 400, "needs a host header"),
             (
-                b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\nabc",
+                b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n",
+                400,
+                "more than one host header",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nhost: s\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+                501,
+                "only chunked",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nhost: s\r\ntransfer-encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n",
+                501,
+                "only chunked",
+            ),
+            (long_target.as_bytes(), 414, "request line is longer than 64 KiB"),
+            // h2spec http2/3.5/2 with no line end: httparse refuses a
+            // request line as soon as it cannot become one.
+            (b"INVALID CONNECTION PREFACE", 400, "invalid HTTP version"),
+            (
+                b"POST / HTTP/1.1\r\nhost: s\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\nabc",
                 400,
                 "both transfer-encoding and content-length",
             ),
             (
-                b"POST / HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n",
+                b"POST / HTTP/1.1\r\nhost: s\r\ntransfer-encoding: gzip\r\n\r\n",
                 400,
                 "transfer-encoding must end with chunked",
             ),
@@ -1010,17 +1070,17 @@ mod tests {
                 "HTTP/1.0",
             ),
             (
-                b"POST / HTTP/1.1\r\ncontent-length: 3, 4\r\n\r\nabc",
+                b"POST / HTTP/1.1\r\nhost: s\r\ncontent-length: 3, 4\r\n\r\nabc",
                 400,
                 "content-length",
             ),
             (
-                b"POST / HTTP/1.1\r\ncontent-length: -3\r\n\r\n",
+                b"POST / HTTP/1.1\r\nhost: s\r\ncontent-length: -3\r\n\r\n",
                 400,
                 "content-length",
             ),
             (
-                b"GET / HTTP/1.1\r\nbad header: 1\r\n\r\n",
+                b"GET / HTTP/1.1\r\nhost: s\r\nbad header: 1\r\n\r\n",
                 400,
                 "invalid request head",
             ),
@@ -1044,7 +1104,7 @@ mod tests {
     async fn a_truncated_or_malformed_upload_fails_the_request_not_the_server() {
         let (addr, _) = server(Echo::default()).await;
         let mut app = RawApp::connect(addr).await;
-        app.send(b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n")
+        app.send(b"POST / HTTP/1.1\r\nhost: s\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n")
             .await;
         let answer = app.answer("POST").await;
         assert_eq!(answer.status, 400);
@@ -1056,7 +1116,7 @@ mod tests {
         assert!(app.closed().await);
 
         let mut app = RawApp::connect(addr).await;
-        app.send(b"POST / HTTP/1.1\r\ncontent-length: 10\r\n\r\nabc")
+        app.send(b"POST / HTTP/1.1\r\nhost: s\r\ncontent-length: 10\r\n\r\nabc")
             .await;
         app.stream.shutdown().await.unwrap();
         let answer = app.answer("POST").await;
@@ -1101,14 +1161,14 @@ mod tests {
     async fn streamed_bodies_are_chunked_with_trailers_only_for_who_asks() {
         let (addr, _) = server(Echo::default()).await;
         let mut app = RawApp::connect(addr).await;
-        app.send(b"GET /streamed HTTP/1.1\r\n\r\n").await;
+        app.send(b"GET /streamed HTTP/1.1\r\nhost: s\r\n\r\n").await;
         let answer = app.answer("GET").await;
         assert_eq!(
             (answer.header("transfer-encoding"), answer.text().as_str()),
             (Some("chunked"), "one two three")
         );
         assert!(answer.trailers.is_empty());
-        app.send(b"GET /streamed HTTP/1.1\r\nte: trailers\r\n\r\n")
+        app.send(b"GET /streamed HTTP/1.1\r\nhost: s\r\nte: trailers\r\n\r\n")
             .await;
         let answer = app.answer("GET").await;
         assert_eq!(answer.trailers, b"x-checksum: abc\r\n");
@@ -1118,7 +1178,7 @@ mod tests {
     async fn head_answers_keep_their_length_and_send_no_body() {
         let (addr, _) = server(Echo::default()).await;
         let mut app = RawApp::connect(addr).await;
-        app.send(b"HEAD /h HTTP/1.1\r\n\r\nGET /g HTTP/1.1\r\n\r\n")
+        app.send(b"HEAD /h HTTP/1.1\r\nhost: s\r\n\r\nGET /g HTTP/1.1\r\nhost: s\r\n\r\n")
             .await;
         let head = app.answer("HEAD").await;
         assert_eq!(
@@ -1133,7 +1193,8 @@ mod tests {
     #[tokio::test]
     async fn an_unread_upload_is_answered_then_the_connection_closes() {
         let (addr, _) = server(Echo::default()).await;
-        let mut request = b"POST /ignore-body HTTP/1.1\r\ncontent-length: 300000\r\n\r\n".to_vec();
+        let mut request =
+            b"POST /ignore-body HTTP/1.1\r\nhost: s\r\ncontent-length: 300000\r\n\r\n".to_vec();
         request.extend(std::iter::repeat_n(b'x', 300_000));
         // Written while the answer is read: the server lingers over the rest.
         let (mut read, mut write) = TcpStream::connect(addr).await.unwrap().into_split();
@@ -1157,7 +1218,7 @@ mod tests {
         let echo = Echo::default();
         let (addr, _) = server(echo.clone()).await;
         let mut app = RawApp::connect(addr).await;
-        app.send(b"GET /forever HTTP/1.1\r\n\r\n").await;
+        app.send(b"GET /forever HTTP/1.1\r\nhost: s\r\n\r\n").await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!echo.cancelled.load(Ordering::SeqCst));
         drop(app);
@@ -1174,7 +1235,8 @@ mod tests {
     async fn a_response_body_that_fails_midway_truncates_the_answer() {
         let (addr, _) = server(Echo::default()).await;
         let mut app = RawApp::connect(addr).await;
-        app.send(b"GET /fails-midway HTTP/1.1\r\n\r\n").await;
+        app.send(b"GET /fails-midway HTTP/1.1\r\nhost: s\r\n\r\n")
+            .await;
         while app.fill().await {}
         let text = String::from_utf8_lossy(&app.buf);
         assert!(
@@ -1187,10 +1249,10 @@ mod tests {
     async fn a_stop_closes_idle_connections_and_busy_ones_after_their_answer() {
         let (addr, stop) = server(Echo::default()).await;
         let mut idle = RawApp::connect(addr).await;
-        idle.send(b"GET /1 HTTP/1.1\r\n\r\n").await;
+        idle.send(b"GET /1 HTTP/1.1\r\nhost: s\r\n\r\n").await;
         assert_eq!(idle.answer("GET").await.status, 200);
         let mut busy = RawApp::connect(addr).await;
-        busy.send(b"GET /slow HTTP/1.1\r\n\r\n").await;
+        busy.send(b"GET /slow HTTP/1.1\r\nhost: s\r\n\r\n").await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         stop.store(true, Ordering::SeqCst);
         // The busy one finishes, and says it closes.
@@ -1202,7 +1264,7 @@ mod tests {
         assert!(busy.closed().await);
         // The drain would wake the idle one; here a late request does, and
         // it closes instead of starting another request.
-        idle.send(b"GET /2 HTTP/1.1\r\n\r\n").await;
+        idle.send(b"GET /2 HTTP/1.1\r\nhost: s\r\n\r\n").await;
         assert!(idle.closed().await);
     }
 }
