@@ -171,13 +171,31 @@ struct ParsedHead {
 struct Refusal {
     status: StatusCode,
     reason: String,
+    /// Whether the peer is sent an answer: not when it does not speak
+    /// HTTP/1.x at all (an invalid HTTP/2 preface), which must only see
+    /// the connection close (RFC 9113 §3.4).
+    answered: bool,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, reason: impl Into<String>) -> Self {
+        Refusal {
+            status,
+            reason: reason.into(),
+            answered: true,
+        }
+    }
+
+    fn not_http1() -> Self {
+        Refusal {
+            answered: false,
+            ..bad_request("the request line is not HTTP/1.x")
+        }
+    }
 }
 
 fn bad_request(reason: impl Into<String>) -> Refusal {
-    Refusal {
-        status: StatusCode::BAD_REQUEST,
-        reason: reason.into(),
-    }
+    Refusal::new(StatusCode::BAD_REQUEST, reason)
 }
 
 impl Refusal {
@@ -227,6 +245,9 @@ impl AppConnection {
                 Some(Ok(head)) => head,
                 Some(Err(refusal)) => {
                     tracing::debug!(status = %refusal.status, reason = %refusal.reason, "malformed request from the app");
+                    if !refusal.answered {
+                        return Ok(());
+                    }
                     let facts = RequestFacts {
                         head: false,
                         version: Version::HTTP_11,
@@ -523,30 +544,31 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, Refusal> {
     let length = match parsed.parse_with_uninit_headers(buf, &mut fields) {
         Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES && !buf.contains(&b'\n') => {
-            return Err(Refusal {
-                status: StatusCode::URI_TOO_LONG,
-                reason: format!(
+            return Err(Refusal::new(
+                StatusCode::URI_TOO_LONG,
+                format!(
                     "the request line is longer than {} KiB",
                     MAX_HEAD_BYTES / 1024
                 ),
-            });
+            ));
         }
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
-            return Err(Refusal {
-                status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                reason: format!(
+            return Err(Refusal::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                format!(
                     "the request head is larger than {} KiB",
                     MAX_HEAD_BYTES / 1024
                 ),
-            });
+            ));
         }
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(Refusal {
-                status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                reason: format!("the request has more than {MAX_HEADERS} header fields"),
-            });
+            return Err(Refusal::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                format!("the request has more than {MAX_HEADERS} header fields"),
+            ));
         }
+        Err(httparse::Error::Version) => return Err(Refusal::not_http1()),
         Err(error) => return Err(bad_request(format!("invalid request head: {error}"))),
     };
     let method = parsed.method.unwrap_or_default();
@@ -639,10 +661,10 @@ fn request_body(
             // RFC 9112 §6.1: a coding the server does not understand is 501.
             // Decoding only the chunks would forward a body the app did
             // not mean.
-            return Err(Refusal {
-                status: StatusCode::NOT_IMPLEMENTED,
-                reason: "header transfer-encoding: only chunked is supported in a request".into(),
-            });
+            return Err(Refusal::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "header transfer-encoding: only chunked is supported in a request",
+            ));
         }
         return Ok(Decoder::Chunked(Chunked::Size));
     }
@@ -1051,9 +1073,9 @@ mod tests {
                 "only chunked",
             ),
             (long_target.as_bytes(), 414, "request line is longer than 64 KiB"),
-            // h2spec http2/3.5/2 with no line end: httparse refuses a
-            // request line as soon as it cannot become one.
-            (b"INVALID CONNECTION PREFACE", 400, "invalid HTTP version"),
+            // h2spec http2/3.5/2, with no line end: refused (closed, status
+            // 0 here) as soon as it cannot become an HTTP/1.x request line.
+            (b"INVALID CONNECTION PREFACE", 0, ""),
             (
                 b"POST / HTTP/1.1\r\nhost: s\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\nabc",
                 400,
@@ -1090,6 +1112,11 @@ mod tests {
         for (request, status, reason) in cases {
             let mut app = RawApp::connect(addr).await;
             app.send(request).await;
+            if status == 0 {
+                // Not HTTP/1.x at all: no answer it could read, a close.
+                assert!(app.closed().await, "an answer or still open");
+                continue;
+            }
             let answer = app.answer("GET").await;
             let shown = String::from_utf8_lossy(&request[..request.len().min(60)]);
             assert_eq!(answer.status, status, "{shown}");
