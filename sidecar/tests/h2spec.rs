@@ -35,8 +35,8 @@ async fn the_h2c_listener_passes_h2spec() {
             .find_map(|part| {
                 part.strip_suffix(what)?
                     .trim()
-                    .split(' ')
-                    .last()?
+                    .rsplit(' ')
+                    .next()?
                     .parse()
                     .ok()
             })
