@@ -161,6 +161,7 @@ pub struct Families {
     /// Unix time of the last config change applied (0: the config it started with).
     pub config_applied: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub config_server_connected: Gauge,
+    pub webhook_unverified_bytes: Gauge,
     registry: Registry,
 }
 
@@ -308,7 +309,14 @@ impl Metrics {
             "1 while the sidecar follows the operator's config stream, 0 while it runs on its last good config",
             config_server_connected.clone(),
         );
+        let webhook_unverified_bytes = Gauge::default();
+        registry.register(
+            "sluice_webhook_unverified_bytes",
+            "Bytes of webhook bodies being read or verified, held in memory (bounded by ingress.maxUnverifiedBytes)",
+            webhook_unverified_bytes.clone(),
+        );
         Self(Arc::new(Families {
+            webhook_unverified_bytes,
             config_reloads,
             config_applied,
             config_server_connected,

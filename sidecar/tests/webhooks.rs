@@ -125,6 +125,7 @@ fn sidecar_config(
             state_dir: state.to_owned(),
             max_queue_bytes: 1 << 30,
             max_body_bytes: 64 * 1024,
+            ..IngressConfig::default()
         },
     }
 }
@@ -811,6 +812,93 @@ async fn webhooks_come_and_go_with_live_config_and_nothing_accepted_is_lost() {
     assert_eq!(
         post(&sidecar, "/wh", &signed[1], "{\"n\":2}").await.status,
         404
+    );
+    sidecar.shutdown().await;
+}
+
+/// Unsigned senders that open connections, send most of a large body and
+/// stall (the attack that took RSS from 12 to 225 MB): what they hold is
+/// bounded, they are answered and closed, and a signed webhook is accepted
+/// while they are at it.
+#[tokio::test]
+async fn stalled_unsigned_bodies_cannot_starve_the_webhook_port() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestUpstream::plain(ok_app()).await;
+    let dir = Dir::new("flood");
+    let to = format!("{}/hooks", app.url());
+    let hook = webhook(&format!(
+        "{{name: std, path: /wh, forwardTo: '{to}', verify: {{scheme: StandardWebhooks, tolerance: 5m, secrets: [{{secret: {{path: {}}}}}]}}}}",
+        dir.secret("std", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    ));
+    let mut config = sidecar_config(
+        &dir.0.join("state"),
+        vec![provider(vec![hook])],
+        "127.0.0.1:0",
+    );
+    config.ingress.max_body_bytes = 1 << 20;
+    config.ingress.max_unverified_bytes = 4 << 20;
+    config.ingress.body_timeout = sluice_sidecar::config::Duration::from_secs(3);
+    let sidecar = sluice_sidecar::Sidecar::start(config).await.unwrap();
+    let ingress = sidecar.ingress_addr().unwrap();
+
+    // Phase 1: 40 senders, each 1 MiB - 1 declared, 512 KiB sent, then silence.
+    let started = Instant::now();
+    let mut senders = Vec::new();
+    for _ in 0..40 {
+        let mut socket = tokio::net::TcpStream::connect(ingress).await.unwrap();
+        let head = format!(
+            "POST /wh HTTP/1.1\r\nhost: hooks\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            (1 << 20) - 1
+        );
+        socket.write_all(head.as_bytes()).await.unwrap();
+        // The sidecar may answer and close before all of it is written.
+        let _ = socket.write_all(&vec![b'x'; 512 * 1024]).await;
+        senders.push(socket);
+    }
+    let metrics = admin(&sidecar, "/metrics").await.text();
+    let held = metric(&metrics, "sluice_webhook_unverified_bytes");
+    assert!(
+        held > 0.0 && held <= f64::from(3 << 20),
+        "bodies over 64 KiB hold at most 3/4 of the 4 MiB: {held}"
+    );
+
+    // Phase 2: a genuine webhook is accepted meanwhile.
+    let body = "{\"type\":\"payment.completed\"}";
+    let signed = sign(&[
+        serde_json::json!({"scheme": "StandardWebhooks", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "body": body, "id": "msg_flood", "timestamp": now_secs()}),
+    ]);
+    assert_eq!(post(&sidecar, "/wh", &signed[0], body).await.status, 200);
+    wait_for(&app, 1, Duration::from_secs(5)).await;
+
+    // Phase 3: every sender is answered (503 at once past the bound, 408 at
+    // the body timeout) and closed.
+    let mut statuses = Vec::new();
+    for mut socket in senders {
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), socket.read_to_end(&mut answer))
+            .await
+            .expect("the sender's connection was closed")
+            .unwrap_or_default();
+        let text = String::from_utf8_lossy(&answer);
+        statuses.push(text.get(9..12).unwrap_or("none").to_owned());
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    let busy = statuses.iter().filter(|s| *s == "503").count();
+    let slow = statuses.iter().filter(|s| *s == "408").count();
+    assert!(busy >= 30 && slow >= 1 && busy + slow == 40, "{statuses:?}");
+    let metrics = admin(&sidecar, "/metrics").await.text();
+    assert_eq!(metric(&metrics, "sluice_webhook_unverified_bytes"), 0.0);
+    assert_eq!(
+        metric(
+            &metrics,
+            "sluice_webhook_received_total{integration=\"provider\",webhook=\"std\",result=\"busy\"}"
+        ),
+        busy as f64,
+        "{metrics}"
     );
     sidecar.shutdown().await;
 }

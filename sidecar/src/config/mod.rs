@@ -50,6 +50,17 @@ pub struct IngressConfig {
     /// Larger webhook bodies get 413.
     #[serde(default = "defaults::max_webhook_body")]
     pub max_body_bytes: u64,
+    /// Bytes of bodies being read before their signature is checked, all
+    /// webhooks together; past it senders get 503 and a close. Bodies over
+    /// 64 KiB may take three quarters of it, so small ones always find room.
+    #[serde(default = "defaults::max_unverified_bytes")]
+    pub max_unverified_bytes: u64,
+    /// From a webhook's request head to the end of its body.
+    #[serde(default = "defaults::webhook_body_timeout")]
+    pub body_timeout: Duration,
+    /// Bytes a second a webhook body must average after its first 2 s.
+    #[serde(default = "defaults::min_webhook_body_rate")]
+    pub min_body_bytes_per_second: u64,
 }
 
 impl Default for IngressConfig {
@@ -59,6 +70,9 @@ impl Default for IngressConfig {
             state_dir: PathBuf::from("/var/run/sluice/state"),
             max_queue_bytes: defaults::max_queue_bytes(),
             max_body_bytes: defaults::max_webhook_body(),
+            max_unverified_bytes: defaults::max_unverified_bytes(),
+            body_timeout: defaults::webhook_body_timeout(),
+            min_body_bytes_per_second: defaults::min_webhook_body_rate(),
         }
     }
 }
@@ -693,6 +707,15 @@ pub mod defaults {
     }
     pub fn refresh_before() -> Duration {
         Duration::from_secs(300)
+    }
+    pub fn max_unverified_bytes() -> u64 {
+        16 << 20
+    }
+    pub fn webhook_body_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn min_webhook_body_rate() -> u64 {
+        8 * 1024
     }
     pub fn max_queue_bytes() -> u64 {
         1 << 30

@@ -7,6 +7,7 @@
 
 pub mod dedup;
 pub mod deliver;
+pub mod intake;
 pub mod ordering;
 pub mod queue;
 pub mod verify;
@@ -20,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -28,6 +29,7 @@ use tokio_util::task::TaskTracker;
 
 use self::dedup::{DedupStore, MemoryDedup};
 use self::deliver::Deliverer;
+use self::intake::{Intake, IntakeError, IntakeLimits};
 use self::queue::{EnqueueError, QueueReader, QueueWriter, StoredEvent};
 use self::verify::{GenericHmac, WebhookKey};
 use crate::config::{
@@ -82,6 +84,8 @@ pub struct Ingress {
     /// still delivered.
     queues: tokio::sync::Mutex<HashMap<String, OpenQueue>>,
     config: IngressConfig,
+    /// What unsigned senders can hold while their bodies are read.
+    intake: Intake,
     secrets: SecretStore,
     metrics: Metrics,
     tasks: TaskTracker,
@@ -149,6 +153,15 @@ impl Ingress {
             routes: RwLock::default(),
             queues: tokio::sync::Mutex::default(),
             config: config.clone(),
+            intake: Intake::new(
+                IntakeLimits {
+                    max_body: config.max_body_bytes,
+                    budget: config.max_unverified_bytes,
+                    timeout: config.body_timeout.get(),
+                    min_rate: config.min_body_bytes_per_second,
+                },
+                metrics.webhook_unverified_bytes.clone(),
+            ),
             secrets: secrets.clone(),
             metrics: metrics.clone(),
             tasks,
@@ -385,39 +398,16 @@ impl Ingress {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.config.max_body_bytes) {
-            self.count(&endpoint, "too_large");
-            return reply(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "the webhook body is too large",
-                None,
-            );
-        }
         let (parts, body) = request.into_parts();
-        let body = match Limited::new(body, self.config.max_body_bytes as usize)
-            .collect()
-            .await
-        {
-            Ok(collected) => collected.to_bytes(),
+        let unverified = match self.intake.read(body, declared, started).await {
+            Ok(unverified) => unverified,
             Err(error) => {
-                if error
-                    .downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some()
-                {
-                    self.count(&endpoint, "too_large");
-                    return reply(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "the webhook body is too large",
-                        None,
-                    );
-                }
-                return reply(
-                    StatusCode::BAD_REQUEST,
-                    "the webhook body could not be read",
-                    None,
-                );
+                self.count(&endpoint, error.result_label());
+                tracing::debug!(integration = %endpoint.integration, webhook = %endpoint.webhook, reason = %error, "webhook body refused");
+                return refusal(&error);
             }
         };
+        let body = unverified.bytes.clone();
         let now = SystemTime::now();
         let values: Vec<_> = endpoint
             .secrets
@@ -521,6 +511,34 @@ fn digest_id(body: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, body);
     let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256:{hex}")
+}
+
+/// The answer to a body that was not read whole. The connection closes:
+/// what is left of the body is not worth reading.
+fn refusal(error: &IntakeError) -> Response<Full<Bytes>> {
+    let mut response = match error {
+        IntakeError::TooLarge(_) => reply(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the webhook body is too large",
+            None,
+        ),
+        IntakeError::Busy => reply(StatusCode::SERVICE_UNAVAILABLE, "try again later", Some(1)),
+        IntakeError::TooSlow => reply(
+            StatusCode::REQUEST_TIMEOUT,
+            "the webhook body did not arrive in time",
+            None,
+        ),
+        IntakeError::Unreadable => reply(
+            StatusCode::BAD_REQUEST,
+            "the webhook body could not be read",
+            None,
+        ),
+    };
+    response.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 fn reply(
