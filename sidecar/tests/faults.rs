@@ -13,7 +13,6 @@ use sluice_sidecar::config::IntegrationConfig;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::Instant;
 
 /// An upstream that reads each request head and hands the socket to
 /// `answer` with the number of heads seen so far (1-based).
@@ -56,24 +55,8 @@ fn config(addr: SocketAddr, extra: &str) -> IntegrationConfig {
     config
 }
 
-/// One request over a fresh connection, read until the sidecar closes it.
 async fn fetch(sidecar: &sluice_sidecar::Sidecar) -> (String, Duration) {
-    let mut app = TcpStream::connect(sidecar.egress_addr("faults").unwrap())
-        .await
-        .unwrap();
-    app.write_all(b"GET /body HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let started = Instant::now();
-    let mut received = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), app.read_to_end(&mut received))
-        .await
-        .expect("the sidecar ended the response within 10s")
-        .unwrap_or_default();
-    (
-        String::from_utf8_lossy(&received).into_owned(),
-        started.elapsed(),
-    )
+    get_until_closed(sidecar.egress_addr("faults").unwrap(), "/body").await
 }
 
 #[tokio::test]

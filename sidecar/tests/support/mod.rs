@@ -325,3 +325,22 @@ pub fn tool(name: &str) -> std::path::PathBuf {
     assert!(path.exists(), "{} was not built", path.display());
     path
 }
+
+/// One GET over a fresh connection to `addr`, read until the sidecar closes
+/// it (however the response ends: cut bodies included), and how long that took.
+pub async fn get_until_closed(addr: SocketAddr, path: &str) -> (String, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut app = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n");
+    app.write_all(request.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut received = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), app.read_to_end(&mut received))
+        .await
+        .expect("the sidecar ended the response within 10s")
+        .unwrap_or_default();
+    (
+        String::from_utf8_lossy(&received).into_owned(),
+        started.elapsed(),
+    )
+}
