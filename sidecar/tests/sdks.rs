@@ -12,22 +12,6 @@ use std::process::Command;
 use sluice_sidecar::config::IntegrationConfig;
 use support::*;
 
-fn python() -> std::path::PathBuf {
-    match std::env::var_os("SLUICE_PYTHON") {
-        Some(p) => p.into(),
-        None => {
-            let home = std::env::var_os("HOME").expect("HOME is set");
-            let venv = Path::new(&home).join(".cache/sluice/venv/bin/python");
-            assert!(
-                venv.exists(),
-                "the provider SDKs are missing: run tests/run (it creates {}), or set SLUICE_PYTHON",
-                venv.display()
-            );
-            venv
-        }
-    }
-}
-
 fn config(name: &str, base_url: &str, rest: &str) -> IntegrationConfig {
     serde_yaml_ng::from_str(&format!(
         "name: {name}\nlisten: 127.0.0.1:0\nupstream: {{baseUrl: '{base_url}', timeout: 300ms, totalTimeout: 2s}}\nretry: {{maxAttempts: 1}}\n{rest}"

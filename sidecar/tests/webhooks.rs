@@ -16,21 +16,6 @@ use sluice_sidecar::config::{IngressConfig, IntegrationConfig, SidecarConfig, We
 use support::*;
 use tokio::time::Instant;
 
-/// The venv `tests/run` creates with the providers' libraries.
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("SLUICE_PYTHON") {
-        return p.into();
-    }
-    let home = std::env::var_os("HOME").expect("HOME is set");
-    let venv = Path::new(&home).join(".cache/sluice/venv/bin/python");
-    assert!(
-        venv.exists(),
-        "the provider SDKs are missing: run tests/run (it creates {}), or set SLUICE_PYTHON",
-        venv.display()
-    );
-    venv
-}
-
 fn signer_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/webhooks/sign.py")
 }

@@ -344,3 +344,18 @@ pub async fn get_until_closed(addr: SocketAddr, path: &str) -> (String, Duration
         started.elapsed(),
     )
 }
+
+/// The venv `tests/run` creates with the providers' Python SDKs.
+pub fn python() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("SLUICE_PYTHON") {
+        return p.into();
+    }
+    let home = std::env::var_os("HOME").expect("HOME is set");
+    let venv = std::path::Path::new(&home).join(".cache/sluice/venv/bin/python");
+    assert!(
+        venv.exists(),
+        "the provider SDKs are missing: run tests/run (it creates {}), or set SLUICE_PYTHON",
+        venv.display()
+    );
+    venv
+}
