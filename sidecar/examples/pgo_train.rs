@@ -138,7 +138,12 @@ async fn http1_client(addr: SocketAddr, connection: usize) -> anyhow::Result<usi
     tokio::spawn(conn);
     for i in 0..REQUESTS_PER_CONNECTION {
         sender.ready().await?;
-        let response = sender.send_request(request(connection + i, addr)).await?;
+        // hyper's connection-level client sends no Host; HTTP/1.1 needs one.
+        let mut request = request(connection + i, addr);
+        request
+            .headers_mut()
+            .insert(http::header::HOST, addr.to_string().parse()?);
+        let response = sender.send_request(request).await?;
         check(response).await?;
     }
     Ok(REQUESTS_PER_CONNECTION)
