@@ -572,6 +572,11 @@ pub fn compile(
                 .unwrap_or_else(defaults::max_buffered_body),
         },
         auth,
+        rotation_grace: spec
+            .auth
+            .as_ref()
+            .and_then(|a| a.rotation_grace)
+            .unwrap_or_else(defaults::rotation_grace),
         endpoints,
         rate_limits,
         retry,

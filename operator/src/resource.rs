@@ -199,9 +199,17 @@ pub struct SecretKeyRef {
 }
 
 #[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize, KubeSchema)]
-#[x_kube(validation = Rule::new("[has(self.header), has(self.bearer), has(self.basic), has(self.oauth2ClientCredentials)].filter(x, x).size() == 1").message("set exactly one of header, bearer, basic, oauth2ClientCredentials"))]
+#[x_kube(
+    validation = Rule::new("[has(self.header), has(self.bearer), has(self.basic), has(self.oauth2ClientCredentials)].filter(x, x).size() == 1").message("set exactly one of header, bearer, basic, oauth2ClientCredentials"),
+    validation = Rule::new("!has(self.rotationGrace) || (duration(self.rotationGrace) >= duration('0s') && duration(self.rotationGrace) <= duration('24h'))").message("rotationGrace must be between 0s and 24h")
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthSpec {
+    /// How long a static key replaced in its Secret stays a fallback, tried
+    /// after a 401 with the new one and sent first while the new one is
+    /// refused (default 15m; 0s keeps none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_grace: Option<Duration>,
     /// A key in a header of your choice, e.g. `X-Api-Key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header: Option<HeaderAuth>,

@@ -162,6 +162,7 @@ pub struct Families {
     pub config_applied: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub config_server_connected: Gauge,
     pub webhook_unverified_bytes: Gauge,
+    pub credential_fallback_active: Family<IntegrationLabels, Gauge>,
     registry: Registry,
 }
 
@@ -315,7 +316,14 @@ impl Metrics {
             "Bytes of webhook bodies being read or verified, held in memory (bounded by ingress.maxUnverifiedBytes)",
             webhook_unverified_bytes.clone(),
         );
+        let credential_fallback_active = Family::default();
+        registry.register(
+            "sluice_credential_fallback_active",
+            "1 while the current static key is refused (401) and an older one is sent first",
+            credential_fallback_active.clone(),
+        );
         Self(Arc::new(Families {
+            credential_fallback_active,
             webhook_unverified_bytes,
             config_reloads,
             config_applied,

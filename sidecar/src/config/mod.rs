@@ -105,6 +105,10 @@ pub struct IntegrationConfig {
     pub upstream: UpstreamConfig,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthConfig>,
+    /// How long a static key value replaced in its file stays a fallback
+    /// (sent after a 401 with the new one); 0 keeps none.
+    #[serde(default = "defaults::rotation_grace")]
+    pub rotation_grace: Duration,
     /// Named routes, first match wins: the `endpoint` label and per-endpoint timeouts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<EndpointConfig>,
@@ -707,6 +711,9 @@ pub mod defaults {
     }
     pub fn refresh_before() -> Duration {
         Duration::from_secs(300)
+    }
+    pub fn rotation_grace() -> Duration {
+        Duration::from_secs(15 * 60)
     }
     pub fn max_unverified_bytes() -> u64 {
         16 << 20

@@ -1,8 +1,9 @@
 //! Credential injection: the app never holds the provider's secret.
 //!
-//! Static keys come from watched files. During a rotation window a 401 with
-//! the current key is retried once with the previous one (and counted), so a
-//! key that the provider has not activated yet costs no failed request.
+//! Static keys come from watched files; while they rotate, `rotation.rs`
+//! picks the order keys are tried in (a 401 is sent again with a fallback,
+//! and counted), so a key the provider has not activated yet, or files
+//! written one after the other, cost no failed request.
 //! OAuth2 client-credentials tokens are cached and refreshed ahead of expiry,
 //! one refresh at a time.
 
@@ -21,10 +22,11 @@ use tokio::time::Instant;
 use super::body::{BodyTimeouts, ProxyBody, try_clone_request};
 use super::client::UpstreamClient;
 use super::error::ProxyError;
+use super::rotation::{Key, KeyRing, Plan};
 use super::route::RequestContext;
 use super::step::{Next, PipelineResult, Step};
 use crate::config::{AuthConfig, ClientAuthMethod};
-use crate::metrics::{Metrics, Name, ResultLabels};
+use crate::metrics::{IntegrationLabels, Metrics, Name, ResultLabels};
 use crate::secrets::{Secret, SecretError, SecretStore, SecretValue};
 
 /// A static credential: how to turn secret file contents into a header.
@@ -47,7 +49,7 @@ pub enum Credentials {
     Static {
         kind: Static,
         secret: Rotating,
-        header: Arc<HeaderCache>,
+        keys: Arc<KeyRing>,
     },
     OAuth2(Arc<TokenSource>),
 }
@@ -59,9 +61,19 @@ impl Credentials {
         integration: &Name,
         client: UpstreamClient,
         token_timeout: Duration,
+        rotation_grace: Duration,
         metrics: Metrics,
     ) -> Result<Self, CredentialsError> {
         let load = |file: &crate::config::SecretFile| store.load(file.path(), integration);
+        let keys = || {
+            let active = metrics
+                .credential_fallback_active
+                .get_or_create(&IntegrationLabels {
+                    integration: integration.clone(),
+                })
+                .clone();
+            Arc::new(KeyRing::new(rotation_grace, integration.clone(), active))
+        };
         let rotating = |current, previous: &Option<crate::config::PreviousSecret>| {
             Ok::<_, CredentialsError>(Rotating {
                 current,
@@ -82,12 +94,12 @@ impl Credentials {
                         .map_err(|_| CredentialsError::HeaderName(name.clone()))?,
                 ),
                 secret: rotating(load(secret)?, previous)?,
-                header: Arc::default(),
+                keys: keys(),
             },
             AuthConfig::Bearer { secret, previous } => Credentials::Static {
                 kind: Static::Bearer,
                 secret: rotating(load(secret)?, previous)?,
-                header: Arc::default(),
+                keys: keys(),
             },
             AuthConfig::Basic {
                 username,
@@ -98,7 +110,7 @@ impl Credentials {
                     username: load(username)?,
                 },
                 secret: rotating(load(password)?, previous_password)?,
-                header: Arc::default(),
+                keys: keys(),
             },
             AuthConfig::Oauth2ClientCredentials {
                 token_url,
@@ -139,18 +151,9 @@ pub enum CredentialsError {
     TokenUrl(String),
 }
 
-fn header_for(kind: &Static, secret: &Secret) -> Result<(HeaderName, HeaderValue), ProxyError> {
-    build_header(
-        kind,
-        &secret.current(),
-        kind.username().as_ref(),
-        secret.path(),
-    )
-}
-
 impl Static {
     /// The current username, for Basic.
-    fn username(&self) -> Option<SecretValue> {
+    pub(super) fn username(&self) -> Option<SecretValue> {
         match self {
             Static::Basic { username } => Some(username.current()),
             _ => None,
@@ -159,7 +162,7 @@ impl Static {
 }
 
 /// The credential header for a secret value (and, for Basic, a username).
-fn build_header(
+pub(super) fn build_header(
     kind: &Static,
     value: &SecretValue,
     username: Option<&SecretValue>,
@@ -189,43 +192,6 @@ fn build_header(
     })?;
     header_value.set_sensitive(true);
     Ok((name, header_value))
-}
-
-/// The current credential header, built once per secret value: a rotated
-/// file (a new value from the watcher) builds it again, every other request
-/// shares it.
-#[derive(Default)]
-pub struct HeaderCache(Mutex<Option<CachedHeader>>);
-
-struct CachedHeader {
-    value: SecretValue,
-    username: Option<SecretValue>,
-    header: (HeaderName, HeaderValue),
-}
-
-impl HeaderCache {
-    fn header(
-        &self,
-        kind: &Static,
-        secret: &Secret,
-    ) -> Result<(HeaderName, HeaderValue), ProxyError> {
-        let value = secret.current();
-        let username = kind.username();
-        let mut cached = self.0.lock().expect("credential cache lock poisoned");
-        if let Some(hit) = cached.as_ref()
-            && hit.value == value
-            && hit.username == username
-        {
-            return Ok(hit.header.clone());
-        }
-        let header = build_header(kind, &value, username.as_ref(), secret.path())?;
-        *cached = Some(CachedHeader {
-            value,
-            username,
-            header: header.clone(),
-        });
-        Ok(header)
-    }
 }
 
 struct CachedToken {
@@ -484,9 +450,9 @@ async fn call_with_token<S: Next>(
 }
 
 impl Step for AuthStep {
-    /// The common case, no credential or a static one outside a rotation
-    /// window, returns the next step's own future: nothing of this step's is
-    /// held per request, so its boxing copies a pointer, not a state machine
+    /// The common case, no credential or a static one with nothing rotating,
+    /// returns the next step's own future: nothing of this step's is held
+    /// per request, so its boxing copies a pointer, not a state machine
     /// holding the request twice (measured: 1.5 KB). The rest is boxed.
     fn call<S: Next>(
         &self,
@@ -494,40 +460,53 @@ impl Step for AuthStep {
         ctx: &RequestContext,
         next: &S,
     ) -> impl Future<Output = PipelineResult> + Send {
-        match &self.credentials {
+        let plan = match &self.credentials {
             None => return Either::Left(next.call(request, ctx)),
-            Some(Credentials::Static {
-                kind,
-                secret,
-                header,
-            }) if rotation_window(secret).is_none() => {
-                if let Ok((name, value)) = header.header(kind, &secret.current) {
-                    // Set in place: whatever the app sent under this name is
-                    // replaced, Sluice owns the credential.
-                    let request = with_header(request, (name, value));
-                    return Either::Left(next.call(request, ctx));
+            Some(Credentials::Static { kind, secret, keys }) => {
+                let previous = rotation_window(secret);
+                match keys.plan(kind, &secret.current, previous, Instant::now()) {
+                    // Set in place: whatever the app sent under this name
+                    // is replaced, Sluice owns the credential.
+                    Ok(Plan::Quiet(header)) => {
+                        return Either::Left(next.call(with_header(request, header), ctx));
+                    }
+                    Ok(Plan::Ordered(order)) => Ok(order),
+                    Err(error) => Err(error),
                 }
-                // An unusable secret value: the path below reports it.
             }
-            _ => {}
-        }
-        Either::Right(Box::pin(self.call_with_fallbacks(request, ctx, next)))
+            Some(Credentials::OAuth2(_)) => Ok(Vec::new()),
+        };
+        Either::Right(Box::pin(async move {
+            match (&self.credentials, plan?) {
+                (Some(Credentials::OAuth2(tokens)), _) => {
+                    call_with_token(tokens, request, ctx, next).await
+                }
+                (Some(Credentials::Static { keys, .. }), order) => {
+                    self.call_in_order(keys, order, request, ctx, next).await
+                }
+                (None, _) => next.call(request, ctx).await,
+            }
+        }))
     }
 }
 
 /// The previous key of a static credential, while it is still accepted.
-fn rotation_window(secret: &Rotating) -> Option<&(Secret, SystemTime)> {
+fn rotation_window(secret: &Rotating) -> Option<&Secret> {
     secret
         .previous
         .as_ref()
         .filter(|(_, until)| SystemTime::now() < *until)
+        .map(|(old, _)| old)
 }
 
 impl AuthStep {
-    /// Static credentials in a rotation window (a 401 is retried with the
-    /// previous key) and OAuth2 tokens.
-    async fn call_with_fallbacks<S: Next>(
+    /// Sends with each key of `order` in turn while the provider answers
+    /// 401 and the request can be sent again; tells `keys` which one it
+    /// accepted.
+    async fn call_in_order<S: Next>(
         &self,
+        keys: &KeyRing,
+        order: Vec<Key>,
         request: Request<ProxyBody>,
         ctx: &RequestContext,
         next: &S,
@@ -541,33 +520,41 @@ impl AuthStep {
                 })
                 .inc();
         };
-        match &self.credentials {
-            None => next.call(request, ctx).await,
-            Some(Credentials::Static {
-                kind,
-                secret,
-                header,
-            }) => {
-                let previous = rotation_window(secret);
-                let spare = previous.and_then(|_| try_clone_request(&request));
-                let current = header.header(kind, &secret.current)?;
-                let response = next.call(with_header(request, current), ctx).await?;
-                match (response.status(), previous, spare) {
-                    (StatusCode::UNAUTHORIZED, Some((old, _)), Some(spare)) => {
-                        let retried = next
-                            .call(with_header(spare, header_for(kind, old)?), ctx)
-                            .await?;
-                        let ok = retried.status() != StatusCode::UNAUTHORIZED;
-                        count(if ok { "success" } else { "failure" });
-                        if ok {
-                            tracing::warn!(integration = %self.integration, "the current key was refused with 401 and the previous key accepted; is the new key active at the provider?");
-                        }
-                        Ok(retried)
-                    }
-                    _ => Ok(response),
+        let mut order = order.into_iter();
+        let mut key = order.next().expect("a plan has a key");
+        let mut spare = if order.len() > 0 {
+            try_clone_request(&request)
+        } else {
+            None
+        };
+        let mut response = next
+            .call(with_header(request, key.header.clone()), ctx)
+            .await?;
+        let mut fell_back = false;
+        loop {
+            if response.status() != StatusCode::UNAUTHORIZED {
+                keys.accepted(&key, Instant::now());
+                if fell_back {
+                    count("success");
                 }
+                return Ok(response);
             }
-            Some(Credentials::OAuth2(tokens)) => call_with_token(tokens, request, ctx, next).await,
+            let (Some(next_key), Some(request)) = (order.next(), spare.take()) else {
+                if fell_back {
+                    count("failure");
+                }
+                return Ok(response);
+            };
+            spare = if order.len() > 0 {
+                try_clone_request(&request)
+            } else {
+                None
+            };
+            key = next_key;
+            fell_back = true;
+            response = next
+                .call(with_header(request, key.header.clone()), ctx)
+                .await?;
         }
     }
 }
@@ -585,20 +572,25 @@ mod tests {
         std::fs::write(&file, "first\n").unwrap();
         let store = SecretStore::new();
         let secret = store.load(&file, &Name::from("test")).unwrap();
-        let cache = HeaderCache::default();
+        let ring = KeyRing::new(Duration::ZERO, Name::from("test"), Default::default());
         let kind = Static::Bearer;
-        let (name, first) = cache.header(&kind, &secret).unwrap();
+        let quiet = |ring: &KeyRing| match ring.plan(&kind, &secret, None, Instant::now()) {
+            Ok(Plan::Quiet(header)) => header,
+            _ => panic!("nothing is rotating"),
+        };
+        let (name, first) = quiet(&ring);
         assert_eq!(
             (name.as_str(), first.as_bytes()),
             ("authorization", &b"Bearer first"[..])
         );
         assert!(first.is_sensitive());
-        let (_, again) = cache.header(&kind, &secret).unwrap();
+        let (_, again) = quiet(&ring);
         // The same bytes, shared rather than rebuilt.
         assert_eq!(again.as_bytes().as_ptr(), first.as_bytes().as_ptr());
         std::fs::write(&file, "second").unwrap();
         store.reload(&Metrics::default());
-        let (_, rotated) = cache.header(&kind, &secret).unwrap();
+        // No grace: the replaced value is not kept.
+        let (_, rotated) = quiet(&ring);
         assert_eq!(rotated, "Bearer second");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -15,6 +15,7 @@ pub mod pool;
 pub mod ratelimit;
 pub mod replay;
 pub mod retry;
+pub mod rotation;
 pub mod route;
 pub mod server;
 pub mod step;
@@ -161,7 +162,13 @@ pub fn build(
         })?,
     };
     let credentials = match previous {
-        Some(p) if same_client && p.config.auth == config.auth => p.credentials.clone(),
+        Some(p)
+            if same_client
+                && p.config.auth == config.auth
+                && p.config.rotation_grace == config.rotation_grace =>
+        {
+            p.credentials.clone()
+        }
         _ => config
             .auth
             .as_ref()
@@ -172,6 +179,7 @@ pub fn build(
                     &name,
                     client.clone(),
                     config.upstream.timeout.get(),
+                    config.rotation_grace.get(),
                     metrics.clone(),
                 )
             })
