@@ -10,11 +10,17 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Ok(duration) = text.parse::<Duration>() {
-        let again: Duration = duration.to_string().parse().expect("a printed duration parses");
+        let again: Duration = duration
+            .to_string()
+            .parse()
+            .expect("a printed duration parses");
         assert_eq!(again, duration, "{text:?} -> {duration}");
     }
     if let Ok(timestamp) = text.parse::<Timestamp>() {
-        let again: Timestamp = timestamp.to_string().parse().expect("a printed timestamp parses");
+        let again: Timestamp = timestamp
+            .to_string()
+            .parse()
+            .expect("a printed timestamp parses");
         assert_eq!(again, timestamp, "{text:?} -> {timestamp}");
     }
 });

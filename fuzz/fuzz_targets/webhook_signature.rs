@@ -56,7 +56,11 @@ fuzz_target!(|data: &[u8]| {
         } else {
             SignatureEncoding::Base64
         },
-        prefix: if selector & 0x20 == 0 { String::new() } else { "sha256=".into() },
+        prefix: if selector & 0x20 == 0 {
+            String::new()
+        } else {
+            "sha256=".into()
+        },
     };
     let keys = [
         WebhookKey {
