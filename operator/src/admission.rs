@@ -13,8 +13,9 @@ use kube::ResourceExt;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 
-use crate::inject::{self, INJECT_LABEL, InjectorSettings};
+use crate::inject::{self, InjectorSettings};
 use crate::metrics::{ControllerMetrics, ResultLabels};
+use crate::selection::INJECT_LABEL;
 use crate::view::ClusterView;
 
 pub const MUTATE_PATH: &str = "/mutate";

@@ -149,11 +149,10 @@ async fn serve_metrics(
     }
 }
 
-/// Runs until the process is stopped (or loses the Lease it held).
-pub async fn run(options: Options) -> anyhow::Result<()> {
-    // Before anything reports ready: a SIGTERM must never meet the default action.
-    let mut termination = sluice_sidecar::runtime::TerminationSignal::install()
-        .context("installing the SIGTERM handler")?;
+/// Runs until `stopped` resolves (SIGTERM; the caller installs its handler
+/// before this reports ready) or the Lease it held is lost.
+pub async fn run(options: Options, stopped: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let mut stopped = std::pin::pin!(stopped);
     let metrics = ControllerMetrics::new();
     let client = client(&metrics).await?;
     let view = ClusterView::start(client.clone(), options.namespace.as_deref());
@@ -240,7 +239,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     );
     tokio::select! {
         _ = elector.acquire() => {}
-        _ = termination.recv() => return Ok(()),
+        _ = &mut stopped => return Ok(()),
     }
     leader.store(true, Ordering::Release);
     tracing::info!(

@@ -1,8 +1,12 @@
 //! The controller: every ProviderIntegration is validated and compiled with
 //! the same `compile` as `sluice render`, its config written to a ConfigMap
 //! it owns (where sidecars get it), and the outcome reported in its status
-//! and as Events. Writes happen only when something changed, so a restart
-//! or a resync makes no API writes.
+//! and as Events.
+//!
+//! A reconcile is two steps: [`plan`] decides what should exist from the
+//! object and the cluster as the view sees it (pure, tested without a
+//! cluster), and `apply` makes it so, writing only what differs, so a
+//! restart or a resync makes no API writes.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,14 +22,15 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::compile::{self, MountedSecrets, POD_SECRETS_ROOT};
-use crate::metrics::ControllerMetrics;
+use sluice_contract::config::IntegrationConfig;
+use sluice_contract::layout::{self, CONFIG_KEY, config_map_name};
+
+use crate::compile::{self, MountedSecrets};
+use crate::metrics::{ControllerMetrics, ErrorLabels};
 use crate::resource::{PodCounts, ProviderIntegration, ProviderIntegrationStatus};
 use crate::view::ClusterView;
 
 pub const FIELD_MANAGER: &str = "sluice-operator";
-/// The key of the compiled config in the owned ConfigMap.
-pub const CONFIG_KEY: &str = "integration.yaml";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -33,6 +38,26 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("the object has no namespace")]
     NoNamespace,
+}
+
+impl Error {
+    /// The `reason` label of `sluice_operator_reconcile_errors_total`: a few
+    /// fixed values, never the error's text.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::NoNamespace => "no_namespace",
+            Error::Kube(kube::Error::Api(status)) => match status.code {
+                403 => "forbidden",
+                404 => "not_found",
+                409 => "conflict",
+                422 => "invalid",
+                429 => "throttled",
+                500..=599 => "server_error",
+                _ => "api_error",
+            },
+            Error::Kube(_) => "transport",
+        }
+    }
 }
 
 /// What reconcile needs; shared by all reconciles.
@@ -69,11 +94,6 @@ pub fn backoff(failures: u32) -> Duration {
     Duration::from_secs(1u64 << failures.min(9)).min(Duration::from_secs(300))
 }
 
-/// The ConfigMap holding an integration's compiled config.
-pub fn config_map_name(integration: &str) -> String {
-    format!("sluice-{integration}")
-}
-
 /// Whether two selectors can select one pod: equal, or one's labels a subset
 /// of the other's (an empty selector selects every pod).
 fn may_overlap(a: &Option<LabelSelector>, b: &Option<LabelSelector>) -> bool {
@@ -94,7 +114,7 @@ fn port_of(pi: &ProviderIntegration) -> u16 {
         .egress
         .as_ref()
         .and_then(|e| e.port)
-        .unwrap_or(sluice_sidecar::config::DEFAULT_EGRESS_PORT)
+        .unwrap_or(layout::EGRESS_PORT)
 }
 
 /// Problems only visible across integrations: an egress port another
@@ -126,12 +146,13 @@ fn condition(
     message: String,
     generation: Option<i64>,
     previous: Option<&Condition>,
+    now: Time,
 ) -> Condition {
     let status = if ready { "True" } else { "False" };
     // Keep the transition time when the status did not change.
     let last_transition_time = match previous {
         Some(p) if p.status == status => p.last_transition_time.clone(),
-        _ => Time(k8s_openapi::jiff::Timestamp::now()),
+        _ => now,
     };
     Condition {
         type_: "Ready".into(),
@@ -143,57 +164,46 @@ fn condition(
     }
 }
 
-/// Reconciles one ProviderIntegration.
-pub async fn reconcile(pi: Arc<ProviderIntegration>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    ctx.metrics.reconciles.inc();
-    let namespace = pi.namespace().ok_or(Error::NoNamespace)?;
-    let name = pi.name_any();
+/// What should exist for one ProviderIntegration.
+pub struct Plan {
+    /// The compiled config for the owned ConfigMap; `None` while the spec
+    /// has problems (the ConfigMap keeps the last good config).
+    pub config: Option<IntegrationConfig>,
+    pub status: ProviderIntegrationStatus,
+    /// An Event when the Ready condition's status or message changes.
+    pub event: Option<Event>,
+    /// When to look again without a change: problems may be fixed by a
+    /// change to another integration.
+    pub requeue: Option<Duration>,
+}
+
+/// Decides what should exist for `pi`, given the other integrations, its
+/// pods and the status it has now. Pure: the clock is `now`.
+pub fn plan(
+    pi: &ProviderIntegration,
+    others: &[Arc<ProviderIntegration>],
+    pods: PodCounts,
+    current: Option<&ProviderIntegrationStatus>,
+    now: Time,
+) -> Plan {
     let generation = pi.metadata.generation;
-    let compiled = compile::compile(
-        &pi,
-        &MountedSecrets {
-            root: POD_SECRETS_ROOT.into(),
-        },
-    );
-    // Checks across objects need the whole list: a reconcile started by the
-    // initial list may run before the controller's own store has it all.
-    ctx.view.wait_until_ready().await;
-    let others = ctx.view.integrations.state();
+    let compiled = compile::compile(pi, &MountedSecrets::in_pod());
     let mut problems: Vec<String> = match &compiled {
         Ok(_) => Vec::new(),
         Err(errors) => errors.0.iter().map(|e| e.to_string()).collect(),
     };
-    problems.extend(cross_checks(&pi, &others));
-    // Each pod enforces its share of the Cluster limits.
-    let pods = ctx.view.live_pods(&pi);
-    let compiled = compiled.map(|config| compile::share_cluster_limits(&pi, config, pods));
-    let warnings = compile::cluster_share_problems(&pi, pods);
-
-    // The status the object really has: the one we wrote, when our write was
-    // based on this very version and the watch has not delivered it yet;
-    // else the stored one.
-    let key = instance_key(&pi);
-    let resource_version = pi.resource_version().unwrap_or_default();
-    let current = ctx
-        .written
-        .lock()
-        .expect("written lock")
-        .get(&key)
-        .filter(|(version, _)| *version == resource_version)
-        .map(|(_, status)| status.clone())
-        .or_else(|| pi.status.clone());
-    let previous = current
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
-    let (ready, reason, message) = match (&compiled, problems.is_empty()) {
-        (Ok(config), true) => {
-            apply_config_map(&ctx, &pi, &namespace, &name, config).await?;
-            (true, "Compiled", warnings.join("; "))
+    problems.extend(cross_checks(pi, others));
+    let (config, ready, reason, message) = match compiled {
+        Ok(config) if problems.is_empty() => {
+            // Each pod enforces its share of the Cluster limits.
+            let warnings = compile::cluster_share_problems(&config, pods.selected);
+            let config = compile::share_cluster_limits(config, pods.selected);
+            (Some(config), true, "Compiled", warnings.join("; "))
         }
-        _ => (false, "Invalid", problems.join("; ")),
+        _ => (None, false, "Invalid", problems.join("; ")),
     };
-    let desired = ProviderIntegrationStatus {
+    let previous = current.and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+    let status = ProviderIntegrationStatus {
         observed_generation: generation,
         conditions: vec![condition(
             ready,
@@ -201,74 +211,134 @@ pub async fn reconcile(pi: Arc<ProviderIntegration>, ctx: Arc<Context>) -> Resul
             message.clone(),
             generation,
             previous,
+            now,
         )],
-        pods: Some(PodCounts {
-            selected: pods,
-            injected: pods,
-            in_sync: None,
-        }),
+        pods: Some(pods),
     };
-    if current.as_ref() != Some(&desired) {
-        let api: Api<ProviderIntegration> = Api::namespaced(ctx.client.clone(), &namespace);
-        let patch = json!({
-            "apiVersion": "sluice.dev/v1alpha1",
-            "kind": "ProviderIntegration",
-            "status": desired,
-        });
-        api.patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
-        ctx.metrics.writes.inc();
-        tracing::info!(integration = %key, %resource_version, ready, "status written");
-        {
-            let mut written = ctx.written.lock().expect("written lock");
-            written.insert(key.clone(), (resource_version.clone(), desired.clone()));
-            // Forget deleted objects now and then, so the map stays the size of the store.
-            if written.len() > 2 * others.len() + 64 {
-                let live: std::collections::HashSet<String> =
-                    others.iter().map(|o| instance_key(o)).collect();
-                written.retain(|k, _| live.contains(k));
+    let changed = previous.map(|p| (p.status.as_str(), p.message.as_str()))
+        != Some((if ready { "True" } else { "False" }, message.as_str()));
+    let event = (changed && current != Some(&status)).then(|| {
+        if ready {
+            Event {
+                type_: EventType::Normal,
+                reason: "Compiled".into(),
+                note: Some("the sidecar config is up to date".into()),
+                action: "Compile".into(),
+                secondary: None,
+            }
+        } else {
+            Event {
+                type_: EventType::Warning,
+                reason: "Invalid".into(),
+                note: Some(message.chars().take(1000).collect()),
+                action: "Compile".into(),
+                secondary: None,
             }
         }
-        if previous.map(|p| (p.status.as_str(), p.message.as_str()))
-            != Some((if ready { "True" } else { "False" }, message.as_str()))
-        {
-            let event = if ready {
-                Event {
-                    type_: EventType::Normal,
-                    reason: "Compiled".into(),
-                    note: Some("the sidecar config is up to date".into()),
-                    action: "Compile".into(),
-                    secondary: None,
-                }
-            } else {
-                Event {
-                    type_: EventType::Warning,
-                    reason: "Invalid".into(),
-                    note: Some(message.chars().take(1000).collect()),
-                    action: "Compile".into(),
-                    secondary: None,
-                }
-            };
-            if let Err(error) = ctx.recorder.publish(&event, &pi.object_ref(&())).await {
-                tracing::warn!(%error, integration = %name, "publishing an Event failed");
-            }
-        }
+    });
+    Plan {
+        config,
+        status,
+        event,
+        requeue: (!ready).then_some(Duration::from_secs(60)),
     }
+}
+
+/// Reconciles one ProviderIntegration: gathers what [`plan`] needs, then applies it.
+pub async fn reconcile(pi: Arc<ProviderIntegration>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    ctx.metrics.reconciles.inc();
+    let namespace = pi.namespace().ok_or(Error::NoNamespace)?;
+    // Checks across objects need the whole list: a reconcile started by the
+    // initial list may run before the controller's own store has it all.
+    ctx.view.wait_until_ready().await;
+    let others = ctx.view.integrations.state();
+    let current = current_status(&ctx, &pi);
+    let plan = plan(
+        &pi,
+        &others,
+        ctx.view.pods_of(&pi),
+        current.as_ref(),
+        Time(k8s_openapi::jiff::Timestamp::now()),
+    );
+    apply(&ctx, &pi, &namespace, &others, current.as_ref(), &plan).await?;
+    // A success ends the backoff: the next failure starts again at 1 s.
+    ctx.failures
+        .lock()
+        .expect("failures lock")
+        .remove(&object_key(&pi));
     ctx.metrics
         .duration
         .observe(started.elapsed().as_secs_f64());
-    if ready {
+    Ok(match plan.requeue {
+        Some(after) => Action::requeue(after),
         // Nothing time-based to do: changes arrive through the watches.
-        Ok(Action::await_change())
-    } else {
-        // A clash with another integration may be resolved by a change to
-        // that one; look again now and then.
-        Ok(Action::requeue(Duration::from_secs(60)))
+        None => Action::await_change(),
+    })
+}
+
+/// The status the object really has: the one we wrote, when our write was
+/// based on this very version and the watch has not delivered it yet; else
+/// the stored one.
+fn current_status(ctx: &Context, pi: &ProviderIntegration) -> Option<ProviderIntegrationStatus> {
+    let resource_version = pi.resource_version().unwrap_or_default();
+    ctx.written
+        .lock()
+        .expect("written lock")
+        .get(&instance_key(pi))
+        .filter(|(version, _)| *version == resource_version)
+        .map(|(_, status)| status.clone())
+        .or_else(|| pi.status.clone())
+}
+
+/// Makes the plan so: the ConfigMap, the status and the Event, each only when it differs.
+async fn apply(
+    ctx: &Context,
+    pi: &ProviderIntegration,
+    namespace: &str,
+    others: &[Arc<ProviderIntegration>],
+    current: Option<&ProviderIntegrationStatus>,
+    plan: &Plan,
+) -> Result<(), Error> {
+    let name = pi.name_any();
+    if let Some(config) = &plan.config {
+        apply_config_map(ctx, pi, namespace, &name, config).await?;
     }
+    if current == Some(&plan.status) {
+        return Ok(());
+    }
+    let api: Api<ProviderIntegration> = Api::namespaced(ctx.client.clone(), namespace);
+    let patch = json!({
+        "apiVersion": "sluice.dev/v1alpha1",
+        "kind": "ProviderIntegration",
+        "status": plan.status,
+    });
+    api.patch_status(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    ctx.metrics.writes.inc();
+    let key = instance_key(pi);
+    let resource_version = pi.resource_version().unwrap_or_default();
+    tracing::info!(integration = %key, %resource_version, ready = plan.config.is_some(), "status written");
+    {
+        let mut written = ctx.written.lock().expect("written lock");
+        written.insert(key, (resource_version, plan.status.clone()));
+        // Forget deleted objects now and then, so the map stays the size of the store.
+        if written.len() > 2 * others.len() + 64 {
+            let live: std::collections::HashSet<String> =
+                others.iter().map(|o| instance_key(o)).collect();
+            written.retain(|k, _| live.contains(k));
+        }
+    }
+    if let Some(event) = &plan.event
+        && let Err(error) = ctx.recorder.publish(event, &pi.object_ref(&())).await
+    {
+        tracing::warn!(%error, integration = %name, "publishing an Event failed");
+    }
+    Ok(())
 }
 
 async fn apply_config_map(
@@ -276,7 +346,7 @@ async fn apply_config_map(
     pi: &ProviderIntegration,
     namespace: &str,
     name: &str,
-    config: &sluice_sidecar::config::IntegrationConfig,
+    config: &IntegrationConfig,
 ) -> Result<(), Error> {
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
     let cm_name = config_map_name(name);
@@ -322,7 +392,12 @@ async fn apply_config_map(
 }
 
 fn error_policy(pi: Arc<ProviderIntegration>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.errors.inc();
+    ctx.metrics
+        .errors
+        .get_or_create(&ErrorLabels {
+            reason: error.reason(),
+        })
+        .inc();
     let failures = {
         let mut all = ctx.failures.lock().expect("failures lock");
         let count = all.entry(object_key(&pi)).or_insert(0);
@@ -418,6 +493,67 @@ mod tests {
             cross_checks(&elsewhere, &all).is_empty(),
             "other pods: no clash"
         );
+    }
+
+    fn at(second: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(second).unwrap())
+    }
+
+    #[test]
+    fn plan_compiles_shares_cluster_limits_and_reports_problems() {
+        let mut pi = (*pi("carrier", 15001, "checkout", 100)).clone();
+        pi.spec.rate_limits = serde_yaml_ng::from_str(
+            "[{name: shared, rate: {requests: 100, per: 1m}, scope: Cluster}]",
+        )
+        .unwrap();
+        let pods = PodCounts {
+            selected: 4,
+            injected: 3,
+        };
+        let ready = plan(&pi, &[], pods.clone(), None, at(1000));
+        let config = ready.config.as_ref().expect("it compiles");
+        assert_eq!(config.rate_limits[0].requests, 25, "a quarter each");
+        assert_eq!(ready.status.pods, Some(pods.clone()));
+        let condition = &ready.status.conditions[0];
+        assert_eq!(
+            (condition.status.as_str(), condition.reason.as_str()),
+            ("True", "Compiled")
+        );
+        assert!(ready.event.is_some() && ready.requeue.is_none());
+
+        // Unchanged: same status (the transition time kept), no new Event.
+        let again = plan(&pi, &[], pods.clone(), Some(&ready.status), at(2000));
+        assert_eq!(again.status, ready.status);
+        assert!(again.event.is_none());
+
+        // Broken: no config, the problems in the condition, a look again later.
+        pi.spec.rate_limits[0].burst = Some(500);
+        let broken = plan(&pi, &[], pods, Some(&ready.status), at(3000));
+        assert!(broken.config.is_none());
+        let condition = &broken.status.conditions[0];
+        assert_eq!(condition.status, "False");
+        assert!(
+            condition.message.contains("spec.rateLimits[0].burst"),
+            "{}",
+            condition.message
+        );
+        assert_eq!(condition.last_transition_time, at(3000));
+        assert!(broken.event.is_some());
+        assert_eq!(broken.requeue, Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn error_reasons_are_a_few_fixed_values() {
+        let api = |code: u16| {
+            Error::Kube(kube::Error::Api(
+                kube::core::Status::failure("x", "y")
+                    .with_code(code)
+                    .boxed(),
+            ))
+        };
+        assert_eq!(api(409).reason(), "conflict");
+        assert_eq!(api(503).reason(), "server_error");
+        assert_eq!(Error::NoNamespace.reason(), "no_namespace");
     }
 
     #[test]

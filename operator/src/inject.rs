@@ -15,28 +15,19 @@ use k8s_openapi::api::core::v1::{
     VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::{Deserialize, Serialize};
-use sluice_sidecar::config::{DEFAULT_ADMIN_PORT, DEFAULT_EGRESS_PORT, DEFAULT_WEBHOOK_PORT};
+use sluice_contract::layout::{
+    self, ADMIN_PORT, CONFIG_DIR, CONFIG_KEY, EGRESS_PORT, STATE_DIR, TOKEN_AUDIENCE, TOKEN_DIR,
+    WEBHOOK_PORT, config_map_name,
+};
 
-use crate::compile::{self, POD_SECRETS_ROOT, SecretPaths};
-use crate::controller::{CONFIG_KEY, config_map_name};
+use crate::compile::{self, SecretPaths};
 use crate::resource::{ProviderIntegration, SecretKeyRef};
+pub use crate::selection::{INJECT_LABEL, INJECTED_LABEL, INTEGRATIONS_ANNOTATION, selecting};
 
-/// The label that opts a pod or a namespace in (`enabled`) or a pod out (`disabled`).
-pub const INJECT_LABEL: &str = "sluice.dev/inject";
-/// Set on injected pods: the operator watches them (and only them).
-pub const INJECTED_LABEL: &str = "sluice.dev/injected";
-/// The integrations a pod was injected with, comma-separated.
-pub const INTEGRATIONS_ANNOTATION: &str = "sluice.dev/integrations";
 pub const SIDECAR_NAME: &str = "sluice-sidecar";
-/// Where the sidecar finds its integrations (one file per ConfigMap).
-pub const CONFIG_DIR: &str = "/etc/sluice/integrations";
-pub const STATE_DIR: &str = "/var/run/sluice/state";
-pub const TOKEN_DIR: &str = "/var/run/secrets/sluice";
-/// The audience of the token the sidecar shows the config stream.
-pub const TOKEN_AUDIENCE: &str = "sluice";
 /// The sidecar's user: not root, as Pod Security `restricted` asks.
 pub const SIDECAR_UID: i64 = 65532;
 
@@ -101,61 +92,17 @@ impl InjectorSettings {
     }
 }
 
-/// Whether a label selector selects `labels`. An absent selector selects
-/// nothing; `{}` selects every pod (as everywhere in Kubernetes).
-pub fn selector_matches(
-    selector: Option<&LabelSelector>,
-    labels: &BTreeMap<String, String>,
-) -> bool {
-    let Some(selector) = selector else {
-        return false;
-    };
-    let labels_ok = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let expressions_ok = selector.match_expressions.iter().flatten().all(|e| {
-        let values = e.values.as_deref().unwrap_or_default();
-        let value = labels.get(&e.key);
-        match e.operator.as_str() {
-            "In" => value.is_some_and(|v| values.contains(v)),
-            "NotIn" => value.is_none_or(|v| !values.contains(v)),
-            "Exists" => value.is_some(),
-            "DoesNotExist" => value.is_none(),
-            // The API server refuses other operators; select nothing if one slips by.
-            _ => false,
-        }
-    });
-    labels_ok && expressions_ok
-}
-
-/// The integrations of `namespace` that select a pod with `labels`, by name.
-pub fn selecting<'a>(
-    integrations: impl IntoIterator<Item = &'a ProviderIntegration>,
-    namespace: &str,
-    labels: &BTreeMap<String, String>,
-) -> Vec<&'a ProviderIntegration> {
-    let mut selected: Vec<&ProviderIntegration> = integrations
-        .into_iter()
-        .filter(|pi| pi.metadata.namespace.as_deref().unwrap_or("default") == namespace)
-        .filter(|pi| selector_matches(pi.spec.pod_selector.as_ref(), labels))
-        .collect();
-    selected.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    selected
-}
-
 /// Records the Secrets `compile` asks for: exactly the ones to mount.
 struct RecordingSecrets(std::cell::RefCell<BTreeSet<String>>);
 
 impl SecretPaths for RecordingSecrets {
     fn path_of(&self, reference: &SecretKeyRef) -> Option<std::path::PathBuf> {
         self.0.borrow_mut().insert(reference.name.clone());
-        Some(
-            std::path::Path::new(POD_SECRETS_ROOT)
-                .join(&reference.name)
-                .join(&reference.key),
-        )
+        Some(layout::secret_path(
+            std::path::Path::new(layout::SECRETS_ROOT),
+            &reference.name,
+            &reference.key,
+        ))
     }
 }
 
@@ -291,15 +238,15 @@ pub fn inject(
         });
         mounts.push(VolumeMount {
             name: volume,
-            mount_path: format!("{POD_SECRETS_ROOT}/{secret}"),
+            mount_path: format!("{}/{secret}", layout::SECRETS_ROOT),
             read_only: Some(true),
             ..VolumeMount::default()
         });
     }
     let mut args = vec![
         format!("--config-dir={CONFIG_DIR}"),
-        format!("--admin-listen=0.0.0.0:{DEFAULT_ADMIN_PORT}"),
-        format!("--webhook-listen=0.0.0.0:{DEFAULT_WEBHOOK_PORT}"),
+        format!("--admin-listen=0.0.0.0:{ADMIN_PORT}"),
+        format!("--webhook-listen=0.0.0.0:{WEBHOOK_PORT}"),
         format!("--state-dir={STATE_DIR}"),
         format!("--workers={}", settings.workers),
     ];
@@ -337,14 +284,14 @@ pub fn inject(
     }
     let mut ports = vec![ContainerPort {
         name: Some("sluice-admin".into()),
-        container_port: DEFAULT_ADMIN_PORT.into(),
+        container_port: ADMIN_PORT.into(),
         protocol: Some("TCP".into()),
         ..ContainerPort::default()
     }];
     if has_webhooks {
         ports.push(ContainerPort {
             name: Some("sluice-webhooks".into()),
-            container_port: DEFAULT_WEBHOOK_PORT.into(),
+            container_port: WEBHOOK_PORT.into(),
             protocol: Some("TCP".into()),
             ..ContainerPort::default()
         });
@@ -352,7 +299,7 @@ pub fn inject(
     let probe = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
-            port: IntOrString::Int(DEFAULT_ADMIN_PORT.into()),
+            port: IntOrString::Int(ADMIN_PORT.into()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),
@@ -422,7 +369,7 @@ pub fn inject(
                 .egress
                 .as_ref()
                 .and_then(|e| e.port)
-                .unwrap_or(DEFAULT_EGRESS_PORT);
+                .unwrap_or(EGRESS_PORT);
             env.push(EnvVar {
                 name: var,
                 value: Some(format!("http://127.0.0.1:{port}")),
@@ -437,7 +384,6 @@ pub fn inject(
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::Pod;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     fn pi(yaml: &str) -> ProviderIntegration {
         serde_yaml_ng::from_str(yaml).unwrap()
@@ -480,37 +426,6 @@ spec:
 ",
         )
         .unwrap()
-    }
-
-    #[test]
-    fn selectors_follow_kubernetes_semantics() {
-        let labels = BTreeMap::from([("app".to_owned(), "checkout".to_owned())]);
-        assert!(!selector_matches(None, &labels), "absent selects nothing");
-        assert!(selector_matches(Some(&LabelSelector::default()), &labels));
-        let expr = |key: &str, op: &str, values: &[&str]| LabelSelector {
-            match_expressions: Some(vec![LabelSelectorRequirement {
-                key: key.into(),
-                operator: op.into(),
-                values: Some(values.iter().map(|v| v.to_string()).collect()),
-            }]),
-            ..LabelSelector::default()
-        };
-        assert!(selector_matches(
-            Some(&expr("app", "In", &["checkout", "x"])),
-            &labels
-        ));
-        assert!(!selector_matches(
-            Some(&expr("app", "NotIn", &["checkout"])),
-            &labels
-        ));
-        assert!(selector_matches(
-            Some(&expr("tier", "DoesNotExist", &[])),
-            &labels
-        ));
-        assert!(!selector_matches(
-            Some(&expr("tier", "Exists", &[])),
-            &labels
-        ));
     }
 
     #[test]

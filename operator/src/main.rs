@@ -6,12 +6,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use sluice_operator::compile::{
-    self, MountedSecrets, POD_SECRETS_ROOT, SecretPaths, check_together,
-};
+use sluice_contract::config::{IntegrationConfig, SidecarConfig};
+use sluice_contract::layout;
+use sluice_operator::compile::{self, MountedSecrets, SecretPaths, check_together};
 use sluice_operator::inject::InjectorSettings;
 use sluice_operator::manifest::{LocalSecrets, Manifests};
-use sluice_sidecar::config::{IntegrationConfig, SidecarConfig};
 use sluice_sidecar::{Sidecar, runtime};
 
 #[derive(Parser)]
@@ -35,10 +34,10 @@ enum Command {
         #[arg(long)]
         secrets_dir: Option<PathBuf>,
         /// Where /metrics, /healthz, /readyz and /config are served.
-        #[arg(long, default_value = "127.0.0.1:15090")]
+        #[arg(long, default_value_t = layout::LOCAL_ADMIN_LISTEN)]
         admin_listen: SocketAddr,
         /// Where providers post webhooks (when an integration has `webhooks`).
-        #[arg(long, default_value = "127.0.0.1:15080")]
+        #[arg(long, default_value_t = layout::LOCAL_WEBHOOK_LISTEN)]
         webhook_listen: SocketAddr,
         /// Webhook queues, de-duplication ids and dead letters.
         #[arg(long, default_value = ".sluice/state")]
@@ -49,17 +48,18 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// Where Secrets are mounted in the sidecar.
-        #[arg(long, default_value = POD_SECRETS_ROOT)]
+        #[arg(long, default_value = layout::SECRETS_ROOT)]
         secrets_root: PathBuf,
-        #[arg(long, default_value = "0.0.0.0:15090")]
+        #[arg(long, default_value_t = layout::POD_ADMIN_LISTEN)]
         admin_listen: SocketAddr,
-        #[arg(long, default_value = "0.0.0.0:15080")]
+        #[arg(long, default_value_t = layout::POD_WEBHOOK_LISTEN)]
         webhook_listen: SocketAddr,
         /// The pod volume for webhook state.
-        #[arg(long, default_value = "/var/run/sluice/state")]
+        #[arg(long, default_value = layout::STATE_DIR)]
         state_dir: PathBuf,
     },
-    /// Validate manifests with the same rules as the cluster.
+    /// Validate manifests with the same rules as the cluster: every problem
+    /// of every document, each with its file, document and field path.
     Check {
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -128,7 +128,7 @@ struct OperatorArgs {
     sidecar: SidecarArgs,
     /// How often the serving certificate is checked (renewal, reload).
     #[arg(long, default_value = "30s")]
-    tls_check_interval: sluice_sidecar::config::Duration,
+    tls_check_interval: sluice_contract::config::Duration,
 }
 
 /// How injected sidecars are made.
@@ -213,7 +213,7 @@ fn compile_all(
     secrets: &dyn SecretPaths,
 ) -> anyhow::Result<Vec<(String, IntegrationConfig)>> {
     let manifests = Manifests::load(files).map_err(report_manifest_errors)?;
-    compile_manifests(&manifests, secrets)
+    compile_manifests(files, &manifests, secrets)
 }
 
 fn report_manifest_errors(errors: Vec<sluice_operator::manifest::ManifestError>) -> anyhow::Error {
@@ -224,19 +224,24 @@ fn report_manifest_errors(errors: Vec<sluice_operator::manifest::ManifestError>)
 }
 
 fn compile_manifests(
+    files: &[PathBuf],
     manifests: &Manifests,
     secrets: &dyn SecretPaths,
 ) -> anyhow::Result<Vec<(String, IntegrationConfig)>> {
     if manifests.integrations.is_empty() {
-        bail!("no ProviderIntegration (apiVersion: sluice.dev/v1alpha1) in the files");
+        let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        bail!(
+            "no ProviderIntegration (apiVersion: sluice.dev/v1alpha1) in {}",
+            files.join(", ")
+        );
     }
     let mut compiled = Vec::new();
-    let mut by_namespace: Vec<(String, IntegrationConfig)> = Vec::new();
+    let mut by_namespace: Vec<(String, String, IntegrationConfig)> = Vec::new();
     let mut problems = 0;
     for (location, pi) in &manifests.integrations {
         match compile::compile(pi, secrets) {
             Ok(config) => {
-                by_namespace.push((namespace_of(pi), config.clone()));
+                by_namespace.push((location.clone(), namespace_of(pi), config.clone()));
                 compiled.push((location.clone(), config));
             }
             Err(errors) => {
@@ -298,7 +303,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(sluice_operator::app::run(options))?;
+            rt.block_on(async {
+                // Before anything reports ready: a SIGTERM must never meet the default action.
+                let mut termination = runtime::TerminationSignal::install()
+                    .context("installing the SIGTERM handler")?;
+                sluice_operator::app::run(options, termination.recv()).await
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Inject {
@@ -340,10 +350,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::FAILURE);
                 }
             };
-            let secrets = MountedSecrets {
-                root: POD_SECRETS_ROOT.into(),
-            };
-            match compile_manifests(&manifests, &secrets) {
+            match compile_manifests(&files, &manifests, &MountedSecrets::in_pod()) {
                 Ok(compiled) => {
                     for (location, _) in &compiled {
                         println!("ok: {location}");
@@ -387,7 +394,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             let secrets = LocalSecrets::materialize(manifests.secrets.clone(), secrets_dir)
                 .context("writing inline Secrets to a private directory")?;
-            let compiled = compile_manifests(&manifests, &secrets)?;
+            let compiled = compile_manifests(&files, &manifests, &secrets)?;
             let config = sidecar_config(compiled, admin_listen, webhook_listen, state_dir);
             let summary: Vec<String> = config
                 .integrations
@@ -426,8 +433,8 @@ mod webhooks {
     use anyhow::{Context, bail};
     use bytes::Bytes;
     use http_body_util::{BodyExt, Full};
-    use sluice_sidecar::admin::DeadLetterSummary;
-    use sluice_sidecar::ingress::deliver::{DeadLetter, list_dead_letters};
+    use sluice_contract::dead_letter::{self, DeadLetterSummary};
+    use sluice_contract::layout;
 
     use super::{ExitCode, WebhooksCommand};
 
@@ -460,14 +467,14 @@ mod webhooks {
                 }
                 WebhooksCommand::Show { letter, source } => {
                     let (integration, webhook, seq) = parse_letter(&letter)?;
-                    let text = match &source.state_dir {
+                    let letter: dead_letter::DeadLetter = match &source.state_dir {
                         Some(dir) => {
-                            let file =
-                                sluice_sidecar::ingress::queue_dir(dir, integration, webhook)
-                                    .join("dead")
-                                    .join(format!("{seq:020}.json"));
-                            std::fs::read_to_string(&file)
-                                .with_context(|| format!("reading {}", file.display()))?
+                            let queue = layout::queue_dir(dir, integration, webhook);
+                            dead_letter::read(&queue, seq)
+                                .with_context(|| {
+                                    format!("reading {}", dead_letter::path(&queue, seq).display())
+                                })?
+                                .with_context(|| format!("no dead letter {letter}"))?
                         }
                         None => {
                             let (status, body) = call(
@@ -477,11 +484,9 @@ mod webhooks {
                             )
                             .await?;
                             expect_ok(status, &body)?;
-                            String::from_utf8_lossy(&body).into_owned()
+                            serde_json::from_slice(&body).context("not a dead letter")?
                         }
                     };
-                    let letter: DeadLetter =
-                        serde_json::from_str(&text).context("not a dead letter")?;
                     println!(
                         "event {} (seq {}), verified by {}, {} attempts",
                         letter.event.id,
@@ -527,26 +532,12 @@ mod webhooks {
     }
 
     fn from_state_dir(dir: &Path) -> anyhow::Result<Vec<DeadLetterSummary>> {
-        let root = dir.join("webhooks");
         let mut all = Vec::new();
-        for entry in
-            std::fs::read_dir(&root).with_context(|| format!("reading {}", root.display()))?
-        {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some((integration, webhook)) = name.split_once('.') else {
-                continue;
-            };
-            for l in list_dead_letters(&entry.path())? {
-                all.push(DeadLetterSummary {
-                    integration: integration.to_owned(),
-                    webhook: webhook.to_owned(),
-                    seq: l.event.seq,
-                    id: l.event.id,
-                    received_at_ms: l.event.received_at_ms,
-                    attempts: l.attempts,
-                    last_error: l.last_error,
-                });
+        let queues = layout::queue_dirs(dir)
+            .with_context(|| format!("reading the webhook queues under {}", dir.display()))?;
+        for (integration, webhook, queue) in queues {
+            for letter in dead_letter::list(&queue)? {
+                all.push(DeadLetterSummary::of(&integration, &webhook, letter));
             }
         }
         all.sort_by_key(|l| l.received_at_ms);

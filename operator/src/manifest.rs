@@ -1,6 +1,6 @@
 //! Reading manifests from YAML files: ProviderIntegrations to compile and
 //! (for `sluice local`) Secrets. Errors name the file, the document and the
-//! field path.
+//! field path, and a document with several problems reports them all.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,9 +9,12 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
+use crate::field_error::FieldError;
 use crate::resource::{ProviderIntegration, SecretKeyRef};
 
 pub const API_VERSION: &str = "sluice.dev/v1alpha1";
+const GROUP: &str = "sluice.dev/";
+const KINDS: [&str; 1] = ["ProviderIntegration"];
 
 /// A `kind: Secret` document's keys and values (decoded). Values stay here;
 /// they are never printed.
@@ -35,6 +38,8 @@ pub enum ManifestError {
         file: PathBuf,
         source: std::io::Error,
     },
+    #[error("{file}: {message}")]
+    File { file: PathBuf, message: String },
     #[error("{file}: document {doc}: not YAML: {message}")]
     Yaml {
         file: PathBuf,
@@ -77,11 +82,15 @@ impl Manifests {
     }
 
     pub fn add(&mut self, file: &Path, text: &str, errors: &mut Vec<ManifestError>) {
+        let mut documents = 0;
         for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
             let doc = index + 1;
             let value = match Value::deserialize(document) {
                 Ok(Value::Null) => continue,
-                Ok(value) => value,
+                Ok(value) => {
+                    documents += 1;
+                    value
+                }
                 Err(e) => {
                     errors.push(ManifestError::Yaml {
                         file: file.to_owned(),
@@ -102,15 +111,16 @@ impl Manifests {
                 |kind: &str| format!("{} (document {doc}, {kind} {name})", file.display());
             match kind_of(&value) {
                 (Some(API_VERSION), Some("ProviderIntegration")) => {
-                    match serde_path_to_error::deserialize::<_, ProviderIntegration>(value) {
-                        Ok(pi) => self
-                            .integrations
-                            .push((location("ProviderIntegration"), pi)),
-                        Err(e) => errors.push(ManifestError::Field {
-                            location: location("ProviderIntegration"),
-                            path: e.path().to_string(),
-                            message: clean_serde_message(&e.inner().to_string()),
-                        }),
+                    let location = location("ProviderIntegration");
+                    match integration(&value) {
+                        Ok(pi) => self.integrations.push((location, pi)),
+                        Err(problems) => {
+                            errors.extend(problems.into_iter().map(|e| ManifestError::Field {
+                                location: location.clone(),
+                                path: e.path,
+                                message: e.message,
+                            }))
+                        }
                     }
                 }
                 (Some(version), Some("ProviderIntegration")) => errors.push(ManifestError::Field {
@@ -128,6 +138,13 @@ impl Manifests {
                         message,
                     }),
                 },
+                (Some(version), Some(kind)) if version.starts_with(GROUP) => {
+                    errors.push(ManifestError::Field {
+                        location: location(kind),
+                        path: "kind".into(),
+                        message: unknown_kind(kind),
+                    })
+                }
                 (_, Some(kind)) => self.skipped.push(location(kind)),
                 (_, None) => errors.push(ManifestError::Field {
                     location: location("document"),
@@ -136,7 +153,55 @@ impl Manifests {
                 }),
             }
         }
+        if documents == 0 {
+            errors.push(ManifestError::File {
+                file: file.to_owned(),
+                message: "holds no YAML document".into(),
+            });
+        }
     }
+}
+
+/// A ProviderIntegration document, or every problem the API server would
+/// find in it (the schema walk and the rule table), not just serde's first.
+fn integration(value: &Value) -> Result<ProviderIntegration, Vec<FieldError>> {
+    let json = serde_json::to_value(value).map_err(|e| {
+        vec![FieldError::new(
+            "",
+            format!("not a JSON-compatible document: {e}"),
+        )]
+    })?;
+    match serde_path_to_error::deserialize::<_, ProviderIntegration>(&json) {
+        Ok(pi) => Ok(pi),
+        Err(e) => {
+            let problems = crate::validate::validate(&json);
+            if problems.is_empty() {
+                Err(vec![FieldError::new(
+                    e.path().to_string(),
+                    clean_serde_message(&e.inner().to_string()),
+                )])
+            } else {
+                Err(problems)
+            }
+        }
+    }
+}
+
+fn unknown_kind(kind: &str) -> String {
+    let close = KINDS
+        .iter()
+        .find(|k| k.len().abs_diff(kind.len()) <= 2 && common_prefix(k, kind) * 2 >= k.len());
+    match close {
+        Some(k) => format!("{kind:?} is not a kind of {API_VERSION}; did you mean {k}?"),
+        None => format!(
+            "{kind:?} is not a kind of {API_VERSION} (it has {})",
+            KINDS.join(", ")
+        ),
+    }
+}
+
+fn common_prefix(a: &str, b: &str) -> usize {
+    a.chars().zip(b.chars()).take_while(|(x, y)| x == y).count()
 }
 
 /// serde's messages name Rust types in places; say it in manifest terms.

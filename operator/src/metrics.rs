@@ -18,6 +18,11 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub reason: &'static str,
+}
+
 #[derive(Clone)]
 pub struct ControllerMetrics {
     /// Pod admissions by result: injected, unchanged (not selected, opted
@@ -34,7 +39,8 @@ pub struct ControllerMetrics {
     /// Every request the operator's client sends, by HTTP method (watches included).
     pub api_requests: Family<RequestLabels, Counter>,
     pub reconciles: Counter,
-    pub errors: Counter,
+    /// Failed reconciles by `controller::Error::reason`.
+    pub errors: Family<ErrorLabels, Counter>,
     /// Writes to the API (status patches, ConfigMap applies): flat when idle.
     pub writes: Counter,
     pub duration: Histogram,
@@ -50,10 +56,10 @@ impl ControllerMetrics {
             "Reconciles started",
             reconciles.clone(),
         );
-        let errors = Counter::default();
+        let errors = Family::default();
         registry.register(
             "sluice_operator_reconcile_errors",
-            "Reconciles that failed (retried with backoff)",
+            "Reconciles that failed, by reason (retried with backoff)",
             errors.clone(),
         );
         let writes = Counter::default();

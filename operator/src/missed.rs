@@ -3,7 +3,7 @@
 //! `failurePolicy: Ignore`, or the integration came after the pod). Each is
 //! counted once and gets a Warning Event saying to restart it. Leader only.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -15,23 +15,9 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 
-use crate::inject::{INJECT_LABEL, INJECTED_LABEL, selecting};
 use crate::metrics::ControllerMetrics;
+use crate::selection::{INJECTED_LABEL, opted_in, selecting};
 use crate::view::ClusterView;
-
-/// Whether a pod asked for the sidecar: its label, else its namespace's.
-pub fn opted_in(
-    pod_labels: &BTreeMap<String, String>,
-    namespace_labels: Option<&BTreeMap<String, String>>,
-) -> bool {
-    match pod_labels.get(INJECT_LABEL).map(String::as_str) {
-        Some("enabled") => true,
-        Some(_) => false,
-        None => namespace_labels
-            .and_then(|l| l.get(INJECT_LABEL))
-            .is_some_and(|v| v == "enabled"),
-    }
-}
 
 pub async fn run(
     client: Client,
@@ -119,21 +105,5 @@ pub async fn run(
         if let Err(error) = recorder.publish(&event, &pod.object_ref(&())).await {
             tracing::warn!(%error, "publishing an Event failed");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_pod_label_wins_over_the_namespace_label() {
-        let labels = |v: &str| BTreeMap::from([(INJECT_LABEL.to_owned(), v.to_owned())]);
-        let none = BTreeMap::new();
-        assert!(opted_in(&labels("enabled"), None));
-        assert!(opted_in(&none, Some(&labels("enabled"))));
-        assert!(!opted_in(&labels("disabled"), Some(&labels("enabled"))));
-        assert!(!opted_in(&none, Some(&none)));
-        assert!(!opted_in(&none, None));
     }
 }

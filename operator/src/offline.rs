@@ -7,8 +7,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::inject::{self, INJECT_LABEL, InjectorSettings};
+use crate::inject::{self, InjectorSettings};
 use crate::resource::ProviderIntegration;
+use crate::selection::INJECT_LABEL;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OfflineError {

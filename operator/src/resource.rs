@@ -1,14 +1,20 @@
 //! The `ProviderIntegration` custom resource (sluice.dev/v1alpha1): what a
-//! platform team writes. Field docs become `kubectl explain` text.
+//! platform team writes. Every field's doc comment is its `kubectl explain`
+//! text (say what it does, its default and its unit); the rules beyond types
+//! come from `rules.rs`, which adds them to the generated schema.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
-use kube::{CustomResource, KubeSchema};
+use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use sluice_sidecar::config::{ClientAuthMethod, Duration, RetryOn, Timestamp, WhenExceeded};
+use sluice_contract::config::{
+    ClientAuthMethod, Duration, HttpUrl, LimitScope, Method, PathPattern, RetryOn,
+    SignatureEncoding, Timestamp, WebhookScheme, WhenExceeded,
+};
 
-/// One third-party API as the pods that call it should see it: limits,
-/// credentials, retries, caching, and (later) its webhooks.
+/// One third-party API as the pods that call it should see it: where it is,
+/// the credentials Sluice adds, its rate limits, retries, circuit breaker and
+/// response cache, and the webhooks it sends.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "sluice.dev",
@@ -20,7 +26,7 @@ use sluice_sidecar::config::{ClientAuthMethod, Duration, RetryOn, Timestamp, Whe
     category = "sluice",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Upstream","type":"string","jsonPath":".spec.upstream.baseUrl"}"#,
-    printcolumn = r#"{"name":"Pods","type":"integer","jsonPath":".status.pods.injected"}"#,
+    printcolumn = r#"{"name":"Pods","type":"integer","jsonPath":".status.pods.selected"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -30,142 +36,170 @@ pub struct ProviderIntegrationSpec {
     /// selects no pod; `{}` selects every pod of the namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_selector: Option<LabelSelector>,
+    /// The provider's API: its base URL and how long calls to it may take.
     pub upstream: UpstreamSpec,
+    /// The listener the app calls instead of the provider (default: port 15001 on 127.0.0.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<EgressSpec>,
-    /// Credentials Sluice adds to every request: exactly one kind.
+    /// Credentials Sluice adds to every request: exactly one kind. Whatever
+    /// the app sends under the credential's header is replaced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthSpec>,
-    /// Named routes (first match wins): the `endpoint` metric label and per-endpoint timeouts.
+    /// Named routes (first match wins): the `endpoint` metric label and
+    /// per-endpoint timeouts. At most 64.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub endpoints: Vec<EndpointSpec>,
-    /// Every limit whose match fits a request applies; all must admit it.
+    /// The provider's rate limits: every limit whose match fits a request
+    /// applies, and the request goes when all have room. At most 32.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub rate_limits: Vec<RateLimitSpec>,
+    /// When and how failed attempts are retried (default: 3 attempts in all,
+    /// for idempotent methods, on 429, 5xx, connect errors, resets and timeouts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetrySpec>,
+    /// Fail fast while the provider is failing (default: no breaker).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<CircuitBreakerSpec>,
-    /// Response caching for matched GET endpoints.
+    /// Response caching for matched GET and HEAD requests (default: none). At most 32.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
     pub cache: Vec<CacheSpec>,
-    /// Webhooks the provider sends: verified, de-duplicated, durably queued
-    /// and delivered to the app.
+    /// Webhooks the provider sends to the sidecar's port 15080: verified,
+    /// de-duplicated, durably queued and delivered to the app. At most 16.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub webhooks: Vec<WebhookSpec>,
 }
 
+/// One webhook endpoint of the provider.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WebhookSpec {
+    /// The webhook's name: a DNS label, unique in this integration; the
+    /// `webhook` metric label.
     #[schemars(length(max = 63))]
     pub name: String,
-    /// Path on the sidecar's webhook port (15080) the provider posts to.
+    /// Path on the sidecar's webhook port (15080) the provider posts to,
+    /// e.g. `/webhooks/stripe`; unique in this integration, no query.
     #[schemars(length(max = 256))]
     pub path: String,
     /// Where verified events go, e.g. `http://127.0.0.1:8080/hooks/carrier`.
-    pub forward_to: String,
+    pub forward_to: HttpUrl,
+    /// How events are authenticated: unsigned or wrongly signed ones get 401.
     pub verify: WebhookVerifySpec,
+    /// How long event ids are remembered to drop the provider's duplicates (default 72h).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup: Option<WebhookDedupSpec>,
-    /// JSON pointer to the event id for schemes without an id header (Stripe: `/id`).
+    /// JSON pointer to the event id in the body, for schemes without an id
+    /// header (Stripe's default: `/id`). Without one, the body's digest is the id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id_pointer: Option<String>,
+    /// Drop events older than one already delivered for the same object (default: deliver all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ordering: Option<WebhookOrderingSpec>,
+    /// How queued events are delivered to `forwardTo` (default: 50/s, 10 attempts, dead letters kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<WebhookDeliverySpec>,
 }
 
+/// Signature verification of a webhook.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WebhookVerifySpec {
-    pub scheme: sluice_sidecar::config::WebhookScheme,
-    /// Several while a secret is rotated: each may stop at `notAfter`.
+    /// The provider's signing scheme.
+    pub scheme: WebhookScheme,
+    /// The signing secrets, at least one; several while a secret is rotated,
+    /// each accepted until its `notAfter`.
     pub secrets: Vec<WebhookSecretSpec>,
     /// How far a signed timestamp may be from now, either way (default 5m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tolerance: Option<Duration>,
-    /// HmacSha256 only: the header with the signature.
+    /// HmacSha256 only, and required there: the header with the signature.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
-    /// HmacSha256 only: Hex (default) or Base64.
+    /// HmacSha256 only: how the signature is written, Hex (default) or Base64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub encoding: Option<sluice_sidecar::config::SignatureEncoding>,
-    /// HmacSha256 only: text before the signature, e.g. `sha256=`.
+    pub encoding: Option<SignatureEncoding>,
+    /// HmacSha256 only: text before the signature, e.g. `sha256=` (default none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
 }
 
+/// One webhook signing secret.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WebhookSecretSpec {
+    /// The Secret key holding the signing secret.
     pub secret_ref: SecretKeyRef,
+    /// When this secret stops being accepted (default: never), for rotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_after: Option<Timestamp>,
 }
 
+/// De-duplication of a webhook's events.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WebhookDedupSpec {
-    /// How long an event id is remembered (default 72h).
+    /// How long an event id is remembered: a duplicate within it is
+    /// acknowledged and not delivered again.
     pub ttl: Duration,
 }
 
+/// The ordering guard of a webhook.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WebhookOrderingSpec {
+    /// JSON pointer to the id of the object an event is about, e.g. `/data/object/id`.
     pub object_pointer: String,
+    /// JSON pointer to the event's time (epoch seconds or RFC 3339): an
+    /// event older than one delivered for the same object is dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp_pointer: Option<String>,
+    /// The states an object moves through in order: an event for an earlier
+    /// state than one delivered is dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub states: Option<WebhookStatesSpec>,
 }
 
+/// A state machine events must follow.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WebhookStatesSpec {
+    /// JSON pointer to the state (often the event type, `/type`).
     pub pointer: String,
+    /// The states in the only order they may follow each other; at least two.
     pub order: Vec<String>,
 }
 
+/// Delivery of queued events to the app.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WebhookDeliverySpec {
-    /// Default 50.
+    /// Events per second at most (default 50).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_per_second: Option<f64>,
-    /// Default 10.
+    /// Delivery attempts per event, the first included (default 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
-    /// Keep events that exhausted their attempts (default true).
+    /// Keep events that exhausted their attempts as dead letters (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter: Option<bool>,
-    /// Per attempt (default 10s).
+    /// Per delivery attempt (default 10s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
-#[x_kube(
-    validation = Rule::new("!has(self.timeout) || (duration(self.timeout) > duration('0s') && duration(self.timeout) <= duration('1h'))").message("timeout must be between 0s (exclusive) and 1h"),
-    validation = Rule::new("!has(self.totalTimeout) || (duration(self.totalTimeout) > duration('0s') && duration(self.totalTimeout) <= duration('2h'))").message("totalTimeout must be between 0s (exclusive) and 2h"),
-    validation = Rule::new("!has(self.timeout) || !has(self.totalTimeout) || duration(self.totalTimeout) >= duration(self.timeout)").message("totalTimeout must be at least timeout"),
-    validation = Rule::new("!has(self.bodyTimeout) || (duration(self.bodyTimeout) > duration('0s') && duration(self.bodyTimeout) <= duration('24h'))").message("bodyTimeout must be between 0s (exclusive) and 24h")
-)]
+/// The provider's API.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpstreamSpec {
     /// `https://host[:port][/prefix]`; the app's path and query are appended byte for byte.
-    #[schemars(length(max = 2048))]
-    pub base_url: String,
+    pub base_url: HttpUrl,
     /// Per attempt, up to the response headers (default 10s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
-    /// Queueing plus every attempt and backoff (default 30s).
+    /// Queueing plus every attempt and backoff (default 30s); at least `timeout`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_timeout: Option<Duration>,
     /// From the response headers to the end of the response body (default
@@ -175,34 +209,34 @@ pub struct UpstreamSpec {
     /// Extra CA certificates (PEM) to trust for this upstream, besides the public roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle: Option<String>,
-    /// Request bodies up to this size are kept so retries can resend them (default 1 MiB).
+    /// Request bodies up to this many bytes are kept so retries can resend
+    /// them (default 1048576, 1 MiB); larger ones are sent once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_buffered_body_bytes: Option<u64>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
-#[x_kube(validation = Rule::new("!has(self.port) || (self.port >= 1024 && self.port != 15080 && self.port != 15090)").message("port must be 1024-65535, not 15080 (webhooks) or 15090 (admin)"))]
+/// The egress listener.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EgressSpec {
-    /// The app calls `http://127.0.0.1:<port>/...` (default 15001). The injector
-    /// sets `SLUICE_<NAME>_URL` to it.
+    /// The app calls `http://127.0.0.1:<port>/...` (default 15001; 1024-65535,
+    /// not 15080 or 15090). The injector sets `SLUICE_<NAME>_URL` to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
 }
 
-/// A key of a Secret in the integration's namespace.
+/// A key of a Secret in the integration's namespace, mounted into the sidecar.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SecretKeyRef {
+    /// The Secret's name.
     pub name: String,
+    /// The key in the Secret's data.
     pub key: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize, KubeSchema)]
-#[x_kube(
-    validation = Rule::new("[has(self.header), has(self.bearer), has(self.basic), has(self.oauth2ClientCredentials)].filter(x, x).size() == 1").message("set exactly one of header, bearer, basic, oauth2ClientCredentials"),
-    validation = Rule::new("!has(self.rotationGrace) || (duration(self.rotationGrace) >= duration('0s') && duration(self.rotationGrace) <= duration('24h'))").message("rotationGrace must be between 0s and 24h")
-)]
+/// Credentials: exactly one of `header`, `bearer`, `basic`, `oauth2ClientCredentials`.
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthSpec {
     /// How long a static key replaced in its Secret stays a fallback, tried
@@ -224,50 +258,67 @@ pub struct AuthSpec {
     pub oauth2_client_credentials: Option<OAuth2Auth>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
-#[x_kube(validation = Rule::new("has(self.previousSecretRef) == has(self.previousValidUntil)").message("previousSecretRef and previousValidUntil go together"))]
+/// A static key in a header.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HeaderAuth {
+    /// The header's name, e.g. `X-Api-Key` (not Host, Content-Length,
+    /// Transfer-Encoding or Connection).
     pub name: String,
+    /// The Secret key holding the current key.
     pub secret_ref: SecretKeyRef,
     /// The key being rotated out: tried once after a 401 until `previousValidUntil`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_secret_ref: Option<SecretKeyRef>,
+    /// When the previous key stops being tried; required with `previousSecretRef`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_valid_until: Option<Timestamp>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
-#[x_kube(validation = Rule::new("has(self.previousSecretRef) == has(self.previousValidUntil)").message("previousSecretRef and previousValidUntil go together"))]
+/// A static bearer token.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BearerAuth {
+    /// The Secret key holding the current token.
     pub secret_ref: SecretKeyRef,
+    /// The token being rotated out: tried once after a 401 until `previousValidUntil`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_secret_ref: Option<SecretKeyRef>,
+    /// When the previous token stops being tried; required with `previousSecretRef`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_valid_until: Option<Timestamp>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
-#[x_kube(validation = Rule::new("has(self.previousPasswordRef) == has(self.previousValidUntil)").message("previousPasswordRef and previousValidUntil go together"))]
+/// HTTP Basic credentials.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BasicAuth {
+    /// The Secret key holding the username.
     pub username_ref: SecretKeyRef,
+    /// The Secret key holding the current password.
     pub password_ref: SecretKeyRef,
+    /// The password being rotated out: tried once after a 401 until `previousValidUntil`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_password_ref: Option<SecretKeyRef>,
+    /// When the previous password stops being tried; required with `previousPasswordRef`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_valid_until: Option<Timestamp>,
 }
 
+/// OAuth2 client credentials (RFC 6749 §4.4).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OAuth2Auth {
-    pub token_url: String,
+    /// The token endpoint, e.g. `https://auth.example/oauth/token`.
+    pub token_url: HttpUrl,
+    /// The Secret key holding the client id.
     pub client_id_ref: SecretKeyRef,
+    /// The Secret key holding the client secret.
     pub client_secret_ref: SecretKeyRef,
+    /// Scopes to ask for (default none), each without spaces or quotes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scopes: Vec<String>,
+    /// The `audience` form field some providers require (default none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audience: Option<String>,
     /// Refresh this long before the token expires (default 5m).
@@ -282,178 +333,211 @@ pub struct OAuth2Auth {
 #[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MatchSpec {
+    /// Upper-case methods, e.g. `[GET, HEAD]` (default: any method).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub methods: Vec<String>,
-    /// `*` matches one path segment, a final `**` the rest, e.g. `/v1/shipments/*/tracking`.
+    pub methods: Vec<Method>,
+    /// `*` matches one path segment, a final `**` the rest, e.g.
+    /// `/v1/shipments/*/tracking`; compared to the raw path (default: any path).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
+    pub path: Option<PathPattern>,
 }
 
+/// A named route.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EndpointSpec {
+    /// The `endpoint` metric label: a DNS label, unique.
     #[schemars(length(max = 63))]
     pub name: String,
+    /// The requests this endpoint names (default: all).
     #[serde(rename = "match", default)]
     pub matches: MatchSpec,
+    /// This endpoint's attempt timeout (default: `upstream.timeout`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
+    /// This endpoint's total timeout (default: `upstream.totalTimeout`); at least its timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_timeout: Option<Duration>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub enum LimitScope {
-    /// Each pod may send the whole rate.
-    #[default]
-    Pod,
-    /// All selected pods together share the rate.
-    Cluster,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
-#[x_kube(
-    validation = Rule::new("self.requests >= 1 && self.requests <= 1000000").message("requests must be between 1 and 1000000"),
-    validation = Rule::new("duration(self.per) > duration('0s') && duration(self.per) <= duration('24h')").message("per must be between 0s (exclusive) and 24h")
-)]
+/// How many requests a window may hold.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RateSpec {
+    /// Requests in any window of length `per` (1-1000000).
     pub requests: u32,
+    /// The window's length (more than 0s, at most 24h).
     pub per: Duration,
 }
 
+/// The wait of requests over a limit.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct QueueSpec {
     /// Longest a request waits for a slot (default 30s; at most upstream.totalTimeout).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_wait: Option<Duration>,
-    /// Most requests waiting at once (default 1000).
+    /// Most requests waiting at once (default 1000); more get 429 `queue-full`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_depth: Option<u32>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
-#[x_kube(
-    validation = Rule::new("!has(self.burst) || self.burst >= 1").message("burst must be at least 1"),
-    validation = Rule::new("!has(self.burst) || self.burst <= self.rate.requests").message("burst must not exceed rate.requests"),
-    validation = Rule::new("!has(self.queue) || !has(self.whenExceeded) || self.whenExceeded == 'Queue'").message("queue applies only with whenExceeded: Queue")
-)]
+/// One of the provider's rate limits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RateLimitSpec {
+    /// The `limit` metric label: a DNS label, unique.
     #[schemars(length(max = 63))]
     pub name: String,
+    /// The requests this limit counts (default: all).
     #[serde(rename = "match", default)]
     pub matches: MatchSpec,
     /// At most `requests` in any window of length `per`.
     pub rate: RateSpec,
-    /// How many may go back to back (default: rate.requests, i.e. no spacing).
+    /// How many may go back to back (default: rate.requests, i.e. no
+    /// spacing); the rest are spaced `per / requests` apart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
+    /// `Pod` (default): each pod may send the whole rate. `Cluster`: the pods
+    /// running the integration share it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<LimitScope>,
+    /// `Queue` (default): wait for room. `Reject`: answer 429 at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub when_exceeded: Option<WhenExceeded>,
+    /// How long and how many may wait, with `whenExceeded: Queue`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<QueueSpec>,
 }
 
+/// The wait between attempts.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BackoffSpec {
+    /// The wait after the first attempt (default 1s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial: Option<Duration>,
+    /// The longest wait (default 16s); at least `initial`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max: Option<Duration>,
+    /// Each wait is the previous one times this (default 2; 1-10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multiplier: Option<f64>,
-    /// 0 to 1: each wait is scaled by a random factor in [1 - jitter, 1 + jitter].
+    /// 0 to 1: each wait is scaled by a random factor in [1 - jitter, 1 + jitter] (default 0.3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jitter: Option<f64>,
 }
 
+/// How many retries the integration may add, so retries never multiply an outage.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetryBudgetSpec {
-    /// Retries may add at most this fraction of requests (default 0.2).
+    /// Retries may add at most this fraction of requests (default 0.2; 0-1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ratio: Option<f64>,
     /// Plus this many retries per second (default 5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_per_second: Option<u32>,
-    /// Over this window (default 10s).
+    /// Over this window (default 10s; 1s-60s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<Duration>,
 }
 
+/// Safe retries of non-idempotent methods.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IdempotencySpec {
-    /// e.g. `Idempotency-Key`: added when the app sent none, the same on every attempt.
+    /// e.g. `Idempotency-Key`: added when the app sent none, the same on
+    /// every attempt, and returned on the response.
     pub header: String,
-    /// Non-idempotent methods that may then be retried, e.g. [POST, PATCH].
-    pub methods: Vec<String>,
+    /// Non-idempotent methods that get a key and may then be retried, e.g. [POST, PATCH].
+    pub methods: Vec<Method>,
 }
 
+/// Retries of failed attempts.
 #[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetrySpec {
-    /// Attempts in all, the first included (default 3; 1 disables retries).
+    /// Attempts in all, the first included (default 3; 1-10; 1 disables retries).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    /// The wait between attempts (default: 1s doubling to 16s, jitter 0.3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<BackoffSpec>,
-    /// Status codes and `connect-error`, `reset`, `timeout` (default 429, 500, 502, 503, 504 and all three).
+    /// Status codes and `connect-error`, `reset`, `timeout` (default 429,
+    /// 500, 502, 503, 504 and all three). 400, 401, 403, 404 and 422 are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_on: Option<Vec<RetryOn>>,
+    /// Wait as long as the provider's `Retry-After` says (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub honor_retry_after: Option<bool>,
     /// A provider asking for a longer wait gets its answer passed to the app (default 60s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_retry_after: Option<Duration>,
+    /// How many retries may be added (default: 20% of requests plus 5/s over 10s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<RetryBudgetSpec>,
+    /// Idempotency keys for non-idempotent methods (default: POST and PATCH are never retried).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency: Option<IdempotencySpec>,
 }
 
+/// The circuit breaker.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CircuitBreakerSpec {
+    /// Open when more than this fraction of the requests in `window` failed
+    /// (more than 0, at most 1).
     pub failure_ratio: f64,
+    /// ...and at least this many requests were seen in `window`.
     pub min_requests: u32,
+    /// The window failures are counted over.
     pub window: Duration,
+    /// How long to fail fast (`circuit-open`, 503) before probing.
     pub open_for: Duration,
+    /// Probes let through while half-open; all must succeed to close (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub half_open_probes: Option<u32>,
 }
 
+/// A cache rule.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CacheSpec {
+    /// The requests cached: `methods` must name GET and/or HEAD only.
     #[serde(rename = "match", default)]
     pub matches: MatchSpec,
+    /// How long a response is served from the cache.
     pub ttl: Duration,
 }
 
+/// What the operator observed.
 #[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProviderIntegrationStatus {
+    /// The generation of the spec this status is about.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// `Ready`: True when the spec compiled and its config was written to
+    /// the ConfigMap `sluice-<name>`; False with reason `Invalid` and every
+    /// problem in the message.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The pods running Sluice that this integration concerns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pods: Option<PodCounts>,
 }
 
+/// Pod counts, over pods that run the sidecar, are not terminating and have not finished.
 #[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PodCounts {
-    /// Live pods this integration selects that run the sidecar.
+    /// Pods this integration's podSelector selects: they get its config (the
+    /// config stream follows the selector), and `scope: Cluster` limits are
+    /// divided among them.
     pub selected: u32,
+    /// Of those, the pods created with this integration (named in their
+    /// `sluice.dev/integrations` annotation); the others were injected before
+    /// it selected them and have it only through the config stream.
     pub injected: u32,
-    /// Reserved: sidecars confirmed on the current config.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub in_sync: Option<u32>,
 }

@@ -337,7 +337,7 @@ async fn route(
                 serde_json::to_vec(&review).expect("reviews serialize"),
             )
         }
-        (&Method::GET, sluice_sidecar::source::CONFIG_PATH) => {
+        (&Method::GET, sluice_contract::stream::CONFIG_PATH) => {
             let authorization = request
                 .headers()
                 .get(header::AUTHORIZATION)

@@ -15,12 +15,12 @@ use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::{Api, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, ResourceExt};
-use sluice_sidecar::config::IntegrationConfig;
-use sluice_sidecar::source::{ConfigSnapshot, LONG_POLL};
+use sluice_contract::config::IntegrationConfig;
+use sluice_contract::stream::{ConfigSnapshot, LONG_POLL};
 
-use crate::inject::TOKEN_AUDIENCE;
 use crate::metrics::{ControllerMetrics, ResultLabels};
 use crate::view::ClusterView;
+use sluice_contract::layout::TOKEN_AUDIENCE;
 
 /// How long a TokenReview's answer is reused for the same token.
 const REVIEW_CACHE: Duration = Duration::from_secs(60);

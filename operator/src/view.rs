@@ -15,9 +15,10 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio::sync::{mpsc, watch};
 
-use crate::controller::{CONFIG_KEY, config_map_name};
-use crate::inject::{INJECTED_LABEL, selecting};
-use crate::resource::ProviderIntegration;
+use sluice_contract::layout::{CONFIG_KEY, config_map_name};
+
+use crate::resource::{PodCounts, ProviderIntegration};
+use crate::selection::{INJECTED_LABEL, INTEGRATIONS_ANNOTATION, selecting, selector_matches};
 
 pub struct ClusterView {
     pub integrations: Store<ProviderIntegration>,
@@ -76,7 +77,7 @@ impl ClusterView {
         )
         .default_backoff()
         .modify(|pod| {
-            // The view needs labels, phase and deletion only: drop the rest.
+            // The view needs labels, annotations, phase and deletion only: drop the rest.
             pod.metadata.managed_fields = None;
             pod.spec = None;
             if let Some(status) = pod.status.as_mut() {
@@ -131,26 +132,13 @@ impl ClusterView {
         }
     }
 
-    /// Injected pods that count for `pi`'s Cluster limits: selected, not
-    /// terminating, not finished. A pod not yet ready counts: it may send
-    /// requests already, and counting it keeps the sum under the limit.
-    pub fn live_pods(&self, pi: &ProviderIntegration) -> u32 {
-        let namespace = pi.namespace().unwrap_or_default();
-        self.injected_pods
-            .state()
-            .iter()
-            .filter(|pod| pod.namespace().as_deref() == Some(namespace.as_str()))
-            .filter(|pod| pod.metadata.deletion_timestamp.is_none())
-            .filter(|pod| {
-                !matches!(
-                    pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-                    Some("Succeeded" | "Failed")
-                )
-            })
-            .filter(|pod| {
-                crate::inject::selector_matches(pi.spec.pod_selector.as_ref(), pod.labels())
-            })
-            .count() as u32
+    /// The live pods running the sidecar that `pi` selects (they get its
+    /// config and share its Cluster limits), and of those the ones created
+    /// with it. Live: not terminating, not finished. A pod not yet ready
+    /// counts: it may send requests already, and counting it keeps the sum
+    /// of Cluster shares under the limit.
+    pub fn pods_of(&self, pi: &ProviderIntegration) -> PodCounts {
+        count_pods(pi, self.injected_pods.state().iter().map(|p| p.as_ref()))
     }
 
     /// The compiled configs of the integrations that select a pod (those
@@ -180,6 +168,38 @@ impl ClusterView {
     }
 }
 
+/// [`ClusterView::pods_of`] over any list of injected pods.
+pub fn count_pods<'a>(
+    pi: &ProviderIntegration,
+    injected_pods: impl IntoIterator<Item = &'a Pod>,
+) -> PodCounts {
+    let namespace = pi.namespace().unwrap_or_default();
+    let name = pi.name_any();
+    let mut counts = PodCounts::default();
+    for pod in injected_pods {
+        let live = pod.metadata.deletion_timestamp.is_none()
+            && !matches!(
+                pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            );
+        if !live
+            || pod.namespace().as_deref() != Some(namespace.as_str())
+            || !selector_matches(pi.spec.pod_selector.as_ref(), pod.labels())
+        {
+            continue;
+        }
+        counts.selected += 1;
+        let injected_with = pod
+            .annotations()
+            .get(INTEGRATIONS_ANNOTATION)
+            .is_some_and(|names| names.split(',').any(|n| n.trim() == name));
+        if injected_with {
+            counts.injected += 1;
+        }
+    }
+    counts
+}
+
 /// Runs a reflector stream, bumping the change counter on every event.
 async fn drain<K, S>(stream: S, view: Arc<ClusterView>, on_object: impl Fn(&ClusterView, &K))
 where
@@ -199,5 +219,39 @@ where
             }
             Err(error) => tracing::warn!(%error, "watch failed; retrying with backoff"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, labels: &str, integrations: &str, phase: &str) -> Pod {
+        serde_yaml_ng::from_str(&format!(
+            "metadata: {{name: {name}, namespace: shop, labels: {labels}, annotations: {{sluice.dev/integrations: '{integrations}'}}}}\nstatus: {{phase: {phase}}}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn selected_pods_and_those_created_with_the_integration() {
+        let pi: ProviderIntegration = serde_yaml_ng::from_str(
+            "apiVersion: sluice.dev/v1alpha1\nkind: ProviderIntegration\nmetadata: {name: carrier, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: checkout}}\n  upstream: {baseUrl: 'https://x.example'}\n",
+        )
+        .unwrap();
+        let pods = [
+            pod("a", "{app: checkout}", "carrier,payments", "Running"),
+            // Injected before the integration selected it: config stream only.
+            pod("b", "{app: checkout}", "payments", "Pending"),
+            pod("c", "{app: checkout}", "carrier", "Succeeded"),
+            pod("d", "{app: search}", "carrier", "Running"),
+        ];
+        assert_eq!(
+            count_pods(&pi, &pods),
+            PodCounts {
+                selected: 2,
+                injected: 1
+            }
+        );
     }
 }

@@ -40,7 +40,7 @@ fn operator_on_a_real_api_server() {
         ),
         (
             "  rateLimits: [{name: a, rate: {requests: 10, per: 1m}, burst: 0}]\n",
-            "burst must be at least 1",
+            "spec.rateLimits[0].burst in body should be greater than or equal to 1",
         ),
         (
             "  rateLimits: [{name: a, rate: {requests: 10, per: 1m}, burst: 20}]\n",
@@ -54,7 +54,10 @@ fn operator_on_a_real_api_server() {
             "  rateLimits: [{name: a, rate: {requests: 10, per: 1 minute}}]\n",
             "spec.rateLimits[0].rate.per",
         ),
-        ("  egress: {port: 15090}\n", "port must be 1024-65535"),
+        (
+            "  egress: {port: 15090}\n",
+            "spec.egress.port: Invalid value",
+        ),
         ("  bogus: true\n", "unknown field \"spec.bogus\""),
     ];
     for (extra, expected) in invalid {

@@ -119,6 +119,16 @@ impl Running {
         (Self { child, stderr: rx }, banner)
     }
 
+    /// What it logged so far (waiting up to 2 s for more), for a failure message.
+    fn logs_so_far(&self) -> String {
+        let mut logs = String::new();
+        while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(2)) {
+            logs.push_str(&line);
+            logs.push('\n');
+        }
+        logs
+    }
+
     /// SIGTERM, wait for a clean exit, and return everything logged.
     fn stop(mut self) -> String {
         let _ = Command::new("kill")
@@ -257,7 +267,11 @@ fn local_exits_cleanly_on_a_sigterm_sent_right_after_its_banner() {
     let dir = temp_dir("early-term");
     for round in 0..5 {
         let (running, banner) = start_with_inline_secret(&dir, upstream, free_port());
-        assert!(banner.contains("admin:"), "round {round}: {banner}");
+        assert!(
+            banner.contains("admin:"),
+            "round {round}: {banner}\n{}",
+            running.logs_so_far()
+        );
         running.stop();
     }
     std::fs::remove_dir_all(&dir).unwrap();

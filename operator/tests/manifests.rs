@@ -101,37 +101,37 @@ fn errors_name_the_field_and_the_problem() {
         (
             "burst: 5",
             "burst: 0",
-            "spec.rateLimits[0].burst: must be at least 1",
+            "spec.rateLimits[0].burst: 0 is out of range: must be between 1 and 1000000",
         ),
         (
             "burst: 5",
             "burst: 25",
-            "spec.rateLimits[0].burst: 25 exceeds rate.requests 20",
+            "spec.rateLimits[0].burst: burst must not exceed rate.requests",
         ),
         (
             "- name: all",
             "- name: tracking",
-            "spec.rateLimits[1].name: \"tracking\" is used by an earlier rate limit",
+            "spec.rateLimits[1].name: \"tracking\" is used by an earlier item",
         ),
         (
             "burst: 5",
             "burst: 5\n      queue: {maxWait: 1m}",
-            "spec.rateLimits[0].queue.maxWait: 1m exceeds upstream.totalTimeout 30s",
+            "spec.rateLimits[0].queue.maxWait: a rate limit's queue.maxWait must not exceed upstream.totalTimeout",
         ),
         (
             "timeout: 10s, totalTimeout: 30s",
             "timeout: 10s, totalTimeout: 5s",
-            "spec.upstream.totalTimeout: 5s is shorter than upstream.timeout 10s",
+            "spec.upstream.totalTimeout: totalTimeout must be at least timeout",
         ),
         (
             "egress: {port: 15001}",
             "egress: {port: 15090}",
-            "spec.egress.port: 15090 is reserved",
+            "spec.egress.port: port is reserved",
         ),
         (
             "egress: {port: 15001}",
             "egress: {port: 15001}\n  bogus: 1",
-            "unknown field `bogus`",
+            "spec.bogus: unknown field \"bogus\"",
         ),
         (
             "  auth:\n",
@@ -161,7 +161,7 @@ fn errors_name_the_field_and_the_problem() {
         (
             "secretRef: {name: carrier-key, key: current}}",
             "secretRef: {name: carrier-key, key: current}, previousSecretRef: {name: carrier-key, key: old}}",
-            "spec.auth.header.previousValidUntil: is required with previousSecretRef",
+            "spec.auth.header.previousValidUntil: previousSecretRef and previousValidUntil go together",
         ),
         ("name: shipping", "name: Shipping_Co", "metadata.name"),
     ];
@@ -186,7 +186,7 @@ fn retrying_permanent_errors_is_refused() {
     let (ok, text) = check_text(&manifest);
     assert!(!ok);
     assert!(
-        text.contains("spec.retry.retryOn[1]: 401 is a permanent error"),
+        text.contains("spec.retry.retryOn[1]: retryOn names a permanent error"),
         "{text}"
     );
 }
@@ -267,7 +267,7 @@ fn webhook_errors_name_the_field() {
                 "{scheme: HmacSha256, secrets: [{secretRef: {name: h, key: k}}]}",
                 "",
             ),
-            "spec.webhooks[0].verify.header: is required for scheme HmacSha256",
+            "spec.webhooks[0].verify.header: header is required for scheme HmacSha256",
         ),
         (
             webhook(
@@ -281,7 +281,7 @@ fn webhook_errors_name_the_field() {
                 "{scheme: GitHub, secrets: [{secretRef: {name: h, key: k}}]}",
                 "      delivery: {maxAttempts: 0}\n",
             ),
-            "spec.webhooks[0].delivery.maxAttempts: 0 is not between 1 and 100",
+            "spec.webhooks[0].delivery.maxAttempts: 0 is out of range: must be between 1 and 100",
         ),
         (
             webhook(
@@ -340,4 +340,69 @@ fn inject_adds_the_sidecar_to_the_example_app_offline() {
     // The ProviderIntegration and the Namespace pass through unchanged.
     assert!(docs.iter().any(|d| d["kind"] == "ProviderIntegration"));
     assert!(docs.iter().any(|d| d["kind"] == "Namespace"));
+}
+
+#[test]
+fn check_reports_every_problem_of_every_document_with_its_file() {
+    let broken = VALID
+        .replacen("burst: 5", "burst: 5\n      scope: Everywhere", 1)
+        .replacen("per: 1m}", "per: 1 minute}", 1)
+        .replacen(
+            "egress: {port: 15001}",
+            "egress: {port: 15001}\n  retrys: {}",
+            1,
+        );
+    let typo = "apiVersion: sluice.dev/v1alpha1\nkind: ProviderIntegraton\nmetadata: {name: typo}\nspec: {}\n";
+    let (ok, text) = check_text(&format!("{broken}---\n{typo}"));
+    assert!(!ok, "{text}");
+    for expected in [
+        "(document 1, ProviderIntegration shipping): spec.rateLimits[0].scope: \"Everywhere\" is not one of Pod, Cluster",
+        "(document 1, ProviderIntegration shipping): spec.rateLimits[0].rate.per: \"1 minute\" is not a duration",
+        "(document 1, ProviderIntegration shipping): spec.retrys: unknown field \"retrys\"; did you mean retry?",
+        "(document 2, ProviderIntegraton typo): kind: \"ProviderIntegraton\" is not a kind of sluice.dev/v1alpha1; did you mean ProviderIntegration?",
+    ] {
+        assert!(text.contains(expected), "expected {expected:?} in:\n{text}");
+    }
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            line.contains("pi.yaml"),
+            "a message without its file: {line}"
+        );
+    }
+    let (ok, text) = check_text("");
+    assert!(!ok);
+    assert!(text.contains("pi.yaml: holds no YAML document"), "{text}");
+}
+
+/// `kubectl explain` shows each field's description: every field needs one.
+#[test]
+fn every_crd_field_is_described() {
+    let out = sluice(&["crd"]);
+    let crd: serde_json::Value = serde_yaml_ng::from_slice(&out.stdout).unwrap();
+    let root = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    let mut missing = Vec::new();
+    let mut fields = 0;
+    fn walk(node: &serde_json::Value, path: &str, fields: &mut usize, missing: &mut Vec<String>) {
+        for (name, property) in node["properties"].as_object().into_iter().flatten() {
+            let path = format!("{path}.{name}");
+            *fields += 1;
+            let described = property["description"]
+                .as_str()
+                .is_some_and(|d| d.trim().len() > 3);
+            if !described {
+                missing.push(path.clone());
+            }
+            walk(property, &path, fields, missing);
+            walk(&property["items"], &format!("{path}[]"), fields, missing);
+        }
+    }
+    for part in ["spec", "status"] {
+        walk(&root["properties"][part], part, &mut fields, &mut missing);
+    }
+    assert!(fields > 140, "only {fields} fields found");
+    assert!(
+        missing.is_empty(),
+        "{} of {fields} fields have no description: {missing:?}",
+        missing.len()
+    );
 }

@@ -19,9 +19,10 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 
 use crate::config::SidecarConfig;
+use crate::dead_letter;
+pub use crate::dead_letter::DeadLetterSummary;
 use crate::ingress::Endpoint;
 use crate::ingress::Ingress;
-use crate::ingress::deliver::{DeadLetter, dead_letter_dir, list_dead_letters};
 use crate::metrics::Metrics;
 
 /// Readiness: true once every listener is bound and every secret loaded.
@@ -70,19 +71,6 @@ fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Full<Byte
             serde_json::to_vec_pretty(value).expect("admin answers serialize"),
         )))
         .expect("static parts are valid")
-}
-
-/// One line of `GET /webhooks/dead-letters`.
-#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct DeadLetterSummary {
-    pub integration: String,
-    pub webhook: String,
-    pub seq: u64,
-    pub id: String,
-    pub received_at_ms: u64,
-    pub attempts: u32,
-    pub last_error: String,
 }
 
 impl AdminService {
@@ -135,15 +123,9 @@ impl AdminService {
             (&Method::GET, ["webhooks", "dead-letters"]) => {
                 let mut all = Vec::new();
                 for endpoint in ingress.endpoints() {
-                    match list_dead_letters(&endpoint.queue_dir) {
-                        Ok(letters) => all.extend(letters.into_iter().map(|l| DeadLetterSummary {
-                            integration: endpoint.integration.to_string(),
-                            webhook: endpoint.webhook.to_string(),
-                            seq: l.event.seq,
-                            id: l.event.id,
-                            received_at_ms: l.event.received_at_ms,
-                            attempts: l.attempts,
-                            last_error: l.last_error,
+                    match dead_letter::list(&endpoint.queue_dir) {
+                        Ok(letters) => all.extend(letters.into_iter().map(|l| {
+                            DeadLetterSummary::of(&endpoint.integration, &endpoint.webhook, l)
                         })),
                         Err(error) => {
                             return json(
@@ -179,23 +161,22 @@ impl AdminService {
                         &serde_json::json!({"error": "seq must be a number"}),
                     );
                 };
-                let file = dead_letter_dir(&endpoint.queue_dir).join(format!("{seq:020}.json"));
-                let letter: DeadLetter =
-                    match std::fs::read(&file).map(|b| serde_json::from_slice(&b)) {
-                        Ok(Ok(letter)) => letter,
-                        Ok(Err(e)) => {
-                            return json(
-                                StatusCode::INTERNAL_SERVER_ERROR,
-                                &serde_json::json!({"error": e.to_string()}),
-                            );
-                        }
-                        Err(_) => {
-                            return json(
-                                StatusCode::NOT_FOUND,
-                                &serde_json::json!({"error": format!("no dead letter {seq}")}),
-                            );
-                        }
-                    };
+                let file = dead_letter::path(&endpoint.queue_dir, seq);
+                let letter = match dead_letter::read(&endpoint.queue_dir, seq) {
+                    Ok(Some(letter)) => letter,
+                    Ok(None) => {
+                        return json(
+                            StatusCode::NOT_FOUND,
+                            &serde_json::json!({"error": format!("no dead letter {seq}")}),
+                        );
+                    }
+                    Err(e) => {
+                        return json(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            &serde_json::json!({"error": e.to_string()}),
+                        );
+                    }
+                };
                 match (method, rest) {
                     (&Method::GET, []) => json(StatusCode::OK, &letter),
                     (&Method::POST, ["replay"]) => {

@@ -27,24 +27,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, IntegrationConfig};
 use crate::runtime::Sidecar;
 
-/// What the operator's config stream answers: every integration of the pod.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ConfigSnapshot {
-    /// Opaque; sent back as `?version=` to wait for the next change.
-    pub version: String,
-    pub integrations: Vec<IntegrationConfig>,
-}
-
-/// The path of the config stream on the operator.
-pub const CONFIG_PATH: &str = "/v1/sidecar/config";
-/// How long the operator holds a poll open when nothing changes.
-pub const LONG_POLL: Duration = Duration::from_secs(30);
+pub use sluice_contract::stream::{CONFIG_PATH, ConfigSnapshot, LONG_POLL};
 
 /// Reads every `*.yaml` file of `dir` (by file name order) as one
 /// integration. Names starting with `.` are skipped: the kubelet's

@@ -390,6 +390,7 @@ fn limit(name: &str, requests: u32, per: D, burst: u32) -> RateLimitConfig {
         requests,
         per,
         burst,
+        scope: Default::default(),
         when_exceeded: WhenExceeded::Queue,
         queue: QueueConfig {
             max_wait: D::from_secs(10),
@@ -493,8 +494,8 @@ async fn endpoint_and_overall_limits_both_apply() {
     let mut config = integration("two", &upstream);
     let mut tracking = limit("tracking", 2, D::from_secs(30), 2);
     tracking.matches = RequestMatch {
-        methods: vec!["GET".into()],
-        path: Some("/track/*".into()),
+        methods: vec!["GET".parse().unwrap()],
+        path: Some("/track/*".parse().unwrap()),
     };
     tracking.when_exceeded = WhenExceeded::Reject;
     let mut overall = limit("all", 3, D::from_secs(30), 3);
@@ -573,7 +574,7 @@ async fn post_is_retried_only_with_an_idempotency_key_that_never_changes() {
     let mut keyed = integration("keyed", &upstream);
     keyed.retry.idempotency = Some(IdempotencyConfig {
         header: "Idempotency-Key".into(),
-        methods: vec!["POST".into()],
+        methods: vec!["POST".parse().unwrap()],
     });
     let sidecar = start(vec![plain, keyed]).await;
 
@@ -634,7 +635,7 @@ async fn the_idempotency_key_sluice_added_is_returned_whatever_the_outcome() {
     config.retry.retry_on.push(RetryOn::Timeout);
     config.retry.idempotency = Some(IdempotencyConfig {
         header: "Idempotency-Key".into(),
-        methods: vec!["POST".into()],
+        methods: vec!["POST".parse().unwrap()],
     });
     let sidecar = start(vec![config]).await;
     let app = App::new(sidecar.egress_addr("keyed").unwrap());
@@ -684,13 +685,13 @@ async fn every_attempt_resends_the_apps_request_even_after_a_timeout() {
     .await;
     let secrets = SecretDir::new("replay");
     let mut config = integration("replay", &upstream);
-    config.upstream.base_url = format!("{}/base", upstream.url());
+    config.upstream.base_url = format!("{}/base", upstream.url()).parse().unwrap();
     config.upstream.timeout = D::from_millis(300);
     config.retry.max_attempts = 3;
     config.retry.retry_on.push(RetryOn::Timeout);
     config.retry.idempotency = Some(IdempotencyConfig {
         header: "Idempotency-Key".into(),
-        methods: vec!["POST".into()],
+        methods: vec!["POST".parse().unwrap()],
     });
     config.auth = Some(AuthConfig::Bearer {
         secret: SecretFile::new(secrets.write("key", "sk-test")),
@@ -849,7 +850,7 @@ async fn attempt_timeouts_are_per_endpoint_and_total_timeout_bounds_everything()
         name: "slow-kyc".into(),
         matches: RequestMatch {
             methods: vec![],
-            path: Some("/slow/kyc".into()),
+            path: Some("/slow/kyc".parse().unwrap()),
         },
         timeout: Some(D::from_secs(2)),
         total_timeout: Some(D::from_secs(3)),
@@ -948,8 +949,8 @@ async fn caches_matched_gets_and_honours_no_store() {
     let mut config = integration("cache", &upstream);
     config.cache.rules = vec![CacheRule {
         matches: RequestMatch {
-            methods: vec!["GET".into()],
-            path: Some("/**".into()),
+            methods: vec!["GET".parse().unwrap()],
+            path: Some("/**".parse().unwrap()),
         },
         ttl: D::from_millis(800),
     }];
@@ -1186,7 +1187,7 @@ async fn oauth2_tokens_are_fetched_once_cached_and_refreshed() {
     let secrets = SecretDir::new("oauth");
     let mut config = integration("oauth", &api);
     config.auth = Some(AuthConfig::Oauth2ClientCredentials {
-        token_url: format!("{}/oauth/token", tokens.url()),
+        token_url: format!("{}/oauth/token", tokens.url()).parse().unwrap(),
         client_id: SecretFile::new(secrets.write("id", "client-1")),
         client_secret: SecretFile::new(secrets.write("secret", "s3cr3t")),
         scopes: vec!["read".into(), "write".into()],
@@ -1236,7 +1237,7 @@ async fn oauth2_refresh_failure_is_an_error_and_a_metric() {
     let secrets = SecretDir::new("oauth-fail");
     let mut config = integration("oauth-fail", &api);
     config.auth = Some(AuthConfig::Oauth2ClientCredentials {
-        token_url: format!("{}/token", tokens.url()),
+        token_url: format!("{}/token", tokens.url()).parse().unwrap(),
         client_id: SecretFile::new(secrets.write("id", "c")),
         client_secret: SecretFile::new(secrets.write("secret", "wrong")),
         scopes: vec![],

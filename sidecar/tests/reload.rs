@@ -18,6 +18,7 @@ fn reject_limit(requests: u32, per: D) -> RateLimitConfig {
         requests,
         per,
         burst: requests,
+        scope: Default::default(),
         when_exceeded: WhenExceeded::Reject,
         queue: QueueConfig::default(),
     }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 use sluice_sidecar::config::{Duration as ConfigDuration, SidecarConfig};
+use sluice_sidecar::layout;
 use sluice_sidecar::source::{self, StreamSettings};
 use sluice_sidecar::{Sidecar, runtime};
 
@@ -35,13 +36,13 @@ struct Args {
     #[arg(long, env = "SLUICE_CONFIG_DIR")]
     config_dir: Option<PathBuf>,
     /// With --config-dir: where /metrics, /healthz, /readyz and /config are served.
-    #[arg(long, default_value = "0.0.0.0:15090")]
+    #[arg(long, default_value_t = layout::POD_ADMIN_LISTEN)]
     admin_listen: SocketAddr,
     /// With --config-dir: where providers post webhooks.
-    #[arg(long, default_value = "0.0.0.0:15080")]
+    #[arg(long, default_value_t = layout::POD_WEBHOOK_LISTEN)]
     webhook_listen: SocketAddr,
     /// With --config-dir: webhook queues, de-duplication ids and dead letters.
-    #[arg(long, default_value = "/var/run/sluice/state")]
+    #[arg(long, default_value = layout::STATE_DIR)]
     state_dir: PathBuf,
     /// With --config-dir: how long in-flight requests may finish at shutdown.
     #[arg(long, default_value = "30s")]

@@ -121,9 +121,7 @@ impl Credentials {
                 refresh_before,
                 client_auth,
             } => Credentials::OAuth2(Arc::new(TokenSource {
-                token_url: token_url
-                    .parse()
-                    .map_err(|_| CredentialsError::TokenUrl(token_url.clone()))?,
+                token_url: token_url.uri().clone(),
                 client_id: load(client_id)?,
                 client_secret: load(client_secret)?,
                 scopes: scopes.join(" "),
@@ -147,8 +145,6 @@ pub enum CredentialsError {
     Secret(#[from] SecretError),
     #[error("auth.header.name {0:?} is not a valid header name")]
     HeaderName(String),
-    #[error("auth.oauth2ClientCredentials.tokenUrl {0:?} is not a URL")]
-    TokenUrl(String),
 }
 
 impl Static {

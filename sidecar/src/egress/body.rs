@@ -15,10 +15,10 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 
 use super::error::ProxyError;
-use super::http1::server::AppBody;
+use super::http1::app_body::AppBody;
 use super::pool::Http1Body;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use super::error::BoxError;
 
 /// A request or response body: buffered (replayable) or streamed.
 #[derive(Default)]
@@ -279,6 +279,12 @@ impl ProxyBody {
             }
         }
         Ok(ProxyBody::full(buffer.freeze()))
+    }
+}
+
+impl From<Bytes> for ProxyBody {
+    fn from(bytes: Bytes) -> Self {
+        ProxyBody::full(bytes)
     }
 }
 

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use http::{HeaderValue, Response, StatusCode};
 
-use super::body::{BoxError, ProxyBody};
+/// What a body or a connection fails with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub const ERROR_HEADER: http::HeaderName = http::HeaderName::from_static("x-sluice-error");
 /// `error.type` in the body of every answer Sluice gives itself.
@@ -125,7 +126,9 @@ impl ProxyError {
         }
     }
 
-    pub fn into_response(self) -> Response<ProxyBody> {
+    /// The answer the app gets, in any body type a JSON text converts to
+    /// (so this module needs no body type of its own).
+    pub fn into_response<B: From<bytes::Bytes>>(self) -> Response<B> {
         let status = self.status();
         // An object under `error`, the shape provider SDKs parse (Stripe,
         // OpenAI, EasyPost, ...): a string there makes some of them crash
@@ -137,7 +140,7 @@ impl ProxyError {
                 "message": self.to_string(),
             }
         });
-        let mut response = Response::new(ProxyBody::full(body.to_string()));
+        let mut response = Response::new(B::from(bytes::Bytes::from(body.to_string())));
         *response.status_mut() = status;
         let headers = response.headers_mut();
         headers.insert(ERROR_HEADER, HeaderValue::from_static(self.code()));

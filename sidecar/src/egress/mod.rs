@@ -38,7 +38,7 @@ use self::client::{ClientBuildError, Upstream, UpstreamClient, UpstreamService};
 use self::observe::ObserveLayer;
 use self::ratelimit::{RateLimitStep, RateLimiter};
 use self::retry::{RetryRules, RetryRulesError, RetryStep};
-use self::route::{MatchError, Router};
+use self::route::Router;
 use self::step::StepLayer;
 use self::timeout::AttemptTimeoutStep;
 use crate::config::IntegrationConfig;
@@ -59,11 +59,6 @@ pub type EgressService = Arc<dyn Handle>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    #[error("integration {integration}: {source}")]
-    Route {
-        integration: String,
-        source: MatchError,
-    },
     #[error("integration {integration}: {source}")]
     Client {
         integration: String,
@@ -138,15 +133,8 @@ pub fn build(
     let same = |f: &dyn Fn(&IntegrationConfig, &IntegrationConfig) -> bool| {
         previous.is_some_and(|p| f(&p.config, config))
     };
-    let router = Router::new(config, metrics).map_err(|source| PipelineError::Route {
-        integration: integration(),
-        source,
-    })?;
-    let upstream =
-        Upstream::parse(&config.upstream.base_url).map_err(|source| PipelineError::Client {
-            integration: integration(),
-            source,
-        })?;
+    let router = Router::new(config, metrics);
+    let upstream = Upstream::new(&config.upstream.base_url);
     let same_client = same(&|a, b| {
         a.upstream.ca_bundle == b.upstream.ca_bundle && a.upstream.timeout == b.upstream.timeout
     });
@@ -223,16 +211,14 @@ pub fn build(
         _ => ResponseCache::new(&config.cache, name.clone(), metrics.clone()),
     };
     // Last, as it changes the running limiter: everything above succeeded.
-    let (limiter, router) = match previous {
-        Some(p) => {
-            let slots = p.limiter.reconfigure(&config.rate_limits);
-            (p.limiter.clone(), router.with_limit_slots(&slots))
-        }
-        None => (
-            RateLimiter::new(name.clone(), &config.rate_limits, metrics.clone()),
-            router,
+    let (limiter, slots) = match previous {
+        Some(p) => (
+            p.limiter.clone(),
+            p.limiter.reconfigure(&config.rate_limits),
         ),
+        None => RateLimiter::new(name.clone(), &config.rate_limits, metrics.clone()),
     };
+    let router = router.with_limit_slots(&slots);
 
     let service = ServiceBuilder::new()
         .layer(ObserveLayer::new(

@@ -11,7 +11,7 @@
 //! arrivals behind it (FIFO within priority). Waiters are admitted by one
 //! dispatcher task per integration, which sleeps until the next slot opens.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
@@ -256,8 +256,13 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     /// Spawns the dispatcher on the current Tokio runtime; it ends when the
-    /// limiter is dropped. `configs[i]` gets slot `i`.
-    pub fn new(integration: Name, configs: &[RateLimitConfig], metrics: Metrics) -> Arc<Self> {
+    /// limiter is dropped. Returns the slot of each limit by name, as
+    /// [`RateLimiter::reconfigure`] does.
+    pub fn new(
+        integration: Name,
+        configs: &[RateLimitConfig],
+        metrics: Metrics,
+    ) -> (Arc<Self>, HashMap<Name, usize>) {
         let limiter = Arc::new(Self {
             state: Mutex::new(State {
                 limits: Vec::new(),
@@ -268,22 +273,22 @@ impl RateLimiter {
             integration,
             metrics,
         });
-        limiter.reconfigure(configs);
+        let slots = limiter.reconfigure(configs);
         tokio::spawn(dispatcher(
             Arc::downgrade(&limiter),
             limiter.wake_dispatcher.clone(),
         ));
-        limiter
+        (limiter, slots)
     }
 
     /// Applies a changed config in place, so nothing resets: a limit keeps
     /// its slot, its admission history and its waiters by name; a new name
     /// gets a new slot; a name no longer configured is retired (admits
     /// everything, its waiters are let go when their other limits allow).
-    /// Returns the slot of each of `configs`, for [`super::route::Router::with_limit_slots`].
-    pub fn reconfigure(&self, configs: &[RateLimitConfig]) -> Vec<usize> {
+    /// Returns the slot of each configured name, for [`super::route::Router::with_limit_slots`].
+    pub fn reconfigure(&self, configs: &[RateLimitConfig]) -> HashMap<Name, usize> {
         let mut state = self.state.lock().expect("rate limiter lock poisoned");
-        let mut slots = Vec::with_capacity(configs.len());
+        let mut slots = HashMap::with_capacity(configs.len());
         for config in configs {
             self.metrics
                 .ratelimit_queue_capacity
@@ -295,7 +300,7 @@ impl RateLimiter {
             match state.limits.iter().position(|l| *l.name == *config.name) {
                 Some(slot) => {
                     state.limits[slot].configure(config);
-                    slots.push(slot);
+                    slots.insert(Name::from(config.name.as_str()), slot);
                 }
                 None => {
                     let gauge = self
@@ -307,12 +312,12 @@ impl RateLimiter {
                         })
                         .clone();
                     state.limits.push(Limit::new(config, gauge));
-                    slots.push(state.limits.len() - 1);
+                    slots.insert(Name::from(config.name.as_str()), state.limits.len() - 1);
                 }
             }
         }
         for (slot, limit) in state.limits.iter_mut().enumerate() {
-            if !slots.contains(&slot) {
+            if !slots.values().any(|&s| s == slot) {
                 limit.retired = true;
             }
         }
@@ -594,6 +599,7 @@ mod tests {
             requests,
             per: ConfigDuration::from_millis(per_ms),
             burst,
+            scope: Default::default(),
             when_exceeded: mode,
             queue: QueueConfig {
                 max_wait: ConfigDuration::from_secs(60),
@@ -612,7 +618,8 @@ mod tests {
             "t".into(),
             &[limit("l", 10, 1000, 3, WhenExceeded::Queue)],
             Metrics::new(),
-        );
+        )
+        .0;
         let start = Instant::now();
         let mut times = Vec::new();
         for _ in 0..6 {
@@ -635,7 +642,8 @@ mod tests {
             "t".into(),
             &[limit("l", 5, 1000, 5, WhenExceeded::Queue)],
             Metrics::new(),
-        );
+        )
+        .0;
         let start = Instant::now();
         let mut times = Vec::new();
         for _ in 0..12 {
@@ -663,7 +671,8 @@ mod tests {
             "t".into(),
             &[limit("l", 2, 1000, 2, WhenExceeded::Reject)],
             Metrics::new(),
-        );
+        )
+        .0;
         limiter
             .acquire(&[0], Priority::Normal, far())
             .await
@@ -686,7 +695,8 @@ mod tests {
             "t".into(),
             &[limit("l", 1, 10_000, 1, WhenExceeded::Queue)],
             Metrics::new(),
-        );
+        )
+        .0;
         limiter
             .acquire(&[0], Priority::Normal, far())
             .await
@@ -705,7 +715,7 @@ mod tests {
     async fn queue_depth_is_bounded() {
         let mut config = limit("l", 1, 1000, 1, WhenExceeded::Queue);
         config.queue.max_depth = 2;
-        let limiter = RateLimiter::new("t".into(), &[config], Metrics::new());
+        let limiter = RateLimiter::new("t".into(), &[config], Metrics::new()).0;
         limiter
             .acquire(&[0], Priority::Normal, far())
             .await
@@ -735,7 +745,8 @@ mod tests {
             "t".into(),
             &[limit("l", 1, 100, 1, WhenExceeded::Queue)],
             Metrics::new(),
-        );
+        )
+        .0;
         limiter
             .acquire(&[0], Priority::Normal, far())
             .await
@@ -772,7 +783,8 @@ mod tests {
                 limit("fast", 1, 1000, 1, WhenExceeded::Queue),
             ],
             Metrics::new(),
-        );
+        )
+        .0;
         limiter
             .acquire(&[0], Priority::Normal, far())
             .await
@@ -806,7 +818,8 @@ mod tests {
             "t".into(),
             &[limit("l", 1, 1000, 1, WhenExceeded::Queue)],
             Metrics::new(),
-        );
+        )
+        .0;
         limiter
             .acquire(&[0], Priority::Normal, far())
             .await

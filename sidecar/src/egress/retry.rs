@@ -54,13 +54,7 @@ impl RetryRules {
             Some(i) => Some((
                 HeaderName::from_bytes(i.header.as_bytes())
                     .map_err(|_| RetryRulesError(format!("{:?} is not a header name", i.header)))?,
-                i.methods
-                    .iter()
-                    .map(|m| {
-                        Method::from_bytes(m.to_ascii_uppercase().as_bytes())
-                            .map_err(|_| RetryRulesError(format!("{m:?} is not a method")))
-                    })
-                    .collect::<Result<_, _>>()?,
+                i.methods.iter().map(|m| m.get().clone()).collect(),
             )),
             None => None,
         };
@@ -129,8 +123,20 @@ impl RetryRules {
 
     /// Exponential backoff for the wait after attempt `attempt` (1-based), with jitter.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        self.backoff.delay(attempt)
+        backoff_delay(&self.backoff, attempt)
     }
+}
+
+/// The wait after attempt `attempt` (1-based): `initial * multiplier^(attempt-1)`,
+/// capped at `max`, scaled by a random factor in `[1 - jitter, 1 + jitter]`.
+pub fn backoff_delay(backoff: &BackoffConfig, attempt: u32) -> Duration {
+    let exp = backoff
+        .multiplier
+        .max(1.0)
+        .powi(attempt.saturating_sub(1) as i32);
+    let capped = (backoff.initial.get().as_secs_f64() * exp).min(backoff.max.get().as_secs_f64());
+    let factor = 1.0 + backoff.jitter.clamp(0.0, 1.0) * (fastrand::f64() * 2.0 - 1.0);
+    Duration::from_secs_f64((capped * factor).max(0.0))
 }
 
 /// How long the provider asked us to wait: `Retry-After` (seconds or an

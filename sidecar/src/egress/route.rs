@@ -11,79 +11,8 @@ use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method};
 
 use super::replay::Replay;
-use crate::config::{IntegrationConfig, RequestMatch};
+use crate::config::{IntegrationConfig, PathPattern, RequestMatch};
 use crate::metrics::{EndpointLabels, EndpointSeries, Metrics};
-
-/// A path pattern: literal segments, `*` for exactly one segment and a final
-/// `**` for whatever remains (zero or more segments).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PathPattern {
-    segments: Vec<Segment>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Segment {
-    Literal(String),
-    One,
-    Rest,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PatternError {
-    #[error("must start with '/'")]
-    NoLeadingSlash,
-    #[error("'**' may only be the last segment")]
-    RestNotLast,
-    #[error("'*' must be a whole segment (got {0:?})")]
-    PartialWildcard(String),
-    #[error("must not contain a query ('?') or fragment ('#')")]
-    QueryOrFragment,
-}
-
-impl PathPattern {
-    pub fn parse(pattern: &str) -> Result<Self, PatternError> {
-        let rest = pattern
-            .strip_prefix('/')
-            .ok_or(PatternError::NoLeadingSlash)?;
-        if pattern.contains(['?', '#']) {
-            return Err(PatternError::QueryOrFragment);
-        }
-        let raw: Vec<&str> = rest.split('/').collect();
-        let mut segments = Vec::with_capacity(raw.len());
-        for (i, seg) in raw.iter().enumerate() {
-            segments.push(match *seg {
-                "**" if i + 1 == raw.len() => Segment::Rest,
-                "**" => return Err(PatternError::RestNotLast),
-                "*" => Segment::One,
-                s if s.contains('*') => return Err(PatternError::PartialWildcard(s.to_owned())),
-                s => Segment::Literal(s.to_owned()),
-            });
-        }
-        Ok(Self { segments })
-    }
-
-    /// `path` is the raw request path without the query, compared byte for byte.
-    pub fn matches(&self, path: &str) -> bool {
-        let Some(rest) = path.strip_prefix('/') else {
-            return false;
-        };
-        let mut parts = rest.split('/');
-        for segment in &self.segments {
-            match segment {
-                Segment::Rest => return true,
-                Segment::One => match parts.next() {
-                    Some(part) if !part.is_empty() => {}
-                    _ => return false,
-                },
-                Segment::Literal(literal) => match parts.next() {
-                    Some(part) if part == literal => {}
-                    _ => return false,
-                },
-            }
-        }
-        parts.next().is_none()
-    }
-}
 
 /// A compiled [`RequestMatch`].
 #[derive(Clone, Debug)]
@@ -93,36 +22,17 @@ pub struct Matcher {
 }
 
 impl Matcher {
-    pub fn compile(spec: &RequestMatch) -> Result<Self, MatchError> {
-        let methods = spec
-            .methods
-            .iter()
-            .map(|m| {
-                Method::from_bytes(m.to_ascii_uppercase().as_bytes())
-                    .map_err(|_| MatchError::Method(m.clone()))
-            })
-            .collect::<Result<_, _>>()?;
-        let path = spec
-            .path
-            .as_deref()
-            .map(PathPattern::parse)
-            .transpose()
-            .map_err(|e| MatchError::Path(spec.path.clone().unwrap_or_default(), e))?;
-        Ok(Self { methods, path })
+    pub fn compile(spec: &RequestMatch) -> Self {
+        Self {
+            methods: spec.methods.iter().map(|m| m.get().clone()).collect(),
+            path: spec.path.clone(),
+        }
     }
 
     pub fn matches(&self, method: &Method, path: &str) -> bool {
         (self.methods.is_empty() || self.methods.contains(method))
             && self.path.as_ref().is_none_or(|p| p.matches(path))
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum MatchError {
-    #[error("{0:?} is not an HTTP method")]
-    Method(String),
-    #[error("path {0:?}: {1}")]
-    Path(String, PatternError),
 }
 
 /// The endpoint label for requests no endpoint or limit names.
@@ -152,10 +62,41 @@ struct Endpoint {
     total_timeout: Option<Duration>,
 }
 
-/// Which rules a request matched: the endpoint, the limits (a bit each, in
-/// config order; at most 32 by the CRD) and the cache rule. Requests that
-/// match the same rules share one [`Route`].
-type Matched = (Option<usize>, u64, Option<usize>);
+/// Which rules a request matched: the endpoint, the limits and the cache
+/// rule. Requests that match the same rules share one [`Route`].
+type Matched = (Option<usize>, LimitSet, Option<usize>);
+
+/// The rate limits a request matched, a bit per limit in config order:
+/// inline up to 64 limits (the CRD allows 32), on the heap past that.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum LimitSet {
+    Inline(u64),
+    Spilled(Box<[u64]>),
+}
+
+impl LimitSet {
+    fn of(matches: impl Iterator<Item = bool>, count: usize) -> Self {
+        if count <= 64 {
+            return LimitSet::Inline(
+                matches
+                    .enumerate()
+                    .fold(0, |bits, (i, hit)| bits | (u64::from(hit) << i)),
+            );
+        }
+        let mut words = vec![0u64; count.div_ceil(64)];
+        for (i, hit) in matches.enumerate() {
+            words[i / 64] |= u64::from(hit) << (i % 64);
+        }
+        LimitSet::Spilled(words.into_boxed_slice())
+    }
+
+    fn contains(&self, i: usize) -> bool {
+        match self {
+            LimitSet::Inline(bits) => bits & (1 << i) != 0,
+            LimitSet::Spilled(words) => words[i / 64] & (1 << (i % 64)) != 0,
+        }
+    }
+}
 
 /// At most this many distinct routes are remembered; others are built per request.
 const ROUTE_MEMO: usize = 1024;
@@ -164,7 +105,8 @@ const ROUTE_MEMO: usize = 1024;
 #[derive(Debug)]
 pub struct Router {
     endpoints: Vec<Endpoint>,
-    /// Name, matcher and the limiter slot of each rate limit.
+    /// Name, matcher and the limiter slot of each rate limit (set by name,
+    /// [`Router::with_limit_slots`]).
     limits: Vec<(Arc<str>, Matcher, usize)>,
     cache: Vec<(Matcher, Duration)>,
     attempt_timeout: Duration,
@@ -179,38 +121,35 @@ pub struct Router {
 
 impl Router {
     /// Compiles the config's matchers; `metrics` gets a series per endpoint.
-    pub fn new(config: &IntegrationConfig, metrics: &Metrics) -> Result<Self, MatchError> {
+    pub fn new(config: &IntegrationConfig, metrics: &Metrics) -> Self {
         let mut router = Self {
             endpoints: config
                 .endpoints
                 .iter()
-                .map(|e| {
-                    Ok(Endpoint {
-                        name: Arc::from(e.name.as_str()),
-                        matcher: Matcher::compile(&e.matches)?,
-                        timeout: e.timeout.map(|d| d.get()),
-                        total_timeout: e.total_timeout.map(|d| d.get()),
-                    })
+                .map(|e| Endpoint {
+                    name: Arc::from(e.name.as_str()),
+                    matcher: Matcher::compile(&e.matches),
+                    timeout: e.timeout.map(|d| d.get()),
+                    total_timeout: e.total_timeout.map(|d| d.get()),
                 })
-                .collect::<Result<_, MatchError>>()?,
+                .collect(),
             limits: config
                 .rate_limits
                 .iter()
-                .enumerate()
-                .map(|(slot, l)| {
-                    Ok((
+                .map(|l| {
+                    (
                         Arc::from(l.name.as_str()),
-                        Matcher::compile(&l.matches)?,
-                        slot,
-                    ))
+                        Matcher::compile(&l.matches),
+                        usize::MAX,
+                    )
                 })
-                .collect::<Result<_, MatchError>>()?,
+                .collect(),
             cache: config
                 .cache
                 .rules
                 .iter()
-                .map(|c| Ok((Matcher::compile(&c.matches)?, c.ttl.get())))
-                .collect::<Result<_, MatchError>>()?,
+                .map(|c| (Matcher::compile(&c.matches), c.ttl.get()))
+                .collect(),
             attempt_timeout: config.upstream.timeout.get(),
             total_timeout: config.upstream.total_timeout.get(),
             body_timeout: config.upstream.body_timeout.get(),
@@ -230,7 +169,7 @@ impl Router {
                 (endpoint, Arc::new(EndpointSeries::new(metrics, &labels)))
             })
             .collect();
-        Ok(router)
+        router
     }
 
     /// Every endpoint label value a request can get.
@@ -247,11 +186,12 @@ impl Router {
         names
     }
 
-    /// Points the rate limits at the limiter slots a reconfigured limiter
-    /// gave them (`slots[i]` for the config's `rateLimits[i]`).
-    pub fn with_limit_slots(mut self, slots: &[usize]) -> Self {
-        for (limit, &slot) in self.limits.iter_mut().zip(slots) {
-            limit.2 = slot;
+    /// Points each rate limit at the limiter slot its name has
+    /// ([`super::ratelimit::RateLimiter::reconfigure`] gives every
+    /// configured name one).
+    pub fn with_limit_slots(mut self, slots: &HashMap<Arc<str>, usize>) -> Self {
+        for (name, _, slot) in &mut self.limits {
+            *slot = slots[name];
         }
         self
     }
@@ -263,11 +203,10 @@ impl Router {
             self.endpoints
                 .iter()
                 .position(|e| e.matcher.matches(method, path)),
-            self.limits
-                .iter()
-                .enumerate()
-                .filter(|(_, (_, m, _))| m.matches(method, path))
-                .fold(0u64, |bits, (i, _)| bits | 1 << i),
+            LimitSet::of(
+                self.limits.iter().map(|(_, m, _)| m.matches(method, path)),
+                self.limits.len(),
+            ),
             cacheable
                 .then(|| self.cache.iter().position(|(m, _)| m.matches(method, path)))
                 .flatten(),
@@ -275,7 +214,7 @@ impl Router {
         if let Some(route) = self.memo.read().expect("route memo").get(&matched) {
             return route.clone();
         }
-        let route = Arc::new(self.build(matched));
+        let route = Arc::new(self.build(&matched));
         let mut memo = self.memo.write().expect("route memo");
         if memo.len() < ROUTE_MEMO {
             memo.insert(matched, route.clone());
@@ -283,13 +222,13 @@ impl Router {
         route
     }
 
-    fn build(&self, (endpoint, limit_bits, cache): Matched) -> Route {
+    fn build(&self, (endpoint, limits, cache): &Matched) -> Route {
         let endpoint = endpoint.map(|i| &self.endpoints[i]);
         let matched: Vec<&(Arc<str>, Matcher, usize)> = self
             .limits
             .iter()
             .enumerate()
-            .filter(|(i, _)| limit_bits & (1 << i) != 0)
+            .filter(|(i, _)| limits.contains(*i))
             .map(|(_, l)| l)
             .collect();
         let name = match (endpoint, matched.first()) {
@@ -395,53 +334,44 @@ impl SendBudget {
 mod tests {
     use super::*;
 
+    /// Past 64 limits the matched set spills to the heap; routing is the same.
     #[test]
-    fn single_and_rest_wildcards() {
-        let p = PathPattern::parse("/v1/shipments/*/tracking").unwrap();
-        assert!(p.matches("/v1/shipments/123/tracking"));
-        assert!(!p.matches("/v1/shipments//tracking"));
-        assert!(!p.matches("/v1/shipments/123/tracking/x"));
-        assert!(!p.matches("/v1/shipments/123"));
-        let rest = PathPattern::parse("/v1/**").unwrap();
-        assert!(rest.matches("/v1"));
-        assert!(rest.matches("/v1/a/b/c"));
-        assert!(!rest.matches("/v2/a"));
-        let root = PathPattern::parse("/**").unwrap();
-        assert!(root.matches("/anything/at/all"));
-        let exact = PathPattern::parse("/v1/charges").unwrap();
-        assert!(exact.matches("/v1/charges"));
-        assert!(!exact.matches("/v1/charges/"));
-        assert!(!exact.matches("/v1/Charges"));
-    }
-
-    #[test]
-    fn encoded_paths_compare_raw() {
-        let p = PathPattern::parse("/files/a%2Fb").unwrap();
-        assert!(p.matches("/files/a%2Fb"));
-        assert!(!p.matches("/files/a/b"));
-    }
-
-    #[test]
-    fn bad_patterns() {
-        assert_eq!(PathPattern::parse("v1"), Err(PatternError::NoLeadingSlash));
-        assert_eq!(PathPattern::parse("/**/x"), Err(PatternError::RestNotLast));
-        assert!(matches!(
-            PathPattern::parse("/v1/ship*"),
-            Err(PatternError::PartialWildcard(_))
-        ));
-        assert_eq!(
-            PathPattern::parse("/a?b=1"),
-            Err(PatternError::QueryOrFragment)
-        );
+    fn many_limits_route_by_name() {
+        let mut config: IntegrationConfig = serde_yaml_ng::from_str(
+            "name: many\nlisten: 127.0.0.1:0\nupstream: {baseUrl: 'https://x.example'}\n",
+        )
+        .unwrap();
+        for i in 0..70 {
+            let path = if i == 3 || i == 65 {
+                "/v1/hot"
+            } else {
+                "/v1/cold"
+            };
+            config.rate_limits.push(
+                serde_yaml_ng::from_str(&format!(
+                    "{{name: l{i}, match: {{path: '{path}'}}, requests: 10, per: 1s, burst: 10}}"
+                ))
+                .unwrap(),
+            );
+        }
+        let slots: HashMap<Arc<str>, usize> = (0..70)
+            .map(|i| (Arc::from(format!("l{i}").as_str()), 1000 + i))
+            .collect();
+        let router = Router::new(&config, &Metrics::new()).with_limit_slots(&slots);
+        let hot = router.route(&Method::GET, "/v1/hot");
+        assert_eq!(hot.limits, vec![1003, 1065]);
+        assert_eq!(&*hot.endpoint, "l3");
+        let again = router.route(&Method::POST, "/v1/hot");
+        assert_eq!(again.limits, hot.limits);
+        assert_eq!(router.route(&Method::GET, "/v1/cold").limits.len(), 68);
     }
 
     #[test]
     fn methods_and_priorities() {
         let m = Matcher::compile(&RequestMatch {
-            methods: vec!["get".into()],
+            methods: vec!["GET".parse().unwrap()],
             path: None,
-        })
-        .unwrap();
+        });
         assert!(m.matches(&Method::GET, "/x"));
         assert!(!m.matches(&Method::POST, "/x"));
         let mut headers = HeaderMap::new();

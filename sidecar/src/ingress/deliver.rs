@@ -2,11 +2,9 @@
 //! with backoff and jitter, dead-lettered after `maxAttempts`, with the
 //! ordering guard in front.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{Request, Uri};
 use http_body_util::BodyExt;
@@ -14,8 +12,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::ordering::{OrderingGuard, Verdict};
-use super::queue::{QueueReader, StoredEvent};
+use super::queue::QueueReader;
 use crate::config::{DeliveryConfig, OrderingConfig};
+use crate::dead_letter::{self, DeadLetter, StoredEvent};
 use crate::egress::body::{BodyTimeouts, ProxyBody};
 use crate::egress::client::{UpstreamClient, strip_hop_by_hop};
 use crate::metrics::{Metrics, WebhookResultLabels};
@@ -32,22 +31,6 @@ pub struct Deliverer {
     pub ordering: Option<OrderingConfig>,
     pub client: UpstreamClient,
     pub metrics: Metrics,
-}
-
-/// A dead letter as stored in `dead/<seq>.json`.
-#[derive(serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DeadLetter {
-    #[serde(flatten)]
-    pub event: StoredEvent,
-    /// The body, base64.
-    pub body: String,
-    pub attempts: u32,
-    pub last_error: String,
-}
-
-pub fn dead_letter_dir(queue_dir: &std::path::Path) -> PathBuf {
-    queue_dir.join("dead")
 }
 
 impl Deliverer {
@@ -125,21 +108,10 @@ impl Deliverer {
         attempts: u32,
         last_error: String,
     ) -> std::io::Result<()> {
-        use base64::Engine;
-        let letter = DeadLetter {
-            event: event.clone(),
-            body: base64::engine::general_purpose::STANDARD.encode(&event.body),
-            attempts,
-            last_error,
-        };
-        let dir = dead_letter_dir(queue_dir);
-        let tmp = dir.join(format!(".{}.tmp", event.seq));
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(&letter).expect("dead letter serializes"),
-        )?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, dir.join(format!("{:020}.json", event.seq)))
+        dead_letter::write(
+            queue_dir,
+            &DeadLetter::new(event.clone(), attempts, last_error),
+        )
     }
 
     /// Runs until `stop` turns true or the queue closes; gives the reader
@@ -186,7 +158,8 @@ impl Deliverer {
                     Err(error) => {
                         self.count("retry");
                         tracing::info!(integration = %self.integration, webhook = %self.webhook, event_id = %event.id, attempt, %error, "webhook delivery failed; retrying");
-                        let wait = self.config.backoff.delay(attempt);
+                        let wait =
+                            crate::egress::retry::backoff_delay(&self.config.backoff, attempt);
                         tokio::select! {
                             _ = tokio::time::sleep(wait) => {}
                             _ = stop.wait_for(|s| *s) => { reader.close(); return reader }
@@ -216,36 +189,5 @@ impl Deliverer {
                 tracing::error!(%error, "recording webhook progress failed");
             }
         }
-    }
-}
-
-/// Reads the dead letters of a queue directory, oldest first.
-pub fn list_dead_letters(queue_dir: &std::path::Path) -> std::io::Result<Vec<DeadLetter>> {
-    let mut letters = Vec::new();
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(dead_letter_dir(queue_dir))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    paths.sort();
-    for path in paths {
-        let letter: DeadLetter = serde_json::from_slice(&std::fs::read(&path)?).map_err(|e| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{}: {e}", path.display()),
-            )
-        })?;
-        letters.push(letter);
-    }
-    Ok(letters)
-}
-
-impl DeadLetter {
-    pub fn body_bytes(&self) -> Bytes {
-        use base64::Engine;
-        Bytes::from(
-            base64::engine::general_purpose::STANDARD
-                .decode(&self.body)
-                .unwrap_or_default(),
-        )
     }
 }

@@ -15,7 +15,7 @@ pub mod verify;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -66,12 +66,6 @@ pub enum IngressError {
         dir: PathBuf,
         source: std::io::Error,
     },
-    #[error("integration {integration}, webhook {webhook}: forwardTo {url:?} is not a URL")]
-    ForwardTo {
-        integration: String,
-        webhook: String,
-        url: String,
-    },
     #[error("webhook path {0:?} is used twice")]
     DuplicatePath(String),
 }
@@ -116,12 +110,7 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// Where one webhook's queue lives under the state directory.
-pub fn queue_dir(state_dir: &Path, integration: &str, webhook: &str) -> PathBuf {
-    state_dir
-        .join("webhooks")
-        .join(format!("{integration}.{webhook}"))
-}
+pub use crate::layout::queue_dir;
 
 impl Ingress {
     /// The service of the ingress port.
@@ -184,13 +173,7 @@ impl Ingress {
             for webhook in &integration.webhooks {
                 let key = format!("{}.{}", integration.name, webhook.name);
                 let settings = DeliverySettings {
-                    forward_to: webhook.forward_to.parse().map_err(|_| {
-                        IngressError::ForwardTo {
-                            integration: integration.name.clone(),
-                            webhook: webhook.name.clone(),
-                            url: webhook.forward_to.clone(),
-                        }
-                    })?,
+                    forward_to: webhook.forward_to.uri().clone(),
                     delivery: webhook.delivery.clone(),
                     ordering: webhook.ordering.clone(),
                 };

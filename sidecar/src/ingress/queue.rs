@@ -26,72 +26,36 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
 const SEGMENT_BYTES: u64 = 16 << 20;
 const MAX_BATCH: usize = 4096;
 const MAX_RECORD: u32 = 64 << 20;
 
-/// One accepted webhook, as stored.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StoredEvent {
-    pub seq: u64,
-    /// The de-duplication id (the scheme's id, the body's `idPointer`, or a digest).
-    pub id: String,
-    pub received_at_ms: u64,
-    /// The scheme that verified it, for `x-sluice-verified`.
-    pub verified_by: String,
-    /// Original headers, values base64 so any byte survives.
-    pub headers: Vec<(String, String)>,
-    /// Until when the id counts for de-duplication; the segment holding the
-    /// record is its durable copy until `dedup.log` takes over.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dedup_expires_ms: Option<u64>,
-    #[serde(skip)]
-    pub body: Bytes,
+pub use crate::dead_letter::StoredEvent;
+
+/// A record's payload: `[meta len u32][meta JSON][body]`.
+fn to_payload(event: &StoredEvent) -> Vec<u8> {
+    let meta = serde_json::to_vec(event).expect("event metadata serializes");
+    let mut payload = Vec::with_capacity(4 + meta.len() + event.body.len());
+    payload.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    payload.extend_from_slice(&meta);
+    payload.extend_from_slice(&event.body);
+    payload
 }
 
-impl StoredEvent {
-    pub fn header_pairs(&self) -> impl Iterator<Item = (&str, Vec<u8>)> {
-        self.headers
-            .iter()
-            .filter_map(|(k, v)| Some((k.as_str(), BASE64.decode(v).ok()?)))
-    }
-
-    pub fn encode_headers(headers: &http::HeaderMap) -> Vec<(String, String)> {
-        headers
-            .iter()
-            .map(|(k, v)| (k.as_str().to_owned(), BASE64.encode(v.as_bytes())))
-            .collect()
-    }
-
-    fn to_payload(&self) -> Vec<u8> {
-        let meta = serde_json::to_vec(self).expect("event metadata serializes");
-        let mut payload = Vec::with_capacity(4 + meta.len() + self.body.len());
-        payload.extend_from_slice(&(meta.len() as u32).to_le_bytes());
-        payload.extend_from_slice(&meta);
-        payload.extend_from_slice(&self.body);
-        payload
-    }
-
-    fn from_payload(payload: &[u8]) -> io::Result<Self> {
-        let bad = || io::Error::new(io::ErrorKind::InvalidData, "corrupt queue record");
-        let meta_len =
-            u32::from_le_bytes(payload.get(..4).ok_or_else(bad)?.try_into().unwrap()) as usize;
-        let meta = payload.get(4..4 + meta_len).ok_or_else(bad)?;
-        let mut event: StoredEvent = serde_json::from_slice(meta).map_err(|_| bad())?;
-        event.body = Bytes::copy_from_slice(&payload[4 + meta_len..]);
-        Ok(event)
-    }
+fn from_payload(payload: &[u8]) -> io::Result<StoredEvent> {
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "corrupt queue record");
+    let meta_len =
+        u32::from_le_bytes(payload.get(..4).ok_or_else(bad)?.try_into().unwrap()) as usize;
+    let meta = payload.get(4..4 + meta_len).ok_or_else(bad)?;
+    let mut event: StoredEvent = serde_json::from_slice(meta).map_err(|_| bad())?;
+    event.body = Bytes::copy_from_slice(&payload[4 + meta_len..]);
+    Ok(event)
 }
-
 /// What the writer has made durable.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Committed {
@@ -201,7 +165,7 @@ fn read_records(file: &mut File) -> io::Result<(Vec<StoredEvent>, u64)> {
         if reader.read_exact(&mut payload).is_err() || crc32fast::hash(&payload) != crc {
             break;
         }
-        match StoredEvent::from_payload(&payload) {
+        match from_payload(&payload) {
             Ok(event) => events.push(event),
             Err(_) => break,
         }
@@ -398,7 +362,7 @@ impl WriterState {
             append.event.seq = self.next_seq;
             append.event.dedup_expires_ms = append.dedup_expires_ms;
             self.next_seq += 1;
-            let payload = append.event.to_payload();
+            let payload = to_payload(&append.event);
             buffer.extend_from_slice(&(payload.len() as u32).to_le_bytes());
             buffer.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
             buffer.extend_from_slice(&payload);
@@ -554,7 +518,7 @@ impl QueueReader {
                 ));
             }
             *offset += 8 + u64::from(len);
-            let event = StoredEvent::from_payload(&payload)?;
+            let event = from_payload(&payload)?;
             if event.seq > self.cursor {
                 return Ok(Some(event));
             }
@@ -624,6 +588,8 @@ impl QueueReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD as BASE64;
 
     fn event(id: &str, body: &'static str) -> StoredEvent {
         StoredEvent {

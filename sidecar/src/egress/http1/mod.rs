@@ -12,6 +12,7 @@
 //! The parser is the one hyper uses (httparse), and framing is strict: a
 //! message whose length is ambiguous is refused, never guessed.
 
+pub mod app_body;
 pub mod client;
 pub mod server;
 

@@ -18,24 +18,26 @@ use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, ready};
+use std::task::{Poll, ready};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body::{Body as _, Frame, SizeHint};
+use http_body::Body as _;
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::oneshot;
 
+use super::app_body::Reader;
+pub use super::app_body::{AppBody, AppBodyError};
 use super::{
-    BodyError, Chunked, Decoder, FieldsSeen, FramingError, MAX_HEAD_BYTES, MAX_HEADERS, READ_CHUNK,
-    chunked_is_last, content_length, field_spans, has_token, header_map, itoa_u64, only_chunked,
-    poll_fill, put_chunk, put_chunk_size, put_field, put_last_chunk,
+    Chunked, Decoder, FieldsSeen, MAX_HEAD_BYTES, MAX_HEADERS, READ_CHUNK, chunked_is_last,
+    content_length, field_spans, has_token, header_map, itoa_u64, only_chunked, put_chunk,
+    put_chunk_size, put_field, put_last_chunk,
 };
 use crate::egress::Handle;
 use crate::egress::body::ProxyBody;
@@ -49,102 +51,6 @@ const WRITE_BATCH: usize = 16 * 1024;
 /// closing does not reset the connection before the app reads the answer).
 const LINGER_BYTES: usize = 1024 * 1024;
 const LINGER_TIME: Duration = Duration::from_secs(2);
-
-/// The read side of the app's connection and the bytes read ahead.
-pub struct Reader {
-    io: OwnedReadHalf,
-    buf: BytesMut,
-}
-
-impl Reader {
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        poll_fill(&mut self.io, &mut self.buf, cx)
-    }
-}
-
-/// A request body read straight from the app's connection, sent once.
-pub struct AppBody {
-    /// `None` once the body failed: the connection closes.
-    reader: Option<Reader>,
-    decoder: Decoder,
-    /// Where the reader goes at the end (or drop) of the body, with whether
-    /// the whole body was read.
-    back: Option<oneshot::Sender<(Reader, bool)>>,
-}
-
-/// Why a request body could not be read from the app.
-#[derive(Debug, thiserror::Error)]
-pub enum AppBodyError {
-    #[error("the app closed the connection with {0} bytes of the request body still to come")]
-    Truncated(u64),
-    #[error("the app closed the connection in the middle of a chunked request body")]
-    TruncatedChunked,
-    #[error("invalid chunked request body: {0}")]
-    Framing(FramingError),
-    #[error("{0}")]
-    Io(io::Error),
-}
-
-impl AppBody {
-    pub fn poll_frame(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, AppBodyError>>> {
-        let Some(reader) = self.reader.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let frame = ready!(super::poll_body(
-            cx,
-            &mut reader.io,
-            &mut reader.buf,
-            &mut self.decoder
-        ));
-        match frame {
-            None => {
-                self.give_back();
-                Poll::Ready(None)
-            }
-            Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
-            Some(Err(error)) => {
-                // The connection cannot be read on: dropping the sender
-                // tells it so.
-                self.reader = None;
-                self.back = None;
-                Poll::Ready(Some(Err(match error {
-                    BodyError::Truncated(Some(missing)) => AppBodyError::Truncated(missing),
-                    BodyError::Truncated(None) => AppBodyError::TruncatedChunked,
-                    BodyError::Framing(error) => AppBodyError::Framing(error),
-                    BodyError::Io(error) => AppBodyError::Io(error),
-                })))
-            }
-        }
-    }
-
-    pub fn is_end_stream(&self) -> bool {
-        self.decoder.is_end() || self.reader.is_none()
-    }
-
-    /// A chunked body still being read: a trailer section may follow.
-    pub fn may_have_trailers(&self) -> bool {
-        matches!(self.decoder, Decoder::Chunked(_)) && self.reader.is_some()
-    }
-
-    pub fn size_hint(&self) -> SizeHint {
-        self.decoder.size_hint()
-    }
-
-    fn give_back(&mut self) {
-        if let (Some(reader), Some(back)) = (self.reader.take(), self.back.take()) {
-            let _ = back.send((reader, self.decoder.is_end()));
-        }
-    }
-}
-
-impl Drop for AppBody {
-    fn drop(&mut self) {
-        self.give_back();
-    }
-}
 
 /// What the connection needs to know about a request besides the request.
 struct RequestFacts {
@@ -765,6 +671,7 @@ fn put_date(out: &mut BytesMut) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body::Frame;
     use std::net::SocketAddr;
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;

@@ -6,20 +6,24 @@
 //! `/config` as it is.
 
 mod duration;
+mod method;
+mod pattern;
 mod timestamp;
+mod url;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use duration::{DURATION_PATTERN, Duration, ParseDurationError};
-pub use timestamp::{ParseTimestampError, Timestamp};
+use crate::bounds::{self, Bound};
+use crate::layout;
 
-/// Default ports from DESIGN.md.
-pub const DEFAULT_ADMIN_PORT: u16 = 15090;
-pub const DEFAULT_WEBHOOK_PORT: u16 = 15080;
-pub const DEFAULT_EGRESS_PORT: u16 = 15001;
+pub use duration::{DURATION_PATTERN, Duration, ParseDurationError};
+pub use method::{METHOD_PATTERN, Method, ParseMethodError};
+pub use pattern::{PATH_PATTERN, PathPattern, PatternError};
+pub use timestamp::{ParseTimestampError, Timestamp};
+pub use url::{HttpUrl, ParseUrlError, URL_PATTERN};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -66,8 +70,8 @@ pub struct IngressConfig {
 impl Default for IngressConfig {
     fn default() -> Self {
         Self {
-            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_WEBHOOK_PORT),
-            state_dir: PathBuf::from("/var/run/sluice/state"),
+            listen: layout::LOCAL_WEBHOOK_LISTEN,
+            state_dir: PathBuf::from(layout::STATE_DIR),
             max_queue_bytes: defaults::max_queue_bytes(),
             max_body_bytes: defaults::max_webhook_body(),
             max_unverified_bytes: defaults::max_unverified_bytes(),
@@ -88,7 +92,7 @@ pub struct AdminConfig {
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
-            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_ADMIN_PORT),
+            listen: layout::LOCAL_ADMIN_LISTEN,
         }
     }
 }
@@ -134,7 +138,7 @@ pub struct WebhookConfig {
     /// The path on the ingress port the provider posts to.
     pub path: String,
     /// Where verified events go: the app, in the pod.
-    pub forward_to: String,
+    pub forward_to: HttpUrl,
     pub verify: VerifyConfig,
     #[serde(default)]
     pub dedup: DedupConfig,
@@ -266,7 +270,7 @@ impl Default for DeliveryConfig {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// `https://host[:port][/prefix]`; the app's path is appended to the prefix.
-    pub base_url: String,
+    pub base_url: HttpUrl,
     /// Per attempt, from sending the request to the response headers.
     #[serde(default = "defaults::timeout")]
     pub timeout: Duration,
@@ -289,12 +293,11 @@ pub struct UpstreamConfig {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RequestMatch {
-    /// Upper-case method names; empty means any method.
+    /// Empty means any method.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub methods: Vec<String>,
-    /// A path pattern: `*` matches one segment, a trailing `**` the rest.
+    pub methods: Vec<Method>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
+    pub path: Option<PathPattern>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -320,10 +323,25 @@ pub struct RateLimitConfig {
     pub per: Duration,
     /// How many of them may go back to back; the rest are spaced `per / requests` apart.
     pub burst: u32,
+    /// Whether every pod may send the whole rate or the pods share it; the
+    /// operator has already divided a `Cluster` limit among the pods.
+    #[serde(default)]
+    pub scope: LimitScope,
     #[serde(default)]
     pub when_exceeded: WhenExceeded,
     #[serde(default)]
     pub queue: QueueConfig,
+}
+
+/// Who a rate limit's rate belongs to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum LimitScope {
+    /// Each pod may send the whole rate.
+    #[default]
+    Pod,
+    /// All the pods running the integration share the rate.
+    Cluster,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -397,20 +415,6 @@ pub struct BackoffConfig {
     pub multiplier: f64,
     /// Each wait is scaled by a random factor in `[1 - jitter, 1 + jitter]`.
     pub jitter: f64,
-}
-
-impl BackoffConfig {
-    /// The wait after attempt `attempt` (1-based): `initial * multiplier^(attempt-1)`,
-    /// capped at `max`, scaled by a random factor in `[1 - jitter, 1 + jitter]`.
-    pub fn delay(&self, attempt: u32) -> std::time::Duration {
-        let exp = self
-            .multiplier
-            .max(1.0)
-            .powi(attempt.saturating_sub(1) as i32);
-        let capped = (self.initial.get().as_secs_f64() * exp).min(self.max.get().as_secs_f64());
-        let factor = 1.0 + self.jitter.clamp(0.0, 1.0) * (fastrand::f64() * 2.0 - 1.0);
-        std::time::Duration::from_secs_f64((capped * factor).max(0.0))
-    }
 }
 
 impl Default for BackoffConfig {
@@ -493,6 +497,7 @@ impl schemars::JsonSchema for RetryOn {
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
             "x-kubernetes-int-or-string": true,
+            "maxLength": 16,
             "description": "A status code (400-599) or one of connect-error, reset, timeout."
         })
     }
@@ -522,7 +527,7 @@ impl Default for RetryBudgetConfig {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IdempotencyConfig {
     pub header: String,
-    pub methods: Vec<String>,
+    pub methods: Vec<Method>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -626,7 +631,7 @@ pub enum AuthConfig {
     /// RFC 6749 §4.4: a cached access token, refreshed `refreshBefore` it expires.
     #[serde(rename_all = "camelCase")]
     Oauth2ClientCredentials {
-        token_url: String,
+        token_url: HttpUrl,
         client_id: SecretFile,
         client_secret: SecretFile,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -805,43 +810,172 @@ impl SidecarConfig {
         serde_yaml_ng::to_string(self).expect("the config model always serializes")
     }
 
-    /// Invariants the data plane relies on. The operator checks far more, with
-    /// the ProviderIntegration's field paths; these guard hand-written files.
+    /// What the data plane relies on, with the bounds the operator's
+    /// `compile` enforces (`crate::bounds`), so a hand-written file is held
+    /// to the cluster's rules. Reports the first problem.
     pub fn check(&self) -> Result<(), ConfigError> {
-        let invalid = |path: String, message: &str| ConfigError::Invalid {
-            path,
-            message: message.to_owned(),
-        };
         let mut ports = std::collections::HashSet::new();
         for (i, integration) in self.integrations.iter().enumerate() {
             let at = |field: &str| format!("integrations[{i}].{field}");
             if !integration.listen.ip().is_loopback() {
-                return Err(invalid(
-                    at("listen"),
-                    "egress listeners inject credentials and must bind a loopback address",
-                ));
+                return Err(ConfigError::Invalid {
+                    path: at("listen"),
+                    message: "egress listeners inject credentials and must bind a loopback address"
+                        .into(),
+                });
             }
             // Port 0 (any free port) never clashes; tests use it.
             if integration.listen.port() != 0 && !ports.insert(integration.listen) {
-                return Err(invalid(
-                    at("listen"),
-                    "another integration uses this address",
-                ));
+                return Err(ConfigError::Invalid {
+                    path: at("listen"),
+                    message: "another integration uses this address".into(),
+                });
             }
-            if integration.upstream.base_url.parse::<http::Uri>().is_err() {
-                return Err(invalid(at("upstream.baseUrl"), "is not a URL"));
+            integration
+                .check_bounds()
+                .map_err(|(field, message)| ConfigError::Invalid {
+                    path: at(&field),
+                    message,
+                })?;
+        }
+        Ok(())
+    }
+}
+
+impl IntegrationConfig {
+    /// Every bound of `crate::bounds` that applies to a compiled integration:
+    /// `Err((field path, message))` for the first value outside its bound.
+    fn check_bounds(&self) -> Result<(), (String, String)> {
+        fn within<T: PartialOrd + Copy + std::fmt::Display>(
+            field: impl Into<String>,
+            bound: Bound<T>,
+            value: T,
+        ) -> Result<(), (String, String)> {
+            bound
+                .check(value)
+                .map_err(|message| (field.into(), message))
+        }
+        let up = &self.upstream;
+        within("upstream.timeout", bounds::TIMEOUT, up.timeout)?;
+        within(
+            "upstream.totalTimeout",
+            bounds::TOTAL_TIMEOUT,
+            up.total_timeout,
+        )?;
+        within(
+            "upstream.bodyTimeout",
+            bounds::BODY_TIMEOUT,
+            up.body_timeout,
+        )?;
+        within(
+            "upstream.maxBufferedBodyBytes",
+            bounds::MAX_BUFFERED_BODY_BYTES,
+            up.max_buffered_body_bytes,
+        )?;
+        within("rotationGrace", bounds::ROTATION_GRACE, self.rotation_grace)?;
+        for (j, e) in self.endpoints.iter().enumerate() {
+            if let Some(t) = e.timeout {
+                within(format!("endpoints[{j}].timeout"), bounds::TIMEOUT, t)?;
             }
-            for (j, limit) in integration.rate_limits.iter().enumerate() {
-                if limit.requests == 0 || limit.burst == 0 || limit.per.is_zero() {
-                    return Err(invalid(
-                        at(&format!("rateLimits[{j}]")),
-                        "requests, burst and per must be positive",
-                    ));
-                }
+            if let Some(t) = e.total_timeout {
+                within(
+                    format!("endpoints[{j}].totalTimeout"),
+                    bounds::TOTAL_TIMEOUT,
+                    t,
+                )?;
             }
-            if integration.retry.max_attempts == 0 {
-                return Err(invalid(at("retry.maxAttempts"), "must be at least 1"));
-            }
+        }
+        for (j, l) in self.rate_limits.iter().enumerate() {
+            let at = |f: &str| format!("rateLimits[{j}].{f}");
+            within(at("requests"), bounds::RATE_REQUESTS, l.requests)?;
+            within(at("per"), bounds::RATE_PER, l.per)?;
+            within(at("burst"), bounds::BURST, l.burst)?;
+            within(
+                at("queue.maxWait"),
+                bounds::QUEUE_MAX_WAIT,
+                l.queue.max_wait,
+            )?;
+            within(
+                at("queue.maxDepth"),
+                bounds::QUEUE_MAX_DEPTH,
+                l.queue.max_depth,
+            )?;
+        }
+        let r = &self.retry;
+        within("retry.maxAttempts", bounds::MAX_ATTEMPTS, r.max_attempts)?;
+        within(
+            "retry.backoff.initial",
+            bounds::BACKOFF_INITIAL,
+            r.backoff.initial,
+        )?;
+        within("retry.backoff.max", bounds::BACKOFF_MAX, r.backoff.max)?;
+        within(
+            "retry.backoff.multiplier",
+            bounds::BACKOFF_MULTIPLIER,
+            r.backoff.multiplier,
+        )?;
+        within("retry.backoff.jitter", bounds::JITTER, r.backoff.jitter)?;
+        within(
+            "retry.maxRetryAfter",
+            bounds::MAX_RETRY_AFTER,
+            r.max_retry_after,
+        )?;
+        within("retry.budget.ratio", bounds::BUDGET_RATIO, r.budget.ratio)?;
+        within(
+            "retry.budget.minPerSecond",
+            bounds::BUDGET_MIN_PER_SECOND,
+            r.budget.min_per_second,
+        )?;
+        within(
+            "retry.budget.window",
+            bounds::BUDGET_WINDOW,
+            r.budget.window,
+        )?;
+        if let Some(c) = &self.circuit_breaker {
+            within(
+                "circuitBreaker.failureRatio",
+                bounds::FAILURE_RATIO,
+                c.failure_ratio,
+            )?;
+            within(
+                "circuitBreaker.minRequests",
+                bounds::MIN_REQUESTS,
+                c.min_requests,
+            )?;
+            within("circuitBreaker.window", bounds::BREAKER_WINDOW, c.window)?;
+            within("circuitBreaker.openFor", bounds::OPEN_FOR, c.open_for)?;
+            within(
+                "circuitBreaker.halfOpenProbes",
+                bounds::HALF_OPEN_PROBES,
+                c.half_open_probes,
+            )?;
+        }
+        for (j, rule) in self.cache.rules.iter().enumerate() {
+            within(format!("cache.rules[{j}].ttl"), bounds::CACHE_TTL, rule.ttl)?;
+        }
+        for (j, w) in self.webhooks.iter().enumerate() {
+            let at = |f: &str| format!("webhooks[{j}].{f}");
+            within(
+                at("verify.tolerance"),
+                bounds::WEBHOOK_TOLERANCE,
+                w.verify.tolerance,
+            )?;
+            within(at("dedup.ttl"), bounds::DEDUP_TTL, w.dedup.ttl)?;
+            within(
+                at("delivery.ratePerSecond"),
+                bounds::DELIVERY_RATE,
+                w.delivery.rate_per_second,
+            )?;
+            within(
+                at("delivery.maxAttempts"),
+                bounds::DELIVERY_MAX_ATTEMPTS,
+                w.delivery.max_attempts,
+            )?;
+            within(
+                at("delivery.timeout"),
+                bounds::DELIVERY_TIMEOUT,
+                w.delivery.timeout,
+            )?;
         }
         Ok(())
     }
@@ -861,7 +995,7 @@ mod tests {
         assert_eq!(integration.upstream.timeout, Duration::from_secs(10));
         assert_eq!(integration.retry.max_attempts, 3);
         assert!(integration.retry.retry_on.contains(&RetryOn::Status(503)));
-        assert_eq!(config.admin.listen.port(), DEFAULT_ADMIN_PORT);
+        assert_eq!(config.admin.listen.port(), layout::ADMIN_PORT);
     }
 
     #[test]

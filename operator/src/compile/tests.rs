@@ -1,0 +1,137 @@
+use super::*;
+use sluice_contract::config::{AuthConfig, Duration, RetryConfig, WhenExceeded};
+
+#[test]
+fn cluster_limits_are_divided_among_pods_and_pod_limits_are_not() {
+    let pi = pi("  upstream: {baseUrl: 'https://x.example'}
+  rateLimits:
+    - {name: shared, match: {}, rate: {requests: 100, per: 1m}, burst: 10, scope: Cluster}
+    - {name: mine, match: {}, rate: {requests: 30, per: 1m}, burst: 5}
+    - {name: tiny, match: {}, rate: {requests: 2, per: 1s}, scope: Cluster}
+");
+    let config = compile(&pi, &mounted()).unwrap();
+    let shared = |n: u32| {
+        let c = share_cluster_limits(config.clone(), n);
+        c.rate_limits
+            .iter()
+            .map(|l| (l.requests, l.burst))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(shared(1), [(100, 10), (30, 5), (2, 2)]);
+    assert_eq!(shared(0), shared(1), "no pods yet: the first gets it all");
+    assert_eq!(shared(3), [(33, 3), (30, 5), (1, 1)]);
+    assert_eq!(shared(20), [(5, 1), (30, 5), (1, 1)]);
+    assert!(cluster_share_problems(&config, 2).is_empty());
+    let problems = cluster_share_problems(&config, 3);
+    assert_eq!(problems.len(), 1);
+    assert!(
+        problems[0].starts_with("spec.rateLimits[2].rate.requests"),
+        "{problems:?}"
+    );
+}
+
+fn pi(spec_yaml: &str) -> ProviderIntegration {
+    let yaml = format!(
+        "apiVersion: sluice.dev/v1alpha1\nkind: ProviderIntegration\nmetadata: {{name: carrier, namespace: shop}}\nspec:\n{spec_yaml}"
+    );
+    serde_yaml_ng::from_str(&yaml).unwrap()
+}
+
+fn mounted() -> MountedSecrets {
+    MountedSecrets::in_pod()
+}
+
+#[test]
+fn minimal_spec_gets_every_default() {
+    let config = compile(
+        &pi("  upstream: {baseUrl: 'https://api.example'}\n"),
+        &mounted(),
+    )
+    .unwrap();
+    assert_eq!(config.name, "carrier");
+    assert_eq!(config.listen.to_string(), "127.0.0.1:15001");
+    assert_eq!(config.upstream.timeout, defaults::timeout());
+    assert_eq!(config.upstream.total_timeout, defaults::total_timeout());
+    assert_eq!(config.retry, RetryConfig::default());
+    assert!(config.auth.is_none() && config.rate_limits.is_empty());
+}
+
+#[test]
+fn secret_refs_become_mounted_file_paths() {
+    let config = compile(
+            &pi("  upstream: {baseUrl: 'https://api.example'}\n  auth:\n    oauth2ClientCredentials:\n      tokenUrl: https://auth.example/token\n      clientIdRef: {name: kyc, key: id}\n      clientSecretRef: {name: kyc, key: secret}\n"),
+            &mounted(),
+        )
+        .unwrap();
+    let Some(AuthConfig::Oauth2ClientCredentials {
+        client_id,
+        client_secret,
+        refresh_before,
+        ..
+    }) = config.auth
+    else {
+        panic!("oauth2 expected");
+    };
+    assert_eq!(
+        client_id.path(),
+        std::path::Path::new("/var/run/sluice/secrets/kyc/id")
+    );
+    assert_eq!(
+        client_secret.path(),
+        std::path::Path::new("/var/run/sluice/secrets/kyc/secret")
+    );
+    assert_eq!(refresh_before, defaults::refresh_before());
+}
+
+#[test]
+fn rate_limit_defaults_follow_the_rate_and_the_total_timeout() {
+    let config = compile(
+            &pi("  upstream: {baseUrl: 'https://api.example', totalTimeout: 20s}\n  rateLimits:\n  - name: all\n    rate: {requests: 300, per: 1m}\n"),
+            &mounted(),
+        )
+        .unwrap();
+    let limit = &config.rate_limits[0];
+    assert_eq!(limit.burst, 300, "burst defaults to rate.requests");
+    assert_eq!(
+        limit.queue.max_wait,
+        Duration::from_secs(20),
+        "maxWait capped by totalTimeout"
+    );
+    assert_eq!(limit.when_exceeded, WhenExceeded::Queue);
+}
+
+#[test]
+fn collects_every_error_with_its_path() {
+    let errors = compile(
+            &pi("  upstream: {baseUrl: 'https://x', timeout: 0s}\n  rateLimits:\n  - name: a\n    rate: {requests: 0, per: 1m}\n    burst: 0\n  - name: a\n    rate: {requests: 1, per: 0s}\n"),
+            &mounted(),
+        )
+        .unwrap_err();
+    let paths: Vec<&str> = errors.0.iter().map(|e| e.path.as_str()).collect();
+    for expected in [
+        "spec.upstream.timeout",
+        "spec.rateLimits[0].rate.requests",
+        "spec.rateLimits[0].burst",
+        "spec.rateLimits[1].name",
+        "spec.rateLimits[1].rate.per",
+    ] {
+        assert!(
+            paths.contains(&expected),
+            "{expected} missing from {paths:?}"
+        );
+    }
+}
+
+#[test]
+fn same_port_in_two_namespaces_is_fine() {
+    let a = compile(
+        &pi("  upstream: {baseUrl: 'https://a.example'}\n"),
+        &mounted(),
+    )
+    .unwrap();
+    let at = |ns: &str| ("a.yaml".to_owned(), ns.to_owned(), a.clone());
+    let ok = check_together(&[at("shop"), at("billing")]);
+    assert!(ok.is_empty());
+    let clash = check_together(&[at("shop"), at("shop")]);
+    assert_eq!(clash.len(), 1);
+}

@@ -1,0 +1,73 @@
+//! `spec.webhooks` → what the ingress verifies, de-duplicates, orders and delivers.
+
+use sluice_contract::config::{
+    DedupConfig, DeliveryConfig, OrderingConfig, StateOrder, VerifyConfig, WebhookConfig,
+    WebhookScheme, WebhookSecret, defaults,
+};
+
+use super::Compiler;
+use crate::resource::WebhookSpec;
+
+pub(super) fn compile(c: &mut Compiler<'_>, specs: &[WebhookSpec]) -> Vec<WebhookConfig> {
+    specs
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let path = format!("spec.webhooks[{i}]");
+            let v = &w.verify;
+            let base = DeliveryConfig::default();
+            let d = w.delivery.as_ref();
+            WebhookConfig {
+                name: w.name.clone(),
+                path: w.path.clone(),
+                forward_to: w.forward_to.clone(),
+                verify: VerifyConfig {
+                    scheme: v.scheme,
+                    secrets: v
+                        .secrets
+                        .iter()
+                        .enumerate()
+                        .map(|(j, s)| WebhookSecret {
+                            secret: c.secret_file(
+                                &format!("{path}.verify.secrets[{j}].secretRef"),
+                                &s.secret_ref,
+                            ),
+                            not_after: s.not_after,
+                        })
+                        .collect(),
+                    tolerance: v.tolerance.unwrap_or_else(defaults::webhook_tolerance),
+                    header: v.header.clone(),
+                    encoding: v.encoding.unwrap_or_default(),
+                    prefix: v.prefix.clone(),
+                },
+                dedup: w
+                    .dedup
+                    .as_ref()
+                    .map(|d| DedupConfig { ttl: d.ttl })
+                    .unwrap_or_default(),
+                // Stripe's events carry their id in the body.
+                id_pointer: w
+                    .id_pointer
+                    .clone()
+                    .or_else(|| (v.scheme == WebhookScheme::Stripe).then(|| "/id".to_owned())),
+                ordering: w.ordering.as_ref().map(|o| OrderingConfig {
+                    object_pointer: o.object_pointer.clone(),
+                    timestamp_pointer: o.timestamp_pointer.clone(),
+                    states: o.states.as_ref().map(|s| StateOrder {
+                        pointer: s.pointer.clone(),
+                        order: s.order.clone(),
+                    }),
+                }),
+                delivery: DeliveryConfig {
+                    rate_per_second: d
+                        .and_then(|d| d.rate_per_second)
+                        .unwrap_or(base.rate_per_second),
+                    max_attempts: d.and_then(|d| d.max_attempts).unwrap_or(base.max_attempts),
+                    dead_letter: d.and_then(|d| d.dead_letter).unwrap_or(base.dead_letter),
+                    timeout: d.and_then(|d| d.timeout).unwrap_or(base.timeout),
+                    backoff: base.backoff,
+                },
+            }
+        })
+        .collect()
+}

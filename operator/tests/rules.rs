@@ -1,0 +1,411 @@
+//! One set of rules: a corpus of valid and invalid ProviderIntegrations
+//! goes to a real API server (with the generated CRD) and to `sluice
+//! check`, and both must give every manifest the same verdict. Then
+//! `kubectl explain` shows a description for the fields users look at first.
+
+mod support;
+
+use std::path::Path;
+
+use support::*;
+
+/// A valid base every case edits.
+const BASE: &str = "apiVersion: sluice.dev/v1alpha1
+kind: ProviderIntegration
+metadata: {name: NAME, namespace: shop}
+spec:
+  upstream: {baseUrl: 'https://api.carrier.example'}
+";
+
+/// (what it tests, extra spec lines, valid?)
+const CORPUS: &[(&str, &str, bool)] = &[
+    ("the base", "", true),
+    // What the issue found the two sides disagreeing on.
+    (
+        "failureRatio above 1",
+        "  circuitBreaker: {failureRatio: 1.5, minRequests: 5, window: 10s, openFor: 30s}\n",
+        false,
+    ),
+    (
+        "failureRatio 1",
+        "  circuitBreaker: {failureRatio: 1, minRequests: 5, window: 10s, openFor: 30s}\n",
+        true,
+    ),
+    (
+        "failureRatio 0",
+        "  circuitBreaker: {failureRatio: 0, minRequests: 5, window: 10s, openFor: 30s}\n",
+        false,
+    ),
+    ("maxAttempts 0", "  retry: {maxAttempts: 0}\n", false),
+    ("maxAttempts 10", "  retry: {maxAttempts: 10}\n", true),
+    ("maxAttempts 11", "  retry: {maxAttempts: 11}\n", false),
+    ("jitter 2", "  retry: {backoff: {jitter: 2}}\n", false),
+    ("jitter 0", "  retry: {backoff: {jitter: 0}}\n", true),
+    (
+        "multiplier 0.5",
+        "  retry: {backoff: {multiplier: 0.5}}\n",
+        false,
+    ),
+    (
+        "multiplier 1",
+        "  retry: {backoff: {multiplier: 1}}\n",
+        true,
+    ),
+    (
+        "a lower-case method",
+        "  rateLimits: [{name: a, match: {methods: [get]}, rate: {requests: 10, per: 1m}}]\n",
+        false,
+    ),
+    (
+        "per over 24h",
+        "  rateLimits: [{name: a, rate: {requests: 10, per: 25h}}]\n",
+        false,
+    ),
+    (
+        "per 24h",
+        "  rateLimits: [{name: a, rate: {requests: 10, per: 24h}}]\n",
+        true,
+    ),
+    (
+        "timeout over 1h",
+        "  endpoints: [{name: slow, timeout: 61m, totalTimeout: 2h}]\n",
+        false,
+    ),
+    (
+        "timeout 1h",
+        "  endpoints: [{name: slow, timeout: 1h, totalTimeout: 2h}]\n",
+        true,
+    ),
+    // Types and names.
+    ("an unknown field", "  bogus: 1\n", false),
+    (
+        "a string for a number",
+        "  rateLimits: [{name: a, rate: {requests: ten, per: 1m}}]\n",
+        false,
+    ),
+    (
+        "not a duration",
+        "  rateLimits: [{name: a, rate: {requests: 10, per: 1 minute}}]\n",
+        false,
+    ),
+    (
+        "a name that is not a DNS label",
+        "  rateLimits: [{name: Tracking_API, rate: {requests: 10, per: 1m}}]\n",
+        false,
+    ),
+    (
+        "two limits of one name",
+        "  rateLimits: [{name: a, rate: {requests: 10, per: 1m}}, {name: a, rate: {requests: 5, per: 1s}}]\n",
+        false,
+    ),
+    (
+        "requests 0",
+        "  rateLimits: [{name: a, rate: {requests: 0, per: 1m}}]\n",
+        false,
+    ),
+    (
+        "requests 1000001",
+        "  rateLimits: [{name: a, rate: {requests: 1000001, per: 1m}}]\n",
+        false,
+    ),
+    (
+        "burst over requests",
+        "  rateLimits: [{name: a, rate: {requests: 10, per: 1m}, burst: 11}]\n",
+        false,
+    ),
+    (
+        "burst equal to requests",
+        "  rateLimits: [{name: a, rate: {requests: 10, per: 1m}, burst: 10}]\n",
+        true,
+    ),
+    (
+        "a queue with Reject",
+        "  rateLimits: [{name: a, rate: {requests: 10, per: 1m}, whenExceeded: Reject, queue: {maxDepth: 5}}]\n",
+        false,
+    ),
+    (
+        "maxWait over the default total timeout",
+        "  rateLimits: [{name: a, rate: {requests: 10, per: 1m}, queue: {maxWait: 31s}}]\n",
+        false,
+    ),
+    (
+        "maxWait within a longer total timeout",
+        "  upstream: {baseUrl: 'https://x.example', totalTimeout: 60s}\n  rateLimits: [{name: a, rate: {requests: 10, per: 1m}, queue: {maxWait: 45s}}]\n",
+        true,
+    ),
+    (
+        "a path pattern with a partial wildcard",
+        "  rateLimits: [{name: a, match: {path: '/v1/ship*'}, rate: {requests: 10, per: 1m}}]\n",
+        false,
+    ),
+    (
+        "a path pattern with a final **",
+        "  rateLimits: [{name: a, match: {methods: [GET, POST], path: '/v1/shipments/*/**'}, rate: {requests: 10, per: 1m}}]\n",
+        true,
+    ),
+    // Upstream.
+    (
+        "a base URL without a scheme",
+        "  upstream: {baseUrl: 'api.carrier.example'}\n",
+        false,
+    ),
+    (
+        "a base URL with a query",
+        "  upstream: {baseUrl: 'https://x.example/?a=1'}\n",
+        false,
+    ),
+    (
+        "totalTimeout below timeout",
+        "  upstream: {baseUrl: 'https://x.example', timeout: 10s, totalTimeout: 5s}\n",
+        false,
+    ),
+    (
+        "totalTimeout below the default timeout",
+        "  upstream: {baseUrl: 'https://x.example', totalTimeout: 5s}\n",
+        false,
+    ),
+    (
+        "an endpoint's totalTimeout below the upstream's timeout",
+        "  endpoints: [{name: quick, totalTimeout: 5s}]\n",
+        false,
+    ),
+    (
+        "bodyTimeout 0s",
+        "  upstream: {baseUrl: 'https://x.example', bodyTimeout: 0s}\n",
+        false,
+    ),
+    (
+        "a CA bundle without a certificate",
+        "  upstream: {baseUrl: 'https://x.example', caBundle: 'hello'}\n",
+        false,
+    ),
+    // Egress.
+    ("port 15090", "  egress: {port: 15090}\n", false),
+    ("port 1023", "  egress: {port: 1023}\n", false),
+    ("port 1024", "  egress: {port: 1024}\n", true),
+    // Auth.
+    (
+        "two credential kinds",
+        "  auth: {bearer: {secretRef: {name: a, key: b}}, basic: {usernameRef: {name: a, key: b}, passwordRef: {name: a, key: c}}}\n",
+        false,
+    ),
+    ("no credential kind", "  auth: {rotationGrace: 5m}\n", false),
+    (
+        "rotationGrace 0s",
+        "  auth: {rotationGrace: 0s, bearer: {secretRef: {name: a, key: b}}}\n",
+        true,
+    ),
+    (
+        "rotationGrace over 24h",
+        "  auth: {rotationGrace: 25h, bearer: {secretRef: {name: a, key: b}}}\n",
+        false,
+    ),
+    (
+        "a credential in Host",
+        "  auth: {header: {name: Host, secretRef: {name: a, key: b}}}\n",
+        false,
+    ),
+    (
+        "a previous key without its end",
+        "  auth: {header: {name: X-Api-Key, secretRef: {name: a, key: b}, previousSecretRef: {name: a, key: c}}}\n",
+        false,
+    ),
+    (
+        "a Secret name with upper case",
+        "  auth: {bearer: {secretRef: {name: Carrier, key: b}}}\n",
+        false,
+    ),
+    (
+        "oauth2 with a scope holding a space",
+        "  auth: {oauth2ClientCredentials: {tokenUrl: 'https://auth.example/token', clientIdRef: {name: a, key: id}, clientSecretRef: {name: a, key: s}, scopes: ['read write']}}\n",
+        false,
+    ),
+    // Retry.
+    ("retrying 401", "  retry: {retryOn: [429, 401]}\n", false),
+    ("retrying '401'", "  retry: {retryOn: ['401']}\n", false),
+    ("retrying 200", "  retry: {retryOn: [200]}\n", false),
+    ("retrying on dns", "  retry: {retryOn: [dns]}\n", false),
+    (
+        "retrying codes and conditions",
+        "  retry: {retryOn: [429, '503', connect-error, reset, timeout]}\n",
+        true,
+    ),
+    (
+        "backoff max below initial",
+        "  retry: {backoff: {initial: 5s, max: 2s}}\n",
+        false,
+    ),
+    (
+        "backoff initial past the total timeout",
+        "  retry: {backoff: {initial: 31s, max: 40s}}\n",
+        false,
+    ),
+    (
+        "budget window 0.5s",
+        "  retry: {budget: {window: 500ms}}\n",
+        false,
+    ),
+    (
+        "idempotency without methods",
+        "  retry: {idempotency: {header: Idempotency-Key, methods: []}}\n",
+        false,
+    ),
+    // Cache.
+    (
+        "caching POST",
+        "  cache: [{match: {methods: [POST]}, ttl: 5m}]\n",
+        false,
+    ),
+    (
+        "caching without methods",
+        "  cache: [{match: {}, ttl: 5m}]\n",
+        false,
+    ),
+    (
+        "caching GET",
+        "  cache: [{match: {methods: [GET]}, ttl: 5m}]\n",
+        true,
+    ),
+    (
+        "a cache ttl of 0s",
+        "  cache: [{match: {methods: [GET]}, ttl: 0s}]\n",
+        false,
+    ),
+    // Webhooks.
+    (
+        "a webhook without secrets",
+        "  webhooks: [{name: events, path: /hooks, forwardTo: 'http://127.0.0.1:8080/h', verify: {scheme: Stripe, secrets: []}}]\n",
+        false,
+    ),
+    (
+        "an unknown scheme",
+        "  webhooks: [{name: events, path: /hooks, forwardTo: 'http://127.0.0.1:8080/h', verify: {scheme: Paypal, secrets: [{secretRef: {name: h, key: k}}]}}]\n",
+        false,
+    ),
+    (
+        "HmacSha256 without a header",
+        "  webhooks: [{name: events, path: /hooks, forwardTo: 'http://127.0.0.1:8080/h', verify: {scheme: HmacSha256, secrets: [{secretRef: {name: h, key: k}}]}}]\n",
+        false,
+    ),
+    (
+        "a prefix for GitHub",
+        "  webhooks: [{name: events, path: /hooks, forwardTo: 'http://127.0.0.1:8080/h', verify: {scheme: GitHub, prefix: 'sha256=', secrets: [{secretRef: {name: h, key: k}}]}}]\n",
+        false,
+    ),
+    (
+        "two webhooks on one path",
+        "  webhooks: [{name: a, path: /hooks, forwardTo: 'http://127.0.0.1:8080/h', verify: {scheme: GitHub, secrets: [{secretRef: {name: h, key: k}}]}}, {name: b, path: /hooks, forwardTo: 'http://127.0.0.1:8080/h', verify: {scheme: GitHub, secrets: [{secretRef: {name: h, key: k}}]}}]\n",
+        false,
+    ),
+    (
+        "ordering by nothing",
+        "  webhooks: [{name: events, path: /hooks, forwardTo: 'http://127.0.0.1:8080/h', verify: {scheme: GitHub, secrets: [{secretRef: {name: h, key: k}}]}, ordering: {objectPointer: /id}}]\n",
+        false,
+    ),
+    (
+        "a pointer without a slash",
+        "  webhooks: [{name: events, path: /hooks, forwardTo: 'http://127.0.0.1:8080/h', verify: {scheme: GitHub, secrets: [{secretRef: {name: h, key: k}}]}, ordering: {objectPointer: data.id, timestampPointer: /created}}]\n",
+        false,
+    ),
+    (
+        "delivery maxAttempts 0",
+        "  webhooks: [{name: events, path: /hooks, forwardTo: 'http://127.0.0.1:8080/h', verify: {scheme: GitHub, secrets: [{secretRef: {name: h, key: k}}]}, delivery: {maxAttempts: 0}}]\n",
+        false,
+    ),
+    (
+        "a full webhook",
+        "  webhooks: [{name: events, path: /hooks/carrier, forwardTo: 'http://127.0.0.1:8080/h', idPointer: /id, verify: {scheme: HmacSha256, header: X-Signature, encoding: Base64, prefix: 'sha256=', tolerance: 10m, secrets: [{secretRef: {name: h, key: k}, notAfter: '2027-01-01T00:00:00Z'}]}, dedup: {ttl: 24h}, ordering: {objectPointer: /data/id, states: {pointer: /type, order: [created, shipped]}}, delivery: {ratePerSecond: 100, maxAttempts: 5, deadLetter: true, timeout: 5s}}]\n",
+        true,
+    ),
+    (
+        "a webhook path with a query",
+        "  webhooks: [{name: events, path: '/hooks?x=1', forwardTo: 'http://127.0.0.1:8080/h', verify: {scheme: GitHub, secrets: [{secretRef: {name: h, key: k}}]}}]\n",
+        false,
+    ),
+];
+
+fn manifest(index: usize, extra: &str) -> String {
+    // `upstream` may be overridden by the case: YAML keeps the last key only
+    // for serde, so cases that replace it drop the base's line instead.
+    let base = BASE.replace("NAME", &format!("case-{index}"));
+    let base = if extra.contains("  upstream:") {
+        base.replace("  upstream: {baseUrl: 'https://api.carrier.example'}\n", "")
+    } else {
+        base
+    };
+    format!("{base}{extra}")
+}
+
+fn sluice_check(dir: &Path, index: usize, text: &str) -> (bool, String) {
+    let file = dir.join(format!("case-{index}.yaml"));
+    std::fs::write(&file, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["check", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn the_api_server_and_sluice_check_agree() {
+    // Phase 1: a control plane with the generated CRD.
+    let cp = ControlPlane::up();
+    let crd = repo().join("crds/providerintegrations.sluice.dev.yaml");
+    cp.ok(
+        &["apply", "--server-side", "-f", crd.to_str().unwrap()],
+        None,
+    );
+    cp.wait_established("providerintegrations.sluice.dev");
+    cp.ok(&["create", "namespace", "shop"], None);
+
+    // Phase 2: every case to both, verdicts compared.
+    let dir = cp.dir.join("corpus");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut disagreements = Vec::new();
+    for (index, (what, extra, valid)) in CORPUS.iter().enumerate() {
+        let text = manifest(index, extra);
+        let server = cp.kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&text));
+        let server_ok = server.status.success();
+        let (check_ok, check_text) = sluice_check(&dir, index, &text);
+        if server_ok != *valid || check_ok != *valid {
+            disagreements.push(format!(
+                "{what}: expected {}, API server {} ({}), sluice check {} ({})",
+                if *valid { "valid" } else { "invalid" },
+                if server_ok { "accepted" } else { "refused" },
+                String::from_utf8_lossy(&server.stderr).trim(),
+                if check_ok { "accepted" } else { "refused" },
+                check_text.trim()
+            ));
+        }
+    }
+    assert!(
+        disagreements.is_empty(),
+        "{} of {} cases disagree:\n{}",
+        disagreements.len(),
+        CORPUS.len(),
+        disagreements.join("\n")
+    );
+
+    // Phase 3: the reference users read first.
+    for field in [
+        "providerintegration.spec.upstream",
+        "providerintegration.spec.retry.backoff",
+        "providerintegration.spec.circuitBreaker",
+        "providerintegration.spec.auth.header.secretRef",
+        "providerintegration.status.conditions",
+    ] {
+        let text = cp.ok(&["explain", field], None);
+        assert!(
+            !text.contains("<empty>"),
+            "kubectl explain {field} has an undescribed field:\n{text}"
+        );
+    }
+    let recursive = cp.ok(
+        &["explain", "providerintegration.spec", "--recursive"],
+        None,
+    );
+    assert!(recursive.contains("rateLimits"), "{recursive}");
+}
