@@ -192,26 +192,10 @@ impl<'de> Deserialize<'de> for Duration {
     }
 }
 
-#[cfg(feature = "schema")]
-impl schemars::JsonSchema for Duration {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "Duration".into()
-    }
-    fn inline_schema() -> bool {
-        true
-    }
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "type": "string",
-            "maxLength": 32,
-            "pattern": DURATION_PATTERN,
-            "description": "A duration such as 500ms, 30s, 5m, 1h30m or 72h."
-        })
-    }
-}
-
 /// The grammar of [`Duration`] as a regular expression, for the CRD schema.
 pub const DURATION_PATTERN: &str = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+)$";
+
+super::text::string_schema!(Duration, "Duration", { "maxLength": 32, "pattern": DURATION_PATTERN, "description": "A duration such as 500ms, 30s, 5m, 1h30m or 72h." });
 
 #[cfg(test)]
 mod tests {

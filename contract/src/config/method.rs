@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use super::text::{serde_as_text, string_schema};
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Method(http::Method);
@@ -51,37 +51,8 @@ impl fmt::Debug for Method {
     }
 }
 
-impl Serialize for Method {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for Method {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-#[cfg(feature = "schema")]
-impl schemars::JsonSchema for Method {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "Method".into()
-    }
-    fn inline_schema() -> bool {
-        true
-    }
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "type": "string",
-            "maxLength": 32,
-            "pattern": METHOD_PATTERN,
-            "description": "An upper-case HTTP method, e.g. GET or POST."
-        })
-    }
-}
+serde_as_text!(Method);
+string_schema!(Method, "Method", { "maxLength": 32, "pattern": METHOD_PATTERN, "description": "An upper-case HTTP method, e.g. GET or POST." });
 
 #[cfg(test)]
 mod tests {

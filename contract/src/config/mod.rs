@@ -8,6 +8,7 @@
 mod duration;
 mod method;
 mod pattern;
+mod text;
 mod timestamp;
 mod url;
 

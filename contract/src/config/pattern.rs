@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use super::text::{serde_as_text, string_schema};
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct PathPattern {
@@ -106,36 +106,8 @@ impl fmt::Debug for PathPattern {
     }
 }
 
-impl Serialize for PathPattern {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.text)
-    }
-}
-
-impl<'de> Deserialize<'de> for PathPattern {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        Self::parse(&text).map_err(|e| serde::de::Error::custom(format!("{text:?} {e}")))
-    }
-}
-
-#[cfg(feature = "schema")]
-impl schemars::JsonSchema for PathPattern {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "PathPattern".into()
-    }
-    fn inline_schema() -> bool {
-        true
-    }
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "type": "string",
-            "maxLength": 1024,
-            "pattern": PATH_PATTERN,
-            "description": "A path pattern: `*` matches one segment, a final `**` the rest, e.g. `/v1/shipments/*/tracking`."
-        })
-    }
-}
+serde_as_text!(PathPattern);
+string_schema!(PathPattern, "PathPattern", { "maxLength": 1024, "pattern": PATH_PATTERN, "description": "A path pattern: `*` matches one segment, a final `**` the rest, e.g. `/v1/shipments/*/tracking`." });
 
 #[cfg(test)]
 mod tests {

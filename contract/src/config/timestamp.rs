@@ -157,22 +157,7 @@ impl<'de> Deserialize<'de> for Timestamp {
     }
 }
 
-#[cfg(feature = "schema")]
-impl schemars::JsonSchema for Timestamp {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "Timestamp".into()
-    }
-    fn inline_schema() -> bool {
-        true
-    }
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "type": "string",
-            "format": "date-time",
-            "description": "An RFC 3339 timestamp such as 2026-12-01T00:00:00Z."
-        })
-    }
-}
+super::text::string_schema!(Timestamp, "Timestamp", { "format": "date-time", "description": "An RFC 3339 timestamp such as 2026-12-01T00:00:00Z." });
 
 #[cfg(test)]
 mod tests {

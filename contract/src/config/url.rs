@@ -4,9 +4,9 @@
 use std::fmt;
 use std::str::FromStr;
 
+use super::text::{serde_as_text, string_schema};
 use http::Uri;
 use http::uri::{Authority, Scheme};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Checked when read; the text is kept as written, for `/config` and logs.
 #[derive(Clone, PartialEq, Eq)]
@@ -86,36 +86,8 @@ impl fmt::Debug for HttpUrl {
     }
 }
 
-#[cfg(feature = "schema")]
-impl schemars::JsonSchema for HttpUrl {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "HttpUrl".into()
-    }
-    fn inline_schema() -> bool {
-        true
-    }
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "type": "string",
-            "maxLength": 2048,
-            "pattern": URL_PATTERN,
-            "description": "An absolute http:// or https:// URL without a query or fragment."
-        })
-    }
-}
-
-impl Serialize for HttpUrl {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.text)
-    }
-}
-
-impl<'de> Deserialize<'de> for HttpUrl {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
+serde_as_text!(HttpUrl);
+string_schema!(HttpUrl, "HttpUrl", { "maxLength": 2048, "pattern": URL_PATTERN, "description": "An absolute http:// or https:// URL without a query or fragment." });
 
 #[cfg(test)]
 mod tests {
