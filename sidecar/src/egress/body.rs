@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 
 use super::error::ProxyError;
 use super::http1::app_body::AppBody;
-use super::pool::Http1Body;
+use super::http1::client::{OutgoingBody, ResponseBody};
 
 pub use super::error::BoxError;
 
@@ -52,6 +52,13 @@ pub enum ProxyBody {
     /// Anything else (e.g. a response being copied into the cache).
     Boxed(UnsyncBoxBody<Bytes, BoxError>),
 }
+
+/// The transport of upstream connections (`pool.rs` makes them): TCP, or TLS over it.
+pub type UpstreamStream =
+    hyper_rustls::MaybeHttpsStream<hyper_util::rt::TokioIo<tokio::net::TcpStream>>;
+pub type UpstreamIo = hyper_util::rt::TokioIo<UpstreamStream>;
+/// An upstream HTTP/1.1 response body, read from its pooled connection.
+pub type Http1Body = ResponseBody<UpstreamIo>;
 
 /// A response body as the upstream connection delivers it.
 pub enum UpstreamBody {
@@ -279,6 +286,19 @@ impl ProxyBody {
             }
         }
         Ok(ProxyBody::full(buffer.freeze()))
+    }
+}
+
+impl OutgoingBody for ProxyBody {
+    fn whole(&self) -> Option<&Bytes> {
+        match self {
+            ProxyBody::Full(Some(bytes)) => Some(bytes),
+            _ => None,
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = ProxyBody::Empty;
     }
 }
 

@@ -18,28 +18,27 @@
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri, Version, request};
-use http_body::{Body as _, Frame, SizeHint};
+use http_body::Body as _;
 use hyper::client::conn::http2;
-use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 use tower::ServiceExt;
 
-use super::body::{BodyTimeouts, BoxError, ProxyBody};
+use super::body::{BodyTimeouts, Http1Body, ProxyBody, UpstreamIo, UpstreamStream};
 use super::error::ProxyError;
-use super::http1::{self, Decoder, Http1Error, RequestHead};
+use super::http1::client::CheckIn;
+use super::http1::{self, Http1Error, RequestHead};
 
 pub type Connector = HttpsConnector<HttpConnector>;
-type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
-type Http1 = http1::Connection<TokioIo<Io>>;
+type Io = UpstreamStream;
+type Http1 = http1::Connection<UpstreamIo>;
 
 /// Idle connections older than this are closed: most servers close theirs
 /// after 60-75 s, and a connection they closed is detected before use anyway.
@@ -68,61 +67,6 @@ pub struct Pool {
 struct Idle {
     conn: Box<Http1>,
     since: Instant,
-}
-
-/// An HTTP/1.1 response body: reads from the connection, which goes back to
-/// its pool when the body has been read to the end.
-pub struct Http1Body {
-    /// `None` once the body has ended (the connection returned or closed).
-    conn: Option<Box<Http1>>,
-    decoder: Decoder,
-    pool: Arc<Pool>,
-}
-
-impl Http1Body {
-    fn release(&mut self) {
-        if let Some(conn) = self.conn.take()
-            && conn.reusable()
-        {
-            self.pool.put(conn);
-        }
-    }
-
-    pub fn poll_frame(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let Some(conn) = self.conn.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match conn.poll_body(cx, &mut self.decoder) {
-            Poll::Ready(None) => {
-                self.release();
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(Ok(frame))) => {
-                // Free the connection as soon as the last byte is in hand:
-                // an app may stop reading at the exact end.
-                if self.decoder.is_end() {
-                    self.release();
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(error))) => {
-                self.conn = None;
-                Poll::Ready(Some(Err(error.into())))
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    pub fn is_end_stream(&self) -> bool {
-        self.conn.is_none() || self.decoder.is_end()
-    }
-
-    pub fn size_hint(&self) -> SizeHint {
-        self.decoder.size_hint()
-    }
 }
 
 enum Checkout {
@@ -209,11 +153,7 @@ impl Pool {
             match conn.exchange(head, &mut body).await {
                 Ok(head) => {
                     let (response, ()) = head.response.into_parts();
-                    let mut upstream = Http1Body {
-                        conn: Some(conn),
-                        decoder: head.decoder,
-                        pool: self.clone(),
-                    };
+                    let mut upstream = Http1Body::new(conn, head.decoder, self.clone());
                     let body = if upstream.is_end_stream() {
                         upstream.release();
                         ProxyBody::Empty
@@ -397,6 +337,12 @@ async fn sweep(pool: Weak<Pool>) {
             Some(pool) => pool.evict_expired(),
             None => return,
         }
+    }
+}
+
+impl CheckIn<UpstreamIo> for Pool {
+    fn check_in(&self, conn: Box<Http1>) {
+        self.put(conn);
     }
 }
 

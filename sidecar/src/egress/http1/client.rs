@@ -2,18 +2,22 @@
 //! reads the response head, then decodes the response body.
 //!
 //! The connection's lifecycle (the pool, reuse, idle timeouts) is not here:
-//! see `pool.rs`.
+//! see `pool.rs`. Nor is the pipeline's body type: a connection sends any
+//! [`OutgoingBody`] and hands its response body back as a [`ResponseBody`],
+//! so `body.rs` can hold one without this module knowing it.
 
+use std::fmt;
 use std::future::poll_fn;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode, Version};
-use http_body::{Body as _, Frame};
+use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{
@@ -21,7 +25,86 @@ use super::{
     chunked_is_last, content_length, field_spans, has_token, header_map, itoa_u64, put_chunk,
     put_field, put_last_chunk,
 };
-use crate::egress::body::ProxyBody;
+use crate::egress::error::BoxError;
+
+/// A request body a connection can send: any body whose errors can be
+/// shown, plus a look at a small body held whole, which then goes out in
+/// the same write as the head.
+pub trait OutgoingBody: Body<Data = Bytes, Error: fmt::Display> + Unpin {
+    /// The whole body, when it is in memory.
+    fn whole(&self) -> Option<&Bytes>;
+    /// Called once `whole` went out with the head: nothing is left to send.
+    fn clear(&mut self);
+}
+
+/// Where a connection goes when its response body has been read to the end.
+pub trait CheckIn<T>: Send + Sync {
+    fn check_in(&self, conn: Box<Connection<T>>);
+}
+
+/// An HTTP/1.1 response body: read from its connection, which goes back to
+/// where it came from (`CheckIn`) once the body has been read to the end.
+pub struct ResponseBody<T> {
+    /// `None` once the body has ended (the connection returned or closed).
+    conn: Option<Box<Connection<T>>>,
+    decoder: Decoder,
+    home: Arc<dyn CheckIn<T>>,
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> ResponseBody<T> {
+    pub fn new(conn: Box<Connection<T>>, decoder: Decoder, home: Arc<dyn CheckIn<T>>) -> Self {
+        Self {
+            conn: Some(conn),
+            decoder,
+            home,
+        }
+    }
+
+    /// Gives the connection back, if it can carry another request.
+    pub fn release(&mut self) {
+        if let Some(conn) = self.conn.take()
+            && conn.reusable()
+        {
+            self.home.check_in(conn);
+        }
+    }
+
+    pub fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match conn.poll_body(cx, &mut self.decoder) {
+            Poll::Ready(None) => {
+                self.release();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                // Free the connection as soon as the last byte is in hand:
+                // an app may stop reading at the exact end.
+                if self.decoder.is_end() {
+                    self.release();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => {
+                self.conn = None;
+                Poll::Ready(Some(Err(error.into())))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    pub fn is_end_stream(&self) -> bool {
+        self.conn.is_none() || self.decoder.is_end()
+    }
+
+    pub fn size_hint(&self) -> SizeHint {
+        self.decoder.size_hint()
+    }
+}
 
 /// A request body known in full and at most this big goes out in the same
 /// write as the head.
@@ -72,7 +155,7 @@ enum RequestFraming {
 }
 
 impl RequestFraming {
-    fn of(method: &Method, body: &ProxyBody) -> Self {
+    fn of(method: &Method, body: &impl OutgoingBody) -> Self {
         match body.size_hint().exact() {
             // Methods that define a body say "empty" explicitly.
             Some(0) if body.is_end_stream() => {
@@ -169,10 +252,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     /// Sends a request and reads the response head. The request body streams
     /// while the head is awaited: an upstream may answer (e.g. 413) before it
     /// has read all of it, and then the connection is not reused.
-    pub async fn exchange(
+    pub async fn exchange<B: OutgoingBody>(
         &mut self,
         head: RequestHead<'_>,
-        body: &mut ProxyBody,
+        body: &mut B,
     ) -> Result<ResponseHead, Http1Error> {
         let framing = RequestFraming::of(head.method, body);
         // Each response is read from the start of the buffer, not from
@@ -195,23 +278,23 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             write_error: None,
             trailers: None,
         };
-        if let ProxyBody::Full(Some(bytes)) = body
+        if let Some(bytes) = body.whole()
             && bytes.len() <= COALESCE_BODY
             && framing == RequestFraming::Length(bytes.len() as u64)
         {
             self.out.extend_from_slice(bytes);
             sending.sent = bytes.len() as u64;
             sending.body_ended = true;
-            *body = ProxyBody::Empty;
+            body.clear();
         }
         let expects_body = head.method != Method::HEAD;
         poll_fn(|cx| self.poll_exchange(cx, body, &mut sending, expects_body)).await
     }
 
-    fn poll_exchange(
+    fn poll_exchange<B: OutgoingBody>(
         &mut self,
         cx: &mut Context<'_>,
-        body: &mut ProxyBody,
+        body: &mut B,
         sending: &mut Sending,
         expects_body: bool,
     ) -> Poll<Result<ResponseHead, Http1Error>> {
@@ -252,10 +335,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
 
     /// Writes the head and the body; `Ready(Ok)` once all of it is written
     /// and flushed.
-    fn poll_send(
+    fn poll_send<B: OutgoingBody>(
         &mut self,
         cx: &mut Context<'_>,
-        body: &mut ProxyBody,
+        body: &mut B,
         sending: &mut Sending,
     ) -> Poll<Result<(), Http1Error>> {
         loop {
@@ -527,6 +610,7 @@ fn response_decoder(
 mod tests {
     use super::*;
     use crate::egress::body::BoxError;
+    use crate::egress::body::ProxyBody;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     /// A connection whose upstream end is returned for the test to drive.
