@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use crate::config::Duration;
+use crate::duration::Duration;
 
 /// `min..=max`, the minimum excluded when `min_exclusive`; no `max` means
 /// no upper bound.

@@ -14,5 +14,8 @@
 pub mod bounds;
 pub mod config;
 pub mod dead_letter;
+pub mod duration;
 pub mod layout;
 pub mod stream;
+mod text;
+pub mod timestamp;

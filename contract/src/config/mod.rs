@@ -5,11 +5,8 @@
 //! (a mounted Secret volume), so it can be printed, logged and served on
 //! `/config` as it is.
 
-mod duration;
 mod method;
 mod pattern;
-mod text;
-mod timestamp;
 mod url;
 
 use std::net::SocketAddr;
@@ -20,10 +17,10 @@ use serde::{Deserialize, Serialize};
 use crate::bounds::{self, Bound};
 use crate::layout;
 
-pub use duration::{DURATION_PATTERN, Duration, ParseDurationError};
+pub use crate::duration::{DURATION_PATTERN, Duration, ParseDurationError};
+pub use crate::timestamp::{ParseTimestampError, Timestamp};
 pub use method::{METHOD_PATTERN, Method, ParseMethodError};
 pub use pattern::{PATH_PATTERN, PathPattern, PatternError};
-pub use timestamp::{ParseTimestampError, Timestamp};
 pub use url::{HttpUrl, ParseUrlError, URL_PATTERN};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

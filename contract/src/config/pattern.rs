@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::text::{serde_as_text, string_schema};
+use crate::text::{serde_as_text, string_schema};
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct PathPattern {

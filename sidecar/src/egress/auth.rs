@@ -21,21 +21,14 @@ use tokio::time::Instant;
 
 use super::body::{BodyTimeouts, ProxyBody, try_clone_request};
 use super::client::UpstreamClient;
+use super::credential::Static;
 use super::error::ProxyError;
 use super::rotation::{Key, KeyRing, Plan};
 use super::route::RequestContext;
 use super::step::{Next, PipelineResult, Step};
 use crate::config::{AuthConfig, ClientAuthMethod};
 use crate::metrics::{IntegrationLabels, Metrics, Name, ResultLabels};
-use crate::secrets::{Secret, SecretError, SecretStore, SecretValue};
-
-/// A static credential: how to turn secret file contents into a header.
-#[derive(Clone, Debug)]
-pub enum Static {
-    Header(HeaderName),
-    Bearer,
-    Basic { username: Secret },
-}
+use crate::secrets::{Secret, SecretError, SecretStore};
 
 #[derive(Clone, Debug)]
 pub struct Rotating {
@@ -145,49 +138,6 @@ pub enum CredentialsError {
     Secret(#[from] SecretError),
     #[error("auth.header.name {0:?} is not a valid header name")]
     HeaderName(String),
-}
-
-impl Static {
-    /// The current username, for Basic.
-    pub(super) fn username(&self) -> Option<SecretValue> {
-        match self {
-            Static::Basic { username } => Some(username.current()),
-            _ => None,
-        }
-    }
-}
-
-/// The credential header for a secret value (and, for Basic, a username).
-pub(super) fn build_header(
-    kind: &Static,
-    value: &SecretValue,
-    username: Option<&SecretValue>,
-    path: &std::path::Path,
-) -> Result<(HeaderName, HeaderValue), ProxyError> {
-    let (name, text) = match kind {
-        Static::Header(name) => (name.clone(), value.expose().to_owned()),
-        Static::Bearer => (header::AUTHORIZATION, format!("Bearer {}", value.expose())),
-        Static::Basic { .. } => {
-            let user = username.map_or("", SecretValue::expose);
-            let pair = format!("{user}:{}", value.expose());
-            (
-                header::AUTHORIZATION,
-                format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(pair)
-                ),
-            )
-        }
-    };
-    let mut header_value = HeaderValue::from_str(&text).map_err(|_| {
-        // Name the file, never the value.
-        ProxyError::Credentials(format!(
-            "secret file {} holds characters not allowed in a header",
-            path.display()
-        ))
-    })?;
-    header_value.set_sensitive(true);
-    Ok((name, header_value))
 }
 
 struct CachedToken {

@@ -8,6 +8,7 @@ pub mod body;
 pub mod cache;
 pub mod circuit;
 pub mod client;
+pub mod credential;
 pub mod error;
 pub mod http1;
 pub mod observe;

@@ -19,7 +19,7 @@ use http::header::{HeaderName, HeaderValue};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
 
-use super::auth::{Static, build_header};
+use super::credential::{Static, build_header};
 use super::error::ProxyError;
 use crate::secrets::{Secret, SecretValue};
 

@@ -186,9 +186,8 @@ impl Router {
         names
     }
 
-    /// Points each rate limit at the limiter slot its name has
-    /// ([`super::ratelimit::RateLimiter::reconfigure`] gives every
-    /// configured name one).
+    /// Points each rate limit at the limiter slot its name has (the rate
+    /// limiter's `reconfigure` gives every configured name one).
     pub fn with_limit_slots(mut self, slots: &HashMap<Arc<str>, usize>) -> Self {
         for (name, _, slot) in &mut self.limits {
             *slot = slots[name];

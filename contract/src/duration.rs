@@ -195,7 +195,7 @@ impl<'de> Deserialize<'de> for Duration {
 /// The grammar of [`Duration`] as a regular expression, for the CRD schema.
 pub const DURATION_PATTERN: &str = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+)$";
 
-super::text::string_schema!(Duration, "Duration", { "maxLength": 32, "pattern": DURATION_PATTERN, "description": "A duration such as 500ms, 30s, 5m, 1h30m or 72h." });
+crate::text::string_schema!(Duration, "Duration", { "maxLength": 32, "pattern": DURATION_PATTERN, "description": "A duration such as 500ms, 30s, 5m, 1h30m or 72h." });
 
 #[cfg(test)]
 mod tests {

@@ -157,7 +157,7 @@ impl<'de> Deserialize<'de> for Timestamp {
     }
 }
 
-super::text::string_schema!(Timestamp, "Timestamp", { "format": "date-time", "description": "An RFC 3339 timestamp such as 2026-12-01T00:00:00Z." });
+crate::text::string_schema!(Timestamp, "Timestamp", { "format": "date-time", "description": "An RFC 3339 timestamp such as 2026-12-01T00:00:00Z." });
 
 #[cfg(test)]
 mod tests {
