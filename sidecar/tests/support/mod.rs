@@ -16,7 +16,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use sluice_sidecar::Sidecar;
-use sluice_sidecar::config::{AdminConfig, IntegrationConfig, SidecarConfig, UpstreamConfig};
+use sluice_sidecar::config::{
+    AdminConfig, Duration as D, IntegrationConfig, QueueConfig, RateLimitConfig, RequestMatch,
+    SidecarConfig, UpstreamConfig, WhenExceeded,
+};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
@@ -358,4 +361,59 @@ pub fn python() -> std::path::PathBuf {
         venv.display()
     );
     venv
+}
+
+/// Matches every request.
+pub fn any() -> RequestMatch {
+    RequestMatch::default()
+}
+
+pub fn limit(name: &str, requests: u32, per: D, burst: u32) -> RateLimitConfig {
+    RateLimitConfig {
+        name: name.into(),
+        matches: any(),
+        requests,
+        per,
+        burst,
+        scope: Default::default(),
+        when_exceeded: WhenExceeded::Queue,
+        queue: QueueConfig {
+            max_wait: D::from_secs(10),
+            max_depth: 1000,
+        },
+    }
+}
+
+pub struct SecretDir(pub std::path::PathBuf);
+
+impl SecretDir {
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "sluice-test-{name}-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+    pub fn write(&self, name: &str, value: &str) -> std::path::PathBuf {
+        let path = self.0.join(name);
+        // Write then rename, as the kubelet swaps a Secret volume.
+        let tmp = self.0.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, value).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        path
+    }
+}
+
+impl Drop for SecretDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl SecretDir {
+    pub fn path_of(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
 }
