@@ -13,6 +13,8 @@ use support::*;
 
 #[test]
 fn operator_on_a_real_api_server() {
+    let mut phases = Phases::new();
+    phases.enter("the control plane, the CRD and two namespaces");
     let cp = ControlPlane::up();
     cp.ok(
         &[
@@ -31,7 +33,7 @@ fn operator_on_a_real_api_server() {
         cp.ok(&["create", "namespace", ns], None);
     }
 
-    // The API server itself refuses invalid objects, naming the field.
+    phases.enter("The API server itself refuses invalid objects, naming the field");
     let base = "apiVersion: sluice.dev/v1alpha1\nkind: ProviderIntegration\nmetadata: {name: bad, namespace: shop}\nspec:\n  upstream: {baseUrl: 'https://x', timeout: 10s, totalTimeout: 30s}\n";
     let invalid = [
         (
@@ -70,7 +72,7 @@ fn operator_on_a_real_api_server() {
         );
     }
 
-    // ServiceAccount tokens work for real: TokenRequest, then TokenReview.
+    phases.enter("ServiceAccount tokens work for real: TokenRequest, then TokenReview");
     wait(
         "the default ServiceAccount in shop",
         Duration::from_secs(30),
@@ -115,7 +117,7 @@ fn operator_on_a_real_api_server() {
             || ready(&cp, ns, name).is_some_and(|(s, _)| s == "True"),
         );
     }
-    // The ConfigMap holds exactly what `sluice render` compiles.
+    phases.enter("The ConfigMap holds exactly what `sluice render` compiles");
     let rendered: serde_yaml_ng::Value =
         serde_yaml_ng::from_str(&sluice(&["render", "examples/carrier.yaml"])).unwrap();
     let cm = cp.json(&["get", "configmap", "-n", "shop", "sluice-shipping"]);
@@ -132,7 +134,7 @@ fn operator_on_a_real_api_server() {
         pi["metadata"]["generation"]
     );
 
-    // Edit a limit: the new config lands within seconds.
+    phases.enter("Edit a limit: the new config lands within seconds");
     cp.ok(
         &[
             "patch",
@@ -157,7 +159,8 @@ fn operator_on_a_real_api_server() {
     );
     eprintln!("edit to ConfigMap: {took:?}");
 
-    // A clash with another integration of the same pods: the status says which and why.
+    phases
+        .enter("A clash with another integration of the same pods: the status says which and why");
     let clash = std::fs::read_to_string(repo().join("examples/carrier.yaml"))
         .unwrap()
         .replace("name: shipping", "name: shipping-two")
@@ -181,7 +184,7 @@ fn operator_on_a_real_api_server() {
     );
     assert!(events.contains("Invalid"), "{events}");
 
-    // Delete: the owned ConfigMap is garbage-collected.
+    phases.enter("Delete: the owned ConfigMap is garbage-collected");
     cp.ok(&["delete", "pi", "-n", "shop", "shipping"], None);
     wait(
         "the ConfigMap to be garbage-collected",
@@ -193,8 +196,7 @@ fn operator_on_a_real_api_server() {
         },
     );
 
-    // Restart: with nothing changed, no writes at all (the first run has
-    // created the serving certificate once it is ready).
+    phases.enter("Restart: with nothing changed, no writes at all (the first run has created the serving certificate once it is ready)");
     wait("the operator ready", Duration::from_secs(30), || {
         operator.is_ready()
     });
@@ -212,7 +214,7 @@ fn operator_on_a_real_api_server() {
         "writes after a restart with nothing changed"
     );
 
-    // A second replica waits for the Lease; it takes over when the leader dies.
+    phases.enter("A second replica waits for the Lease; it takes over when the leader dies");
     let standby = Operator::start(&cp);
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
@@ -227,7 +229,7 @@ fn operator_on_a_real_api_server() {
     eprintln!("leader failover: {took:?}");
     let operator = standby;
 
-    // etcd down for a few seconds: the operator recovers and keeps working.
+    phases.enter("etcd down for a few seconds: the operator recovers and keeps working");
     let etcd_pid = std::fs::read_to_string(cp.dir.join("etcd.pid")).unwrap();
     Command::new("kill")
         .args(["-9", etcd_pid.trim()])
@@ -268,7 +270,7 @@ fn operator_on_a_real_api_server() {
             .is_some_and(|y| y.contains("requests: 90"))
     });
     drop(operator);
-    // This etcd is our child: stop and reap it here (down finds no pid to kill).
+    phases.enter("This etcd is our child: stop and reap it here (down finds no pid to kill)");
     let _ = restarted.kill();
     let _ = restarted.wait();
 }

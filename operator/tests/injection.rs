@@ -239,7 +239,8 @@ fn injection_and_live_config_with_the_charts_rbac() {
     let helm = cp.dir.join("bin/helm");
     let chart = repo().join("charts/sluice");
 
-    // The chart: lint (every optional part on, too), render, dry run, apply.
+    let mut phases = Phases::new();
+    phases.enter("The chart: lint (every optional part on, too), render, dry run, apply");
     for extra in [
         &[][..],
         &[
@@ -305,7 +306,7 @@ fn injection_and_live_config_with_the_charts_rbac() {
     cp.ok(&["apply", "--dry-run=server", "-f", "-"], Some(&rendered));
     cp.ok(&["apply", "--server-side", "-f", "-"], Some(&rendered));
 
-    // The operator, as the chart's ServiceAccount, with its webhook by URL.
+    phases.enter("The operator, as the chart's ServiceAccount, with its webhook by URL");
     let token = cp.ok(
         &[
             "create",
@@ -354,7 +355,7 @@ fn injection_and_live_config_with_the_charts_rbac() {
             ["caBundle"]
             .clone();
 
-    // An opted-in namespace that enforces Pod Security `restricted`.
+    phases.enter("An opted-in namespace that enforces Pod Security `restricted`");
     cp.ok(&["create", "namespace", "shop"], None);
     cp.ok(
         &[
@@ -402,7 +403,7 @@ spec:
             .all(|n| ready(&cp, "shop", n).is_some_and(|(s, _)| s == "True"))
     });
 
-    // Workloads: a Deployment, a Job and a StatefulSet get the sidecar.
+    phases.enter("Workloads: a Deployment, a Job and a StatefulSet get the sidecar");
     let workloads = format!(
         "{}---
 apiVersion: batch/v1
@@ -495,7 +496,7 @@ spec:
     let elsewhere = cp.json(&["get", "pod", "-n", "plain", "elsewhere"]);
     assert!(sidecar_of(&elsewhere).is_none(), "namespace not opted in");
 
-    // A sidecar started as the pod `live` would start it.
+    phases.enter("A sidecar started as the pod `live` would start it");
     cp.ok(&["apply", "-f", "-"], Some(&deployment("live", 1)));
     wait("the live pod", Duration::from_secs(60), || {
         pods(&cp, "shop", "app=live")
@@ -530,7 +531,7 @@ spec:
     let config_dir = work.join("integrations");
     std::fs::create_dir_all(&config_dir).unwrap();
     std::fs::write(work.join("token"), pod_token.trim()).unwrap();
-    // The projected ConfigMap, as the kubelet would write it.
+    phases.enter("The projected ConfigMap, as the kubelet would write it");
     let cm = cp.json(&["get", "configmap", "-n", "shop", "sluice-live"]);
     std::fs::write(
         config_dir.join("live.yaml"),
@@ -594,7 +595,7 @@ spec:
     }
     assert_eq!(enforced_requests(&admin), Some(100));
 
-    // Edits reach the running sidecar: measure apply -> enforced.
+    phases.enter("Edits reach the running sidecar: measure apply -> enforced");
     let mut propagation = Vec::new();
     for (requests, per) in [(2, "10s"), (50, "1s"), (2, "10s")] {
         let edited = Instant::now();
@@ -615,7 +616,7 @@ spec:
     }
     println!("edit: (kubectl apply returned, enforced by the sidecar) = {propagation:?}");
     assert!(propagation.iter().all(|(_, d)| *d < Duration::from_secs(5)));
-    // The new limit is enforced: 2 per 10 s, admissions so far counted.
+    phases.enter("The new limit is enforced: 2 per 10 s, admissions so far counted");
     let answers: Vec<(u16, String)> = (0..4).map(|_| get(&app, "/v1/things").unwrap()).collect();
     assert!(
         answers
@@ -628,7 +629,7 @@ spec:
         "{answers:?}"
     );
 
-    // Cluster scope: two pods share the limit; the running sidecar gets half.
+    phases.enter("Cluster scope: two pods share the limit; the running sidecar gets half");
     cp.ok(
         &["apply", "-f", "-"],
         Some(&live_integration(live_port, upstream.addr, 40, "1s")),
@@ -664,8 +665,7 @@ spec:
         enforced_requests(&admin) == Some(40)
     });
 
-    // Serving certificate renewal: marked as expiring soon, it is renewed
-    // with the same CA and served without a restart.
+    phases.enter("Serving certificate renewal: marked as expiring soon, it is renewed with the same CA and served without a restart");
     let before = served_serial(webhook_port);
     cp.ok(
         &[
@@ -694,8 +694,7 @@ spec:
     assert_eq!(after, ca_bundle, "renewal keeps the CA");
     assert!(operator.counter("sluice_operator_certificate_renewals_total") >= 2.0);
 
-    // Operator down: pods are still created (failurePolicy Ignore), the
-    // sidecar keeps enforcing its last good config.
+    phases.enter("Operator down: pods are still created (failurePolicy Ignore), the sidecar keeps enforcing its last good config");
     let _ = operator.child.kill();
     let _ = operator.child.wait();
     cp.ok(
@@ -720,7 +719,7 @@ spec:
     let hits_before = upstream.hits.load(Ordering::SeqCst);
     assert!(hits_before > 0);
 
-    // Back up: the pod that missed its sidecar is reported.
+    phases.enter("Back up: the pod that missed its sidecar is reported");
     operator = Operator::start_with(&cp, &kubeconfig, &operator_args, "operator");
     wait(
         "a NotInjected Event for the late pod",
@@ -755,8 +754,7 @@ spec:
         },
     );
 
-    // cert-manager's way: a second replica reading a mounted kubernetes.io/tls
-    // Secret serves it, and a rotated file from the next handshake on.
+    phases.enter("cert-manager's way: a second replica reading a mounted kubernetes.io/tls Secret serves it, and a rotated file from the next handshake on");
     let tls_dir = cp.dir.join("cert-manager-tls");
     std::fs::create_dir_all(&tls_dir).unwrap();
     let secret = cp.json(&[

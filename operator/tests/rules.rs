@@ -351,7 +351,8 @@ fn sluice_check(dir: &Path, index: usize, text: &str) -> (bool, String) {
 
 #[test]
 fn the_api_server_and_sluice_check_agree() {
-    // Phase 1: a control plane with the generated CRD.
+    let mut phases = Phases::new();
+    phases.enter("a control plane with the generated CRD");
     let cp = ControlPlane::up();
     let crd = repo().join("crds/providerintegrations.sluice.dev.yaml");
     cp.ok(
@@ -361,7 +362,7 @@ fn the_api_server_and_sluice_check_agree() {
     cp.wait_established("providerintegrations.sluice.dev");
     cp.ok(&["create", "namespace", "shop"], None);
 
-    // Phase 2: every case to both, verdicts compared.
+    phases.enter("every case to both, verdicts compared");
     let dir = cp.dir.join("corpus");
     std::fs::create_dir_all(&dir).unwrap();
     let mut disagreements = Vec::new();
@@ -389,7 +390,7 @@ fn the_api_server_and_sluice_check_agree() {
         disagreements.join("\n")
     );
 
-    // Phase 3: the reference users read first.
+    phases.enter("the reference users read first: kubectl explain");
     for field in [
         "providerintegration.spec.upstream",
         "providerintegration.spec.retry.backoff",

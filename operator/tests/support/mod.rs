@@ -253,3 +253,38 @@ pub fn sluice(args: &[&str]) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// The named phases of a long end-to-end test: each is printed as it
+/// starts and when it ends with the time it took, and a failure names the
+/// phase it happened in.
+pub struct Phases {
+    current: Option<(&'static str, std::time::Instant)>,
+}
+
+impl Phases {
+    pub fn new() -> Self {
+        Self { current: None }
+    }
+
+    /// Ends the running phase and starts `name`.
+    pub fn enter(&mut self, name: &'static str) {
+        self.finish();
+        println!("phase: {name}");
+        self.current = Some((name, std::time::Instant::now()));
+    }
+
+    fn finish(&mut self) {
+        if let Some((name, started)) = self.current.take() {
+            println!("phase done in {:?}: {name}", started.elapsed());
+        }
+    }
+}
+
+impl Drop for Phases {
+    fn drop(&mut self) {
+        match self.current {
+            Some((name, _)) if std::thread::panicking() => eprintln!("failed in phase: {name}"),
+            _ => self.finish(),
+        }
+    }
+}
