@@ -11,9 +11,10 @@
 
 use std::sync::LazyLock;
 
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sluice_contract::bounds::{self, Bound};
-use sluice_contract::config::{Duration, defaults};
+use sluice_contract::config::{Duration, RetryOn, defaults};
 use sluice_contract::layout;
 
 use crate::field_error::FieldError;
@@ -228,7 +229,8 @@ fn upstream_timeout(spec: &Map<String, Value>) -> Duration {
 
 const RESERVED_CREDENTIAL_HEADERS: [&str; 4] =
     ["host", "content-length", "transfer-encoding", "connection"];
-const RETRY_NAMES: [&str; 3] = ["connect-error", "reset", "timeout"];
+/// A DNS label's greatest length.
+const MAX_NAME: usize = 63;
 const PREVIOUS_KEY: &str =
     "previousSecretRef and previousValidUntil go together: say when the old key stops being tried";
 
@@ -240,14 +242,19 @@ fn rows() -> Vec<Rule> {
         cel(
             "",
             Some("metadata.name"),
-            "size(self.metadata.name) <= 63 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
-            "metadata.name must be a DNS label (lower-case letters, digits, '-'; at most 63)",
+            format!(
+                "size(self.metadata.name) <= {MAX_NAME} && self.metadata.name.matches('{}')",
+                DNS_LABEL.pattern
+            ),
+            format!(
+                "metadata.name must be a DNS label (lower-case letters, digits, '-'; at most {MAX_NAME})"
+            ),
             |root| {
                 let name = obj(root, "metadata")
                     .and_then(|m| text(m, "name"))
                     .unwrap_or("");
                 fails(
-                    !(name.len() <= 63 && regex(DNS_LABEL.pattern).is_match(name)),
+                    !(name.len() <= MAX_NAME && regex(DNS_LABEL.pattern).is_match(name)),
                     "metadata.name",
                 )
             },
@@ -303,7 +310,9 @@ fn rows() -> Vec<Rule> {
                 layout::RESERVED_PORTS.map(|p| p.to_string()).join(", ")
             ),
             format!(
-                "port is reserved: use 1024-65535 except {} (webhooks) and {} (admin)",
+                "port is reserved: use {}-{} except {} (webhooks) and {} (admin)",
+                layout::MIN_EGRESS_PORT,
+                u16::MAX,
                 layout::WEBHOOK_PORT,
                 layout::ADMIN_PORT
             ),
@@ -528,8 +537,11 @@ fn rows() -> Vec<Rule> {
             "spec.retry",
             Some("retryOn"),
             format!(
-                "!has(self.retryOn) || self.retryOn.all(r, type(r) == int ? (r >= 400 && r <= 599) : (r in [{}] || r.matches('^[45][0-9][0-9]$')))",
-                RETRY_NAMES.map(|n| format!("'{n}'")).join(", ")
+                "!has(self.retryOn) || self.retryOn.all(r, type(r) == int ? (r >= {} && r <= {}) : (r in [{}] || r.matches('{}')))",
+                RetryOn::STATUSES.start(),
+                RetryOn::STATUSES.end(),
+                RetryOn::NAMES.map(|(n, _)| format!("'{n}'")).join(", "),
+                RetryOn::STATUS_TEXT_PATTERN
             ),
             "retryOn holds a status code 400-599 or one of connect-error, reset, timeout",
             |r| {
@@ -537,7 +549,7 @@ fn rows() -> Vec<Rule> {
                     .into_iter()
                     .flatten()
                     .enumerate()
-                    .filter(|(_, on)| !retry_condition(on))
+                    .filter(|(_, on)| RetryOn::deserialize(*on).is_err())
                     .map(|(i, _)| format!("retryOn[{i}]"))
                     .collect()
             },
@@ -556,7 +568,7 @@ fn rows() -> Vec<Rule> {
                     .flatten()
                     .enumerate()
                     .filter(|(_, on)| {
-                        status_of(on).is_some_and(|c| PERMANENT_STATUSES.contains(&c))
+                        matches!(RetryOn::deserialize(*on), Ok(RetryOn::Status(c)) if PERMANENT_STATUSES.contains(&c))
                     })
                     .map(|(i, _)| format!("retryOn[{i}]"))
                     .collect()
@@ -731,24 +743,6 @@ pub const SECRET_REFS: [At; 10] = [
     "spec.auth.oauth2ClientCredentials.clientSecretRef",
     "spec.webhooks[].verify.secrets[].secretRef",
 ];
-
-fn status_of(on: &Value) -> Option<u16> {
-    match on {
-        Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
-        Value::String(s) => s.parse().ok(),
-        _ => None,
-    }
-}
-
-fn retry_condition(on: &Value) -> bool {
-    match on {
-        Value::Number(n) => n.as_i64().is_some_and(|n| (400..=599).contains(&n)),
-        Value::String(s) => {
-            RETRY_NAMES.contains(&s.as_str()) || regex(r"^[45][0-9][0-9]$").is_match(s)
-        }
-        _ => false,
-    }
-}
 
 /// The table, built once.
 pub fn table() -> &'static [Rule] {

@@ -435,13 +435,49 @@ pub enum RetryOn {
     Timeout,
 }
 
+impl RetryOn {
+    /// The transport failures, by the names manifests use.
+    pub const NAMES: [(&'static str, RetryOn); 3] = [
+        ("connect-error", RetryOn::ConnectError),
+        ("reset", RetryOn::Reset),
+        ("timeout", RetryOn::Timeout),
+    ];
+    /// The status codes a retry may be for.
+    pub const STATUSES: std::ops::RangeInclusive<u16> = 400..=599;
+    /// A status code written as a string: three digits within `STATUSES`
+    /// (the CRD's CEL rule matches the same).
+    pub const STATUS_TEXT_PATTERN: &'static str = "^[45][0-9][0-9]$";
+
+    fn status(code: u64) -> Option<Self> {
+        u16::try_from(code)
+            .ok()
+            .filter(|c| Self::STATUSES.contains(c))
+            .map(RetryOn::Status)
+    }
+
+    fn from_text(text: &str) -> Option<Self> {
+        if let Some((_, on)) = Self::NAMES.iter().find(|(name, _)| *name == text) {
+            return Some(*on);
+        }
+        let digits = text.len() == 3 && text.bytes().all(|c| c.is_ascii_digit());
+        digits
+            .then(|| text.parse().ok())
+            .flatten()
+            .and_then(Self::status)
+    }
+}
+
 impl std::fmt::Display for RetryOn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RetryOn::Status(code) => write!(f, "{code}"),
-            RetryOn::ConnectError => f.write_str("connect-error"),
-            RetryOn::Reset => f.write_str("reset"),
-            RetryOn::Timeout => f.write_str("timeout"),
+            other => {
+                let (name, _) = Self::NAMES
+                    .iter()
+                    .find(|(_, on)| on == other)
+                    .expect("every transport failure has a name");
+                f.write_str(name)
+            }
         }
     }
 }
@@ -469,17 +505,10 @@ impl<'de> Deserialize<'de> for RetryOn {
             ))
         };
         match Raw::deserialize(d)? {
-            Raw::Code(code @ 400..=599) => Ok(RetryOn::Status(code as u16)),
-            Raw::Code(code) => Err(invalid(code.to_string())),
-            Raw::Name(name) => match name.as_str() {
-                "connect-error" => Ok(RetryOn::ConnectError),
-                "reset" => Ok(RetryOn::Reset),
-                "timeout" => Ok(RetryOn::Timeout),
-                other => match other.parse::<u16>() {
-                    Ok(code @ 400..=599) => Ok(RetryOn::Status(code)),
-                    _ => Err(invalid(format!("{other:?}"))),
-                },
-            },
+            Raw::Code(code) => RetryOn::status(code).ok_or_else(|| invalid(code.to_string())),
+            Raw::Name(name) => {
+                RetryOn::from_text(&name).ok_or_else(|| invalid(format!("{name:?}")))
+            }
         }
     }
 }
@@ -1039,6 +1068,15 @@ mod tests {
         );
         assert!(serde_yaml_ng::from_str::<Vec<RetryOn>>("[200]").is_err());
         assert!(serde_yaml_ng::from_str::<Vec<RetryOn>>("[dns]").is_err());
+        // Written as text, a code is three digits: what the CRD's CEL rule accepts.
+        let regex = regex::Regex::new(RetryOn::STATUS_TEXT_PATTERN).unwrap();
+        for text in ["503", "0503", "+503", "5030", "399", "600", " 503"] {
+            assert_eq!(
+                serde_yaml_ng::from_str::<RetryOn>(&format!("'{text}'")).is_ok(),
+                regex.is_match(text),
+                "{text:?}"
+            );
+        }
     }
 
     #[test]
