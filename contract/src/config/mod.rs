@@ -168,6 +168,19 @@ pub enum WebhookScheme {
     HmacSha256,
 }
 
+impl WebhookScheme {
+    /// Every scheme, for whatever must cover them all (tests, fuzzing).
+    pub const ALL: [WebhookScheme; 7] = [
+        WebhookScheme::StandardWebhooks,
+        WebhookScheme::Stripe,
+        WebhookScheme::GitHub,
+        WebhookScheme::Shopify,
+        WebhookScheme::Slack,
+        WebhookScheme::Razorpay,
+        WebhookScheme::HmacSha256,
+    ];
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum SignatureEncoding {
