@@ -11,7 +11,8 @@ use sluice_contract::layout;
 use sluice_operator::compile::{self, MountedSecrets, SecretPaths, check_together};
 use sluice_operator::inject::InjectorSettings;
 use sluice_operator::manifest::{LocalSecrets, Manifests};
-use sluice_sidecar::{Sidecar, runtime};
+use sluice_sidecar::shared::cli::SharedStateArgs;
+use sluice_sidecar::{Sidecar, StartOptions, runtime};
 
 #[derive(Parser)]
 #[command(
@@ -42,6 +43,8 @@ enum Command {
         /// Webhook queues, de-duplication ids and dead letters.
         #[arg(long, default_value = ".sluice/state")]
         state_dir: PathBuf,
+        #[command(flatten)]
+        shared_state: SharedStateArgs,
     },
     /// Print the compiled sidecar config, as a pod would get it.
     Render {
@@ -384,8 +387,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             admin_listen,
             webhook_listen,
             state_dir,
+            shared_state,
         } => {
             runtime::init_logging();
+            let options = StartOptions {
+                shared_state: shared_state.settings()?,
+            };
             let manifests = Manifests::load(&files).map_err(report_manifest_errors)?;
             if let Some(dir) = &secrets_dir
                 && !dir.is_dir()
@@ -408,7 +415,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             rt.block_on(async move {
                 let mut termination = runtime::TerminationSignal::install()
                     .context("installing the SIGTERM handler")?;
-                let sidecar = Sidecar::start(config).await?;
+                let sidecar = Sidecar::start_with(config, options).await?;
                 for line in &summary {
                     println!("{line}");
                 }

@@ -6,10 +6,11 @@ pub mod ingress;
 pub mod metrics;
 pub mod runtime;
 pub mod secrets;
+pub mod shared;
 pub mod source;
 
 /// The config model is the operator's and the sidecar's contract; it lives
 /// in `sluice-contract` and is re-exported where the data plane reads it.
 pub use sluice_contract::{config, dead_letter, layout};
 
-pub use runtime::{Sidecar, StartError};
+pub use runtime::{Sidecar, StartError, StartOptions};

@@ -76,6 +76,18 @@ pub struct WebhookResultLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SharedTargetLabels {
+    /// Where the shared state is (`redis://host:port/db`, never a password).
+    pub target: Name,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SharedCallLabels {
+    pub op: &'static str,
+    pub outcome: &'static str,
+}
+
 /// One endpoint's series, found once when the pipeline is built, so a
 /// request records them without hashing a label set under a lock.
 #[derive(Debug)]
@@ -125,6 +137,11 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
 
+fn round_trip_histogram() -> Histogram {
+    // 50 us .. ~1.6 s: a round trip beside the cluster is well under 1 ms.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
 /// All metric families of the sidecar, registered once at start. Cloning is
 /// one reference count: layers clone it on the request path.
 #[derive(Clone)]
@@ -163,6 +180,10 @@ pub struct Families {
     pub config_server_connected: Gauge,
     pub webhook_unverified_bytes: Gauge,
     pub credential_fallback_active: Family<IntegrationLabels, Gauge>,
+    pub shared_state_up: Family<SharedTargetLabels, Gauge>,
+    pub shared_state_calls: Family<SharedCallLabels, Counter>,
+    pub shared_state_call_duration: Family<SharedCallLabels, Histogram, fn() -> Histogram>,
+    pub shared_state_fallbacks: Family<LimitLabels, Counter>,
     registry: Registry,
 }
 
@@ -322,7 +343,38 @@ impl Metrics {
             "1 while the current static key is refused (401) and an older one is sent first",
             credential_fallback_active.clone(),
         );
+        let shared_state_up = Family::default();
+        registry.register(
+            "sluice_shared_state_up",
+            "1 while the shared state (--shared-state) answers; 0 while Cluster limits run on the pod's share and webhooks get 503 (absent without shared state)",
+            shared_state_up.clone(),
+        );
+        let shared_state_calls = Family::default();
+        registry.register(
+            "sluice_shared_state_calls",
+            "Round trips to the shared state, by operation and outcome (ok, refused, error, timeout)",
+            shared_state_calls.clone(),
+        );
+        let shared_state_call_duration =
+            Family::<SharedCallLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                round_trip_histogram,
+            );
+        registry.register(
+            "sluice_shared_state_call_duration_seconds",
+            "Time of one round trip to the shared state",
+            shared_state_call_duration.clone(),
+        );
+        let shared_state_fallbacks = Family::default();
+        registry.register(
+            "sluice_shared_state_fallbacks",
+            "Admissions under a Cluster limit decided on this pod's share because the shared state was unreachable",
+            shared_state_fallbacks.clone(),
+        );
         Self(Arc::new(Families {
+            shared_state_up,
+            shared_state_calls,
+            shared_state_call_duration,
+            shared_state_fallbacks,
             credential_fallback_active,
             webhook_unverified_bytes,
             config_reloads,

@@ -25,6 +25,7 @@ use crate::egress::{self, EgressService, PipelineError, PipelineState};
 use crate::ingress::Ingress;
 use crate::metrics::{Metrics, ReloadLabels};
 use crate::secrets::SecretStore;
+use crate::shared::{self, SharedState};
 
 /// How often secret files are re-read.
 pub const SECRET_POLL_PERIOD: Duration = Duration::from_secs(1);
@@ -43,6 +44,8 @@ pub enum StartError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Ingress(#[from] crate::ingress::IngressError),
+    #[error(transparent)]
+    SharedState(#[from] crate::shared::SharedStateError),
 }
 
 /// A config change that was not (wholly) applied. What it names keeps its
@@ -95,6 +98,15 @@ struct Live {
     ingress_addr: RwLock<Option<SocketAddr>>,
     config: LiveConfig,
     secret_watcher: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    shared: Option<SharedState>,
+}
+
+/// What a sidecar starts with besides its config.
+#[derive(Default)]
+pub struct StartOptions {
+    /// `--shared-state`: Cluster limits and webhooks shared by every
+    /// sidecar of an integration. Without it each pod keeps its own.
+    pub shared_state: Option<shared::Settings>,
 }
 
 async fn bind(what: String, addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -106,8 +118,23 @@ async fn bind(what: String, addr: SocketAddr) -> Result<TcpListener, StartError>
 impl Sidecar {
     /// Validates, binds and starts serving. Must run inside a Tokio runtime.
     pub async fn start(config: SidecarConfig) -> Result<Self, StartError> {
+        Self::start_with(config, StartOptions::default()).await
+    }
+
+    /// [`Sidecar::start`] with the pod's own settings.
+    pub async fn start_with(
+        config: SidecarConfig,
+        options: StartOptions,
+    ) -> Result<Self, StartError> {
         config.check()?;
         let metrics = Metrics::new();
+        let shared = options
+            .shared_state
+            .map(|settings| {
+                tracing::info!(shared_state = %settings.describe(), identity = %settings.identity, "shared state: Cluster limits and webhooks are shared with the other sidecars");
+                SharedState::connect(settings, metrics.clone())
+            })
+            .transpose()?;
         let secrets = SecretStore::new();
         let tasks = TaskTracker::new();
         let (stop, _) = watch::channel(false);
@@ -128,6 +155,7 @@ impl Sidecar {
             ingress_addr: Default::default(),
             config: live_config.clone(),
             secret_watcher: Default::default(),
+            shared,
         });
         // At start, any problem is fatal: there is no last good config.
         if let Err(mut errors) = live.apply(&config.integrations).await {
@@ -296,6 +324,7 @@ impl Live {
             &self.secrets,
             &self.metrics,
             existing.map(|slot| &slot.state),
+            self.shared.as_ref(),
         )?;
         match (listener, slots.get_mut(&config.name)) {
             (None, Some(slot)) => {

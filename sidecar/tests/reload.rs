@@ -19,6 +19,7 @@ fn reject_limit(requests: u32, per: D) -> RateLimitConfig {
         per,
         burst: requests,
         scope: Default::default(),
+        cluster: None,
         when_exceeded: WhenExceeded::Reject,
         queue: QueueConfig::default(),
     }

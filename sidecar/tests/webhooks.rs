@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use sluice_sidecar::config::{IngressConfig, IntegrationConfig, SidecarConfig, WebhookConfig};
+use support::process::SidecarProcess;
 use support::*;
 use tokio::time::Instant;
 
@@ -540,68 +541,6 @@ async fn a_full_queue_answers_503_with_retry_after_and_claims_nothing() {
     sidecar.shutdown().await;
 }
 
-/// The real `sluice-sidecar` binary, with its log read for the address its
-/// webhook ingress bound and passed through to the test's output.
-struct SidecarProcess {
-    child: std::process::Child,
-    ingress: std::sync::mpsc::Receiver<std::net::SocketAddr>,
-}
-
-impl SidecarProcess {
-    fn spawn(config: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice-sidecar"))
-            .arg("--config")
-            .arg(config)
-            .env("SLUICE_LOG", "warn,sluice_sidecar::runtime=info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting sluice-sidecar");
-        let log = std::io::BufReader::new(child.stderr.take().expect("piped stderr"));
-        let (tell, ingress) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufRead::lines(log).map_while(Result::ok) {
-                let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-                if event["fields"]["message"] == "webhook ingress listening" {
-                    let addr = event["fields"]["addr"].as_str().unwrap_or_default();
-                    let _ = tell.send(addr.parse().expect("the logged address parses"));
-                } else {
-                    eprintln!("sluice-sidecar: {line}");
-                }
-            }
-        });
-        SidecarProcess { child, ingress }
-    }
-
-    fn ingress_addr(&mut self) -> std::net::SocketAddr {
-        match self.ingress.recv_timeout(Duration::from_secs(10)) {
-            Ok(addr) => addr,
-            Err(_) => panic!(
-                "the sidecar did not report its webhook address in 10 s; it {}",
-                self.state()
-            ),
-        }
-    }
-
-    fn state(&mut self) -> String {
-        match self.child.try_wait() {
-            Ok(None) => "is still running".into(),
-            Ok(Some(status)) => format!("exited: {status}"),
-            Err(error) => format!("cannot be waited for: {error}"),
-        }
-    }
-
-    fn kill_9(&mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for SidecarProcess {
-    fn drop(&mut self) {
-        self.kill_9();
-    }
-}
-
 /// A provider sending as fast as it can while the sidecar is killed with
 /// SIGKILL: every event acknowledged with 200 is delivered after a restart.
 #[tokio::test]
@@ -636,7 +575,7 @@ async fn kill_9_loses_no_acknowledged_event() {
     );
     let config_path = dir.0.join("sidecar.yaml");
     std::fs::write(&config_path, config.to_yaml()).unwrap();
-    let spawn = || SidecarProcess::spawn(&config_path);
+    let spawn = || SidecarProcess::spawn(&config_path, &[]);
     let total = 400;
     let bodies: Vec<String> = (0..total).map(|i| format!("{{\"n\":{i}}}")).collect();
     let signed = Arc::new(sign(&bodies.iter().enumerate().map(|(i, b)| serde_json::json!({"scheme": "GitHub", "secret": "kill-secret", "body": b, "id": format!("k{i}")})).collect::<Vec<_>>()));

@@ -338,10 +338,24 @@ pub struct RateLimitConfig {
     /// operator has already divided a `Cluster` limit among the pods.
     #[serde(default)]
     pub scope: LimitScope,
+    /// A `Cluster` limit as a whole, before the operator divided it: what
+    /// sidecars with shared state enforce together. `requests` and `burst`
+    /// above are then this pod's share, enforced alone (no shared state) and
+    /// while the shared state is unreachable. Absent, the limit is not divided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterRate>,
     #[serde(default)]
     pub when_exceeded: WhenExceeded,
     #[serde(default)]
     pub queue: QueueConfig,
+}
+
+/// The whole of a `Cluster` limit, shared by every pod of the integration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterRate {
+    pub requests: u32,
+    pub burst: u32,
 }
 
 /// Who a rate limit's rate belongs to.
@@ -930,6 +944,10 @@ impl IntegrationConfig {
             within(at("requests"), bounds::RATE_REQUESTS, l.requests)?;
             within(at("per"), bounds::RATE_PER, l.per)?;
             within(at("burst"), bounds::BURST, l.burst)?;
+            if let Some(c) = &l.cluster {
+                within(at("cluster.requests"), bounds::RATE_REQUESTS, c.requests)?;
+                within(at("cluster.burst"), bounds::BURST, c.burst)?;
+            }
             within(
                 at("queue.maxWait"),
                 bounds::QUEUE_MAX_WAIT,

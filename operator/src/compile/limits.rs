@@ -2,7 +2,7 @@
 //! `scope: Cluster` ones.
 
 use sluice_contract::config::{
-    Duration, IntegrationConfig, LimitScope, QueueConfig, RateLimitConfig, defaults,
+    ClusterRate, Duration, IntegrationConfig, LimitScope, QueueConfig, RateLimitConfig, defaults,
 };
 
 use super::routes::request_match;
@@ -13,13 +13,20 @@ pub(super) fn compile(specs: &[RateLimitSpec], total_timeout: Duration) -> Vec<R
         .iter()
         .map(|l| {
             let queue = l.queue.as_ref();
+            let burst = l.burst.unwrap_or(l.rate.requests);
+            let scope = l.scope.unwrap_or_default();
             RateLimitConfig {
                 name: l.name.clone(),
                 matches: request_match(&l.matches),
                 requests: l.rate.requests,
                 per: l.rate.per,
-                burst: l.burst.unwrap_or(l.rate.requests),
-                scope: l.scope.unwrap_or_default(),
+                burst,
+                scope,
+                // The whole limit, kept when the controller divides it.
+                cluster: (scope == LimitScope::Cluster).then_some(ClusterRate {
+                    requests: l.rate.requests,
+                    burst,
+                }),
                 when_exceeded: l.when_exceeded.unwrap_or_default(),
                 queue: QueueConfig {
                     // No request can wait past its total timeout.
@@ -38,7 +45,9 @@ pub(super) fn compile(specs: &[RateLimitSpec], total_timeout: Duration) -> Vec<R
 /// A pod's share of the `scope: Cluster` limits when `pods` pods run the
 /// integration: each pod enforces `requests / pods`, rounded down and at
 /// least 1, and a burst cut the same way, so together they stay within the
-/// provider's limit. `Pod` limits are left as they are.
+/// provider's limit (`cluster` keeps the whole, for sidecars with shared
+/// state, which use the share only while that state is unreachable). `Pod`
+/// limits are left as they are.
 pub fn share_cluster_limits(mut config: IntegrationConfig, pods: u32) -> IntegrationConfig {
     let pods = pods.max(1);
     for limit in &mut config.rate_limits {

@@ -21,6 +21,14 @@ fn cluster_limits_are_divided_among_pods_and_pod_limits_are_not() {
     assert_eq!(shared(0), shared(1), "no pods yet: the first gets it all");
     assert_eq!(shared(3), [(33, 3), (30, 5), (1, 1)]);
     assert_eq!(shared(20), [(5, 1), (30, 5), (1, 1)]);
+    // The whole of each Cluster limit stays beside the share, for sidecars
+    // with shared state; a Pod limit has none.
+    let whole: Vec<_> = share_cluster_limits(config.clone(), 20)
+        .rate_limits
+        .iter()
+        .map(|l| l.cluster.map(|c| (c.requests, c.burst)))
+        .collect();
+    assert_eq!(whole, [Some((100, 10)), None, Some((2, 2))]);
     assert!(cluster_share_problems(&config, 2).is_empty());
     let problems = cluster_share_problems(&config, 3);
     assert_eq!(problems.len(), 1);

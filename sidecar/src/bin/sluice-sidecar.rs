@@ -14,8 +14,9 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use sluice_sidecar::config::{Duration as ConfigDuration, SidecarConfig};
 use sluice_sidecar::layout;
+use sluice_sidecar::shared::cli::SharedStateArgs;
 use sluice_sidecar::source::{self, StreamSettings};
-use sluice_sidecar::{Sidecar, runtime};
+use sluice_sidecar::{Sidecar, StartOptions, runtime};
 
 /// mimalloc instead of the system allocator: a request makes ~15 small
 /// allocations, and glibc's malloc and free took ~3.5k instructions of the
@@ -62,6 +63,8 @@ struct Args {
     /// Worker threads (0: one per core). Size it like the container's CPU limit.
     #[arg(long, env = "SLUICE_WORKERS", default_value_t = 1)]
     workers: usize,
+    #[command(flatten)]
+    shared_state: SharedStateArgs,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -81,6 +84,9 @@ fn main() -> anyhow::Result<()> {
             )
         },
         _ => bail!("give --config FILE or --config-dir DIR"),
+    };
+    let options = StartOptions {
+        shared_state: args.shared_state.settings()?,
     };
     let stream = match &args.config_server {
         Some(server) => Some(StreamSettings {
@@ -108,7 +114,7 @@ fn main() -> anyhow::Result<()> {
         let mut termination =
             runtime::TerminationSignal::install().context("installing the SIGTERM handler")?;
         let sidecar = Arc::new(
-            Sidecar::start(config)
+            Sidecar::start_with(config, options)
                 .await
                 .context("starting the sidecar")?,
         );

@@ -45,6 +45,7 @@ use self::timeout::AttemptTimeoutStep;
 use crate::config::IntegrationConfig;
 use crate::metrics::{Metrics, Name};
 use crate::secrets::SecretStore;
+use crate::shared::SharedState;
 
 /// What an egress listener serves: app request in, response out. Errors
 /// are responses by then (with `x-sluice-error`).
@@ -104,7 +105,7 @@ pub fn pipeline(
     secrets: &SecretStore,
     metrics: &Metrics,
 ) -> Result<EgressService, PipelineError> {
-    build(config, secrets, metrics, None).map(|(service, _)| service)
+    build(config, secrets, metrics, None, None).map(|(service, _)| service)
 }
 
 /// Builds the whole egress pipeline of one integration, outermost first:
@@ -122,12 +123,14 @@ pub fn pipeline(
 ///
 /// With `previous` (the same integration's running pipeline) the stateful
 /// parts are carried over as [`PipelineState`] explains; nothing of the
-/// previous pipeline changes unless the whole build succeeds.
+/// previous pipeline changes unless the whole build succeeds. With `shared`
+/// (`--shared-state`) the `scope: Cluster` limits are decided by it.
 pub fn build(
     config: &IntegrationConfig,
     secrets: &SecretStore,
     metrics: &Metrics,
     previous: Option<&PipelineState>,
+    shared: Option<&SharedState>,
 ) -> Result<(EgressService, PipelineState), PipelineError> {
     let name: Name = Arc::from(config.name.as_str());
     let integration = || config.name.clone();
@@ -217,7 +220,12 @@ pub fn build(
             p.limiter.clone(),
             p.limiter.reconfigure(&config.rate_limits),
         ),
-        None => RateLimiter::new(name.clone(), &config.rate_limits, metrics.clone()),
+        None => RateLimiter::new(
+            name.clone(),
+            &config.rate_limits,
+            metrics.clone(),
+            shared.cloned(),
+        ),
     };
     let router = router.with_limit_slots(&slots);
 

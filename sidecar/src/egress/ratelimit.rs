@@ -10,6 +10,14 @@
 //! left to others, and only the limits it is actually short of keep later
 //! arrivals behind it (FIFO within priority). Waiters are admitted by one
 //! dispatcher task per integration, which sleeps until the next slot opens.
+//!
+//! With shared state, a `scope: Cluster` limit is decided by the shared
+//! state instead ([`crate::shared::limits`]: one round trip per admission,
+//! the whole limit for every sidecar together) while this pod's queue keeps
+//! its order, priorities and bounds; a refusal says when to ask again, and
+//! nobody here asks before. While the shared state is unreachable the limit
+//! runs here on the pod's share (the config's `requests` and `burst`),
+//! which has seen this pod's shared admissions.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
@@ -18,6 +26,8 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::future::Either;
 use http::Request;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
@@ -26,8 +36,20 @@ use super::error::ProxyError;
 use super::retry::provider_wait;
 use super::route::{Priority, RequestContext};
 use super::step::{Next, PipelineResult, Step};
-use crate::config::{RateLimitConfig, WhenExceeded};
+use crate::config::{ClusterRate, LimitScope, RateLimitConfig, WhenExceeded};
 use crate::metrics::{LimitLabels, LimitReasonLabels, Metrics, Name};
+use crate::shared::limits::{Admission, SharedLimit};
+use crate::shared::{SharedState, SharedStateError};
+
+/// The longest a request queued on a shared limit goes without asking the
+/// shared state again, whatever its last answer said: the ask also renews
+/// this sidecar's place (`WAITING_LIFETIME`) among higher priorities.
+const SHARED_ASK_AT_LEAST_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a shared limit runs on the pod's share after the shared state
+/// refused a call on purpose (a script error, a missing permission): asking
+/// again at once would refuse again.
+const SHARED_REFUSAL_HOLD: Duration = Duration::from_secs(1);
 
 struct Limit {
     name: Name,
@@ -47,19 +69,39 @@ struct Limit {
     /// Admission times within the last `per`, oldest first; at most `requests`.
     log: VecDeque<Instant>,
     waiting: usize,
-    depth_gauge: prometheus_client::metrics::gauge::Gauge,
+    depth_gauge: Gauge,
     /// No longer in the config: admits everything. Its slot stays, so
     /// requests routed by the previous config still find it.
     retired: bool,
+    /// With shared state, a `scope: Cluster` limit: the whole of it, which
+    /// every sidecar of the integration draws from.
+    shared: Option<Arc<SharedLimit>>,
+    /// The shared limit's last refusal said to ask again then.
+    shared_retry_at: Instant,
+    /// A queued request's admission is being asked of the shared state:
+    /// the requests behind it wait for the answer.
+    shared_asking: bool,
+    /// Until then the shared limit runs on the pod's share (see
+    /// `SHARED_REFUSAL_HOLD`).
+    local_until: Instant,
+    fallbacks: Counter,
 }
 
 impl Limit {
     fn new(
         config: &RateLimitConfig,
-        depth_gauge: prometheus_client::metrics::gauge::Gauge,
+        shared: Option<Arc<SharedLimit>>,
+        depth_gauge: Gauge,
+        fallbacks: Counter,
     ) -> Self {
+        let now = Instant::now();
         let mut limit = Limit {
             depth_gauge,
+            fallbacks,
+            shared: None,
+            shared_retry_at: now,
+            shared_asking: false,
+            local_until: now,
             name: Arc::from(config.name.as_str()),
             requests: 1,
             window: Duration::ZERO,
@@ -68,18 +110,19 @@ impl Limit {
             when_exceeded: config.when_exceeded,
             max_wait: Duration::ZERO,
             max_depth: 0,
-            tat: Instant::now(),
+            tat: now,
             log: VecDeque::new(),
             waiting: 0,
             retired: false,
         };
-        limit.configure(config);
+        limit.configure(config, shared);
         limit
     }
 
     /// Takes the new numbers and keeps the history: the admissions already
     /// made are facts about the provider's window whatever the new limit is.
-    fn configure(&mut self, c: &RateLimitConfig) {
+    fn configure(&mut self, c: &RateLimitConfig, shared: Option<Arc<SharedLimit>>) {
+        self.shared = shared;
         let requests = c.requests.max(1) as usize;
         let interval = c.per.get() / c.requests.max(1);
         // The GCRA's debt is so many requests' worth of the old interval:
@@ -110,27 +153,74 @@ impl Limit {
         }
     }
 
-    fn has_room(&mut self, now: Instant) -> bool {
+    /// Decided by the shared state now (`up`: it answers), not here.
+    fn is_remote(&self, up: bool, now: Instant) -> bool {
+        up && self.shared.is_some() && !self.retired && now >= self.local_until
+    }
+
+    fn has_room(&mut self, now: Instant, up: bool) -> bool {
         if self.retired {
             return true;
+        }
+        if self.is_remote(up, now) {
+            return !self.shared_asking && self.shared_retry_at <= now;
         }
         self.forget_expired(now);
         self.log.len() < self.requests && self.tat <= now + self.tolerance
     }
 
-    fn consume(&mut self, now: Instant) {
-        if self.retired {
+    /// Takes a slot here; a remote limit is only taken once the shared
+    /// state admitted (`record_shared`).
+    fn consume(&mut self, now: Instant, up: bool) {
+        if self.retired || self.is_remote(up, now) {
             return;
+        }
+        if self.shared.is_some() {
+            self.fallbacks.inc();
         }
         self.tat = self.tat.max(now) + self.interval;
         self.log.push_back(now);
     }
 
+    /// Gives back the slot `consume` took at `at`: the request it was for
+    /// did not go (a shared limit it also needed refused).
+    fn unconsume(&mut self, at: Instant) {
+        if self.retired {
+            return;
+        }
+        if let Some(i) = self.log.iter().rposition(|&t| t == at) {
+            self.log.remove(i);
+            self.tat = self.tat.checked_sub(self.interval).unwrap_or(at).max(at);
+        }
+    }
+
+    /// The shared state admitted a request: remember it here too, so that
+    /// if the shared state fails this pod's share starts from what it sent
+    /// (never more than full: the share is smaller than the whole).
+    fn record_shared(&mut self, now: Instant) {
+        self.forget_expired(now);
+        if self.log.len() >= self.requests {
+            self.log.pop_front();
+        }
+        self.log.push_back(now);
+        self.tat = (self.tat.max(now) + self.interval).min(now + self.tolerance + self.interval);
+    }
+
+    /// The shared state said to ask again after `wait`.
+    fn hold_remote(&mut self, now: Instant, wait: Duration) {
+        self.shared_retry_at = now + wait.min(SHARED_ASK_AT_LEAST_EVERY);
+    }
+
     /// When the request `ahead` places behind the next one could be admitted,
     /// assuming nothing else arrives. An estimate for queueing decisions.
-    fn available_at(&self, now: Instant, ahead: usize) -> Instant {
+    fn available_at(&self, now: Instant, ahead: usize, up: bool) -> Instant {
         if self.retired {
             return now;
+        }
+        if self.is_remote(up, now) {
+            // Other sidecars draw from it too: the share is the best guess
+            // of this pod's pace.
+            return self.shared_retry_at.max(now) + self.interval * ahead as u32;
         }
         let gcra = (self.tat.max(now) + self.interval * ahead as u32)
             .checked_sub(self.tolerance)
@@ -167,6 +257,31 @@ struct Waiter {
 /// Order of service: higher priority first, then arrival.
 type WaiterKey = (std::cmp::Reverse<Priority>, u64);
 
+/// A request whose pod limits are taken and whose shared limits must now be
+/// asked of the shared state.
+struct SharedAsk {
+    /// Taken here at `at`; given back if the shared state refuses.
+    reserved: Vec<usize>,
+    at: Instant,
+    shared: Vec<(usize, Arc<SharedLimit>)>,
+}
+
+/// What [`State::admit_if_free`] found.
+enum Free {
+    Admitted,
+    AskShared(SharedAsk),
+    Busy,
+}
+
+/// A queued request the dispatcher asks the shared state about.
+struct QueuedAsk {
+    key: WaiterKey,
+    ask: SharedAsk,
+    /// The highest priority of the other requests queued here on its
+    /// shared limits, which the other sidecars let go first.
+    still_waiting: Option<Priority>,
+}
+
 struct State {
     limits: Vec<Limit>,
     waiters: BTreeMap<WaiterKey, Waiter>,
@@ -174,20 +289,79 @@ struct State {
 }
 
 impl State {
-    /// Consumes a slot of every limit if all have room and nobody waits
-    /// ahead (a waiter would otherwise be overtaken).
-    fn admit_if_free(&mut self, limits: &[usize], now: Instant) -> bool {
+    /// Takes a slot of every limit if all have room and nobody waits ahead
+    /// (a waiter would otherwise be overtaken); shared limits are left to
+    /// ask about.
+    fn admit_if_free(&mut self, limits: &[usize], now: Instant, up: bool) -> Free {
         let free = limits.iter().all(|&i| {
             let limit = &mut self.limits[i];
-            limit.waiting == 0 && limit.has_room(now)
+            limit.waiting == 0 && limit.has_room(now, up)
         });
         if !free {
-            return false;
+            return Free::Busy;
         }
+        match self.take(limits, now, up) {
+            None => Free::Admitted,
+            Some(ask) => Free::AskShared(ask),
+        }
+    }
+
+    /// Consumes the pod limits among `limits`; the shared ones, if any, are
+    /// returned to ask about.
+    fn take(&mut self, limits: &[usize], now: Instant, up: bool) -> Option<SharedAsk> {
+        let mut reserved = Vec::new();
+        let mut shared = Vec::new();
         for &i in limits {
-            self.limits[i].consume(now);
+            let limit = &mut self.limits[i];
+            match &limit.shared {
+                Some(s) if limit.is_remote(up, now) => shared.push((i, s.clone())),
+                _ => {
+                    limit.consume(now, up);
+                    reserved.push(i);
+                }
+            }
         }
-        true
+        (!shared.is_empty()).then_some(SharedAsk {
+            reserved,
+            at: now,
+            shared,
+        })
+    }
+
+    /// Applies the shared state's answer to `ask`; true when admitted.
+    fn settle(&mut self, ask: &SharedAsk, answer: &Result<Admission, SharedStateError>) -> bool {
+        let now = Instant::now();
+        for &(i, _) in &ask.shared {
+            self.limits[i].shared_asking = false;
+        }
+        match answer {
+            Ok(Admission::Admitted) => {
+                for &(i, _) in &ask.shared {
+                    self.limits[i].record_shared(now);
+                }
+                return true;
+            }
+            Ok(Admission::Wait(waits)) => {
+                for (&(i, _), &wait) in ask.shared.iter().zip(waits) {
+                    self.limits[i].hold_remote(now, wait);
+                }
+            }
+            Err(SharedStateError::Refused(..)) => {
+                for &(i, _) in &ask.shared {
+                    self.limits[i].local_until = now + SHARED_REFUSAL_HOLD;
+                }
+            }
+            // The shared state marked itself down: the next decision is here.
+            Err(_) => {}
+        }
+        self.refund(ask);
+        false
+    }
+
+    fn refund(&mut self, ask: &SharedAsk) {
+        for &i in &ask.reserved {
+            self.limits[i].unconsume(ask.at);
+        }
     }
 
     fn remove_waiter(&mut self, key: &WaiterKey) -> Option<Waiter> {
@@ -200,9 +374,12 @@ impl State {
         Some(waiter)
     }
 
-    /// Admits every waiter that can go now; returns when the next may.
-    fn dispatch(&mut self, now: Instant) -> Option<Instant> {
+    /// Admits every waiter that can go now, and returns when the next may
+    /// and the waiters to ask the shared state about (their pod limits
+    /// taken, their shared limits marked as being asked).
+    fn dispatch(&mut self, now: Instant, up: bool) -> (Option<Instant>, Vec<QueuedAsk>) {
         let mut blocked = vec![false; self.limits.len()];
+        let mut asks = Vec::new();
         let keys: Vec<WaiterKey> = self.waiters.keys().copied().collect();
         for key in keys {
             let waiter = &self.waiters[&key];
@@ -214,34 +391,58 @@ impl State {
             let limits = waiter.limits.clone();
             let mut admissible = true;
             for &i in &limits {
-                if blocked[i] || !self.limits[i].has_room(now) {
+                if blocked[i] || !self.limits[i].has_room(now, up) {
                     admissible = false;
                 }
             }
-            if admissible {
-                for &i in &limits {
-                    self.limits[i].consume(now);
-                }
-                if let Some(waiter) = self.remove_waiter(&key) {
-                    let _ = waiter.admit.send(());
-                }
-            } else {
+            if !admissible {
                 // Keep later arrivals behind this one only where it is short.
                 for &i in &limits {
-                    if !self.limits[i].has_room(now) {
+                    if !self.limits[i].has_room(now, up) {
                         blocked[i] = true;
                     }
+                }
+                continue;
+            }
+            match self.take(&limits, now, up) {
+                None => {
+                    if let Some(waiter) = self.remove_waiter(&key) {
+                        let _ = waiter.admit.send(());
+                    }
+                }
+                Some(ask) => {
+                    for &(i, _) in &ask.shared {
+                        self.limits[i].shared_asking = true;
+                    }
+                    let still_waiting = self
+                        .waiters
+                        .iter()
+                        .filter(|(k, w)| {
+                            **k != key
+                                && w.limits
+                                    .iter()
+                                    .any(|i| ask.shared.iter().any(|(j, _)| i == j))
+                        })
+                        .map(|(k, _)| k.0.0)
+                        .max();
+                    asks.push(QueuedAsk {
+                        key,
+                        ask,
+                        still_waiting,
+                    });
                 }
             }
         }
         // Wake when the first limit someone is short of gets room. A limit
         // with room is no reason to wake: its waiters wait on other limits.
-        self.limits
+        let next = self
+            .limits
             .iter_mut()
             .filter(|l| l.waiting > 0)
-            .filter_map(|l| (!l.has_room(now)).then(|| l.available_at(now, 0)))
+            .filter_map(|l| (!l.has_room(now, up)).then(|| l.available_at(now, 0, up)))
             .min()
-            .map(|at| at.max(now + Duration::from_micros(100)))
+            .map(|at| at.max(now + Duration::from_micros(100)));
+        (next, asks)
     }
 }
 
@@ -251,17 +452,29 @@ pub struct RateLimiter {
     /// Shared with the dispatcher, which holds only a weak reference to the limiter.
     wake_dispatcher: Arc<Notify>,
     integration: Name,
+    shared: Option<SharedState>,
     metrics: Metrics,
+}
+
+/// A priority as the shared state compares them.
+fn rank(priority: Priority) -> u8 {
+    match priority {
+        Priority::Low => 0,
+        Priority::Normal => 1,
+        Priority::High => 2,
+    }
 }
 
 impl RateLimiter {
     /// Spawns the dispatcher on the current Tokio runtime; it ends when the
     /// limiter is dropped. Returns the slot of each limit by name, as
-    /// [`RateLimiter::reconfigure`] does.
+    /// [`RateLimiter::reconfigure`] does. With `shared`, `scope: Cluster`
+    /// limits are decided by the shared state.
     pub fn new(
         integration: Name,
         configs: &[RateLimitConfig],
         metrics: Metrics,
+        shared: Option<SharedState>,
     ) -> (Arc<Self>, HashMap<Name, usize>) {
         let limiter = Arc::new(Self {
             state: Mutex::new(State {
@@ -271,6 +484,7 @@ impl RateLimiter {
             }),
             wake_dispatcher: Arc::new(Notify::new()),
             integration,
+            shared,
             metrics,
         });
         let slots = limiter.reconfigure(configs);
@@ -279,6 +493,32 @@ impl RateLimiter {
             limiter.wake_dispatcher.clone(),
         ));
         (limiter, slots)
+    }
+
+    /// The whole of a `scope: Cluster` limit, when there is shared state.
+    fn shared_limit(&self, c: &RateLimitConfig) -> Option<Arc<SharedLimit>> {
+        if self.shared.is_none() || c.scope != LimitScope::Cluster {
+            return None;
+        }
+        let whole = c.cluster.unwrap_or(ClusterRate {
+            requests: c.requests,
+            burst: c.burst,
+        });
+        let requests = whole.requests.max(1);
+        let per = c.per.get();
+        let interval = per / requests;
+        Some(Arc::new(SharedLimit::new(
+            &self.integration,
+            &c.name,
+            requests,
+            per + window_guard(per),
+            interval,
+            interval * whole.burst.saturating_sub(1),
+        )))
+    }
+
+    fn shared_up(&self) -> bool {
+        self.shared.as_ref().is_some_and(SharedState::is_up)
     }
 
     /// Applies a changed config in place, so nothing resets: a limit keeps
@@ -290,28 +530,38 @@ impl RateLimiter {
         let mut state = self.state.lock().expect("rate limiter lock poisoned");
         let mut slots = HashMap::with_capacity(configs.len());
         for config in configs {
+            let labels = LimitLabels {
+                integration: self.integration.clone(),
+                limit: Arc::from(config.name.as_str()),
+            };
             self.metrics
                 .ratelimit_queue_capacity
-                .get_or_create(&LimitLabels {
-                    integration: self.integration.clone(),
-                    limit: Arc::from(config.name.as_str()),
-                })
+                .get_or_create(&labels)
                 .set(config.queue.max_depth as i64);
+            let shared = self.shared_limit(config);
             match state.limits.iter().position(|l| *l.name == *config.name) {
                 Some(slot) => {
-                    state.limits[slot].configure(config);
+                    state.limits[slot].configure(config, shared);
                     slots.insert(Name::from(config.name.as_str()), slot);
                 }
                 None => {
                     let gauge = self
                         .metrics
                         .ratelimit_queue_depth
-                        .get_or_create(&LimitLabels {
-                            integration: self.integration.clone(),
-                            limit: Arc::from(config.name.as_str()),
-                        })
+                        .get_or_create(&labels)
                         .clone();
-                    state.limits.push(Limit::new(config, gauge));
+                    // Only shared limits have fallbacks worth a series.
+                    let fallbacks = match shared {
+                        Some(_) => self
+                            .metrics
+                            .shared_state_fallbacks
+                            .get_or_create(&labels)
+                            .clone(),
+                        None => Counter::default(),
+                    };
+                    state
+                        .limits
+                        .push(Limit::new(config, shared, gauge, fallbacks));
                     slots.insert(Name::from(config.name.as_str()), state.limits.len() - 1);
                 }
             }
@@ -349,29 +599,67 @@ impl RateLimiter {
         }
     }
 
-    /// Admits nothing under `limits` until `until`: the provider answered 429
+    /// Admits nothing under `limits` for `wait`: the provider answered 429
     /// and said when to come back, so the requests queued behind must not
-    /// each earn their own 429 (a 429 storm).
-    pub fn pause(&self, limits: &[usize], until: Instant) {
+    /// each earn their own 429 (a 429 storm). Shared limits are held at
+    /// every sidecar.
+    pub fn pause(&self, limits: &[usize], wait: Duration) {
+        let now = Instant::now();
+        let until = now + wait;
+        let up = self.shared_up();
+        let mut shared = Vec::new();
         let mut state = self.state.lock().expect("rate limiter lock poisoned");
         for &i in limits {
             let limit = &mut state.limits[i];
             // Admission needs tat <= now + tolerance, so this holds until `until`.
             limit.tat = limit.tat.max(until + limit.tolerance);
+            if limit.is_remote(up, now) {
+                limit.hold_remote(now, wait);
+                shared.extend(limit.shared.clone());
+            }
         }
         drop(state);
+        if let (Some(engine), false) = (self.shared.clone(), shared.is_empty()) {
+            let integration = self.integration.clone();
+            tokio::spawn(async move {
+                let limits: Vec<&SharedLimit> = shared.iter().map(|s| &**s).collect();
+                if let Err(error) = engine.pause(&limits, wait).await {
+                    tracing::warn!(%integration, %error, "the other sidecars were not told of the provider's 429; each will learn it from its own");
+                }
+            });
+        }
         self.wake_dispatcher.notify_one();
     }
 
-    /// Admits the request at once if every limit in `limits` has room and
-    /// nobody waits ahead of it: the common case, decided without a future.
+    /// Admits the request at once if every limit in `limits` has room here
+    /// and nobody waits ahead of it: the common case, decided without a
+    /// future. A shared limit is never decided here.
     pub fn admit_now(&self, limits: &[usize]) -> bool {
-        limits.is_empty()
-            || self
-                .state
-                .lock()
-                .expect("rate limiter lock poisoned")
-                .admit_if_free(limits, Instant::now())
+        if limits.is_empty() {
+            return true;
+        }
+        let (now, up) = (Instant::now(), self.shared_up());
+        let mut state = self.state.lock().expect("rate limiter lock poisoned");
+        if up && limits.iter().any(|&i| state.limits[i].is_remote(up, now)) {
+            return false;
+        }
+        matches!(state.admit_if_free(limits, now, up), Free::Admitted)
+    }
+
+    async fn ask_shared(
+        &self,
+        ask: &SharedAsk,
+        priority: Priority,
+        still_waiting: Option<Priority>,
+    ) -> Result<Admission, SharedStateError> {
+        let engine = self
+            .shared
+            .as_ref()
+            .expect("only a limiter with shared state has shared limits");
+        let limits: Vec<&SharedLimit> = ask.shared.iter().map(|(_, s)| &**s).collect();
+        engine
+            .admit(&limits, rank(priority), still_waiting.map(rank))
+            .await
     }
 
     /// Waits until every limit in `limits` admits the request, or fails with
@@ -386,18 +674,46 @@ impl RateLimiter {
         if limits.is_empty() {
             return Ok(());
         }
-        let now = Instant::now();
-        let (key, admitted, give_up_at, names) = {
+        let started = Instant::now();
+        // Nobody waits ahead: ask the shared state straight away. A second
+        // or third try follows only a failed call (then decided here) or a
+        // refusal that came back with no wait at all.
+        for _ in 0..3 {
+            let ask = {
+                let mut state = self.state.lock().expect("rate limiter lock poisoned");
+                match state.admit_if_free(limits, Instant::now(), self.shared_up()) {
+                    Free::Admitted => return Ok(()),
+                    Free::AskShared(ask) => ask,
+                    Free::Busy => break,
+                }
+            };
+            let answer = self.ask_shared(&ask, priority, None).await;
             let mut state = self.state.lock().expect("rate limiter lock poisoned");
-            if state.admit_if_free(limits, now) {
+            if state.settle(&ask, &answer) {
                 return Ok(());
             }
+        }
+        self.queue(limits, priority, deadline, started).await
+    }
+
+    /// Queues the request behind the ones already waiting, or refuses it.
+    async fn queue(
+        &self,
+        limits: &[usize],
+        priority: Priority,
+        deadline: Instant,
+        started: Instant,
+    ) -> Result<(), ProxyError> {
+        let now = Instant::now();
+        let up = self.shared_up();
+        let (key, admitted, give_up_at, names) = {
+            let mut state = self.state.lock().expect("rate limiter lock poisoned");
             let mut give_up_at = deadline;
             let mut expected = now;
             for &i in limits {
                 let limit = &mut state.limits[i];
-                let has_room = limit.has_room(now);
-                let at = limit.available_at(now, limit.waiting);
+                let has_room = limit.has_room(now, up);
+                let at = limit.available_at(now, limit.waiting, up);
                 let retry_after = at.saturating_duration_since(now);
                 if limit.when_exceeded == WhenExceeded::Reject && (!has_room || limit.waiting > 0) {
                     let name = limit.name.clone();
@@ -423,13 +739,7 @@ impl RateLimiter {
                 expected = expected.max(at);
             }
             if expected > give_up_at {
-                let (name, retry_after) = limits
-                    .iter()
-                    .map(|&i| &state.limits[i])
-                    .map(|l| (l.name.clone(), l.available_at(now, l.waiting)))
-                    .max_by_key(|(_, at)| *at)
-                    .map(|(n, at)| (n, at.saturating_duration_since(now)))
-                    .expect("limits is not empty");
+                let (name, retry_after) = slowest(&state, limits, now, up);
                 drop(state);
                 self.reject(&name, "deadline");
                 return Err(ProxyError::QueueFull {
@@ -463,7 +773,7 @@ impl RateLimiter {
         let mut admitted = admitted;
         match tokio::time::timeout_at(give_up_at, &mut admitted).await {
             Ok(Ok(())) => {
-                self.observe_wait(&names, now.elapsed());
+                self.observe_wait(&names, started.elapsed());
                 Ok(())
             }
             Ok(Err(_)) => unreachable!("the dispatcher never drops an admission unsent"),
@@ -472,17 +782,10 @@ impl RateLimiter {
                 if state.remove_waiter(&key).is_none() {
                     // Admitted in the same instant the wait ran out: go ahead.
                     drop(state);
-                    self.observe_wait(&names, now.elapsed());
+                    self.observe_wait(&names, started.elapsed());
                     return Ok(());
                 }
-                let later = Instant::now();
-                let (name, retry_after) = limits
-                    .iter()
-                    .map(|&i| &state.limits[i])
-                    .map(|l| (l.name.clone(), l.available_at(later, l.waiting)))
-                    .max_by_key(|(_, at)| *at)
-                    .map(|(n, at)| (n, at.saturating_duration_since(later)))
-                    .expect("limits is not empty");
+                let (name, retry_after) = slowest(&state, limits, Instant::now(), self.shared_up());
                 drop(state);
                 self.wake_dispatcher.notify_one();
                 self.reject(&name, "deadline");
@@ -495,17 +798,53 @@ impl RateLimiter {
     }
 }
 
+/// The limit among `limits` that will have room last, and how long until then.
+fn slowest(state: &State, limits: &[usize], now: Instant, up: bool) -> (Name, Duration) {
+    limits
+        .iter()
+        .map(|&i| &state.limits[i])
+        .map(|l| (l.name.clone(), l.available_at(now, l.waiting, up)))
+        .max_by_key(|(_, at)| *at)
+        .map(|(n, at)| (n, at.saturating_duration_since(now)))
+        .expect("limits is not empty")
+}
+
 async fn dispatcher(limiter: Weak<RateLimiter>, wake: Arc<Notify>) {
     loop {
         let notified = wake.notified();
-        let next = {
-            // Hold the limiter only while dispatching, so a replaced config drops it.
-            let Some(limiter) = limiter.upgrade() else {
-                return;
-            };
-            let mut state = limiter.state.lock().expect("rate limiter lock poisoned");
-            state.dispatch(Instant::now())
+        // Hold the limiter only while dispatching (and asking), so a
+        // replaced config drops it.
+        let Some(strong) = limiter.upgrade() else {
+            return;
         };
+        let (next, asks) = strong
+            .state
+            .lock()
+            .expect("rate limiter lock poisoned")
+            .dispatch(Instant::now(), strong.shared_up());
+        if !asks.is_empty() {
+            let answers = futures_util::future::join_all(
+                asks.iter()
+                    .map(|q| strong.ask_shared(&q.ask, q.key.0.0, q.still_waiting)),
+            )
+            .await;
+            let mut state = strong.state.lock().expect("rate limiter lock poisoned");
+            for (queued, answer) in asks.iter().zip(&answers) {
+                if state.settle(&queued.ask, answer) {
+                    match state.remove_waiter(&queued.key) {
+                        Some(waiter) => {
+                            let _ = waiter.admit.send(());
+                        }
+                        // It gave up meanwhile: its pod slots go back (the
+                        // shared one is spent).
+                        None => state.refund(&queued.ask),
+                    }
+                }
+            }
+            // Dispatch again at once: the answers changed what can go.
+            continue;
+        }
+        drop(strong);
         match next {
             Some(at) => {
                 tokio::select! {
@@ -575,7 +914,7 @@ impl RateLimitStep {
         {
             let wait = wait.min(MAX_PROVIDER_PAUSE);
             tracing::warn!(request_id = super::observe::id_str(&ctx.request_id), integration = %self.limiter.integration, wait_ms = wait.as_millis() as u64, "the provider answered 429; holding this endpoint's queue until it said to come back");
-            self.limiter.pause(limits, Instant::now() + wait);
+            self.limiter.pause(limits, wait);
         }
         Ok(response)
     }
@@ -600,6 +939,7 @@ mod tests {
             per: ConfigDuration::from_millis(per_ms),
             burst,
             scope: Default::default(),
+            cluster: None,
             when_exceeded: mode,
             queue: QueueConfig {
                 max_wait: ConfigDuration::from_secs(60),
@@ -618,6 +958,7 @@ mod tests {
             "t".into(),
             &[limit("l", 10, 1000, 3, WhenExceeded::Queue)],
             Metrics::new(),
+            None,
         )
         .0;
         let start = Instant::now();
@@ -642,6 +983,7 @@ mod tests {
             "t".into(),
             &[limit("l", 5, 1000, 5, WhenExceeded::Queue)],
             Metrics::new(),
+            None,
         )
         .0;
         let start = Instant::now();
@@ -671,6 +1013,7 @@ mod tests {
             "t".into(),
             &[limit("l", 2, 1000, 2, WhenExceeded::Reject)],
             Metrics::new(),
+            None,
         )
         .0;
         limiter
@@ -695,6 +1038,7 @@ mod tests {
             "t".into(),
             &[limit("l", 1, 10_000, 1, WhenExceeded::Queue)],
             Metrics::new(),
+            None,
         )
         .0;
         limiter
@@ -715,7 +1059,7 @@ mod tests {
     async fn queue_depth_is_bounded() {
         let mut config = limit("l", 1, 1000, 1, WhenExceeded::Queue);
         config.queue.max_depth = 2;
-        let limiter = RateLimiter::new("t".into(), &[config], Metrics::new()).0;
+        let limiter = RateLimiter::new("t".into(), &[config], Metrics::new(), None).0;
         limiter
             .acquire(&[0], Priority::Normal, far())
             .await
@@ -745,6 +1089,7 @@ mod tests {
             "t".into(),
             &[limit("l", 1, 100, 1, WhenExceeded::Queue)],
             Metrics::new(),
+            None,
         )
         .0;
         limiter
@@ -783,6 +1128,7 @@ mod tests {
                 limit("fast", 1, 1000, 1, WhenExceeded::Queue),
             ],
             Metrics::new(),
+            None,
         )
         .0;
         limiter
@@ -818,6 +1164,7 @@ mod tests {
             "t".into(),
             &[limit("l", 1, 1000, 1, WhenExceeded::Queue)],
             Metrics::new(),
+            None,
         )
         .0;
         limiter

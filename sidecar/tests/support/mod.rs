@@ -3,6 +3,9 @@
 //! Everything binds 127.0.0.1 and stops when dropped.
 #![allow(dead_code)]
 
+pub mod process;
+pub mod redis_server;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -376,6 +379,7 @@ pub fn limit(name: &str, requests: u32, per: D, burst: u32) -> RateLimitConfig {
         per,
         burst,
         scope: Default::default(),
+        cluster: None,
         when_exceeded: WhenExceeded::Queue,
         queue: QueueConfig {
             max_wait: D::from_secs(10),

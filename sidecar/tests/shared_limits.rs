@@ -1,0 +1,358 @@
+//! `scope: Cluster` limits on shared state: real `sluice-sidecar` processes
+//! sharing a real `redis-server` (AOF `always`, a loopback port, one per
+//! test), a real upstream counting what reaches it.
+
+mod support;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use support::process::SidecarProcess;
+use support::redis_server::RedisServer;
+use support::*;
+use tokio::time::Instant;
+
+const INTEGRATION: &str = "default/carrier";
+
+/// Two or more sidecars of one integration, one Redis, one upstream.
+struct Cluster {
+    redis: RedisServer,
+    upstream: TestUpstream,
+    config: PathBuf,
+    sidecars: Vec<Sidecar>,
+}
+
+struct Sidecar {
+    /// Killed when dropped.
+    _process: SidecarProcess,
+    app: App,
+    admin: std::net::SocketAddr,
+}
+
+impl Cluster {
+    /// `limit` is the YAML of the one rate limit (a Cluster one).
+    async fn start(replicas: usize, limit: &str, upstream: TestUpstream) -> Self {
+        let redis = RedisServer::start();
+        let config = redis.dir.join("sidecar.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "admin: {{listen: '127.0.0.1:0'}}\nintegrations:\n- name: {INTEGRATION}\n  listen: 127.0.0.1:0\n  upstream: {{baseUrl: '{}', timeout: 2s, totalTimeout: 30s}}\n  retry: {{maxAttempts: 1}}\n  rateLimits:\n  - {limit}\n",
+                upstream.url()
+            ),
+        )
+        .unwrap();
+        let mut cluster = Self {
+            redis,
+            upstream,
+            config,
+            sidecars: Vec::new(),
+        };
+        for i in 0..replicas {
+            cluster.spawn(&format!("pod-{i}"));
+        }
+        for sidecar in &cluster.sidecars {
+            sidecar.wait_metric("sluice_shared_state_up{", 1.0).await;
+        }
+        cluster
+    }
+
+    fn spawn(&mut self, identity: &str) {
+        let url = self.redis.url();
+        let mut process = SidecarProcess::spawn(
+            &self.config,
+            &["--shared-state", &url, "--shared-state-identity", identity],
+        );
+        let app = App::new(process.egress_addr(INTEGRATION));
+        let admin = process.admin_addr();
+        self.sidecars.push(Sidecar {
+            _process: process,
+            app,
+            admin,
+        });
+    }
+}
+
+impl Sidecar {
+    async fn metrics(&self) -> String {
+        App::new(self.admin).get("/metrics").await.text()
+    }
+
+    async fn metric(&self, prefix: &str) -> f64 {
+        metric(&self.metrics().await, prefix)
+    }
+
+    /// Waits (at most 10 s) until the metric `prefix` reads `value`.
+    async fn wait_metric(&self, prefix: &str, value: f64) {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = self.metric(prefix).await;
+            if now == value {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "{prefix} stayed {now}, not {value}, for 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The most arrivals in any window of `window` (each window starting at an arrival).
+fn most_in_any_window(times: &[Instant], window: Duration) -> usize {
+    let mut times = times.to_vec();
+    times.sort();
+    (0..times.len())
+        .map(|i| {
+            times[i..]
+                .iter()
+                .take_while(|t| **t < times[i] + window)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+fn ok_upstream() -> impl Future<Output = TestUpstream> {
+    TestUpstream::plain(handler(|_, _| async { respond(200, "ok") }))
+}
+
+/// Requests sent back to back by `workers` tasks through `app` until `until`;
+/// returns how many were answered 200.
+async fn load(app: &App, workers: usize, until: Instant) -> usize {
+    let answered = AtomicUsize::new(0);
+    let worker = || async {
+        while Instant::now() < until {
+            if app.get("/v1/rates").await.status == 200 {
+                answered.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    };
+    futures_util::future::join_all((0..workers).map(|_| worker())).await;
+    answered.into_inner()
+}
+
+/// The first test: a Cluster limit of 20/s shared by two sidecars,
+/// 90 % of the load on one: never more than 20 in any second at the
+/// upstream, at least 95 % of the limit used, and the quiet sidecar served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sidecars_uneven_load_never_exceed_and_use_the_limit() {
+    // Each pod's share would be 10/s: without shared state the busy pod
+    // could use only half of the limit.
+    let cluster = Cluster::start(
+        2,
+        "{name: account, match: {}, requests: 10, per: 1s, burst: 10, scope: Cluster, cluster: {requests: 20, burst: 20}, queue: {maxWait: 20s, maxDepth: 1000}}",
+        ok_upstream().await,
+    )
+    .await;
+    let (busy, quiet) = (&cluster.sidecars[0], &cluster.sidecars[1]);
+    let until = Instant::now() + Duration::from_secs(6);
+    let (through_busy, through_quiet) =
+        tokio::join!(load(&busy.app, 9, until), load(&quiet.app, 1, until));
+
+    let arrivals: Vec<Instant> = cluster.upstream.requests().iter().map(|s| s.at).collect();
+    let most = most_in_any_window(&arrivals, Duration::from_secs(1));
+    assert!(
+        most <= 20,
+        "{most} requests reached the upstream within one second; the limit is 20"
+    );
+    let first = *arrivals.iter().min().expect("requests arrived");
+    // Past the first second's burst: 5 s at 20/s is 100.
+    let steady = arrivals
+        .iter()
+        .filter(|t| **t >= first + Duration::from_secs(1) && **t < first + Duration::from_secs(6))
+        .count();
+    assert!(
+        steady >= 95,
+        "{steady} of the 100 requests the limit allowed in 5 s were sent ({through_busy} through the busy sidecar, {through_quiet} through the quiet one)"
+    );
+    assert!(
+        through_quiet >= 3,
+        "the quiet sidecar was starved: {through_quiet}"
+    );
+    assert!(
+        through_busy > 60,
+        "the busy sidecar got only {through_busy}: it should use most of the limit"
+    );
+    for sidecar in &cluster.sidecars {
+        let text = sidecar.metrics().await;
+        assert!(
+            metric(
+                &text,
+                "sluice_shared_state_calls_total{op=\"admit\",outcome=\"ok\"}"
+            ) > 0.0
+        );
+        assert_eq!(
+            metric(&text, "sluice_shared_state_fallbacks_total{"),
+            0.0,
+            "{text}"
+        );
+    }
+}
+
+/// Redis stopped: requests still go, on each pod's share, counted as
+/// fallbacks; Redis back (from its AOF): shared again, with no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_state_down_falls_back_to_the_share_and_comes_back() {
+    let mut cluster = Cluster::start(
+        2,
+        "{name: account, match: {}, requests: 5, per: 1s, burst: 5, scope: Cluster, cluster: {requests: 10, burst: 10}, queue: {maxWait: 20s, maxDepth: 1000}}",
+        ok_upstream().await,
+    )
+    .await;
+
+    // Phase: shared. One sidecar alone may use the whole 10.
+    let start = Instant::now();
+    let a = &cluster.sidecars[0];
+    for _ in 0..10 {
+        assert_eq!(a.app.get("/v1/rates").await.status, 200);
+    }
+    assert!(
+        start.elapsed() < Duration::from_millis(900),
+        "the whole limit was usable by one sidecar: {:?}",
+        start.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    // Phase: Redis down. Still served, at the pod's share (5/s).
+    cluster.redis.stop();
+    let before = cluster.upstream.count();
+    let down_at = Instant::now();
+    let a = &cluster.sidecars[0];
+    for _ in 0..10 {
+        assert_eq!(
+            a.app.get("/v1/rates").await.status,
+            200,
+            "egress keeps serving without the shared state"
+        );
+    }
+    let took = down_at.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "10 requests at a share of 5/s took {took:?}"
+    );
+    assert_eq!(cluster.upstream.count() - before, 10);
+    let text = a.metrics().await;
+    assert_eq!(metric(&text, "sluice_shared_state_up{"), 0.0, "{text}");
+    assert!(
+        metric(&text, "sluice_shared_state_fallbacks_total{") >= 9.0,
+        "{text}"
+    );
+    assert!(
+        metric(
+            &text,
+            "sluice_shared_state_calls_total{op=\"admit\",outcome=\"error\"}"
+        ) + metric(
+            &text,
+            "sluice_shared_state_calls_total{op=\"admit\",outcome=\"timeout\"}"
+        ) >= 1.0,
+        "{text}"
+    );
+
+    // Phase: Redis back from its AOF; the sidecars find it by themselves.
+    cluster.redis.resume();
+    for sidecar in &cluster.sidecars {
+        sidecar.wait_metric("sluice_shared_state_up{", 1.0).await;
+    }
+    let a = &cluster.sidecars[0];
+    let fallbacks = a.metric("sluice_shared_state_fallbacks_total{").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let back_at = Instant::now();
+    for _ in 0..10 {
+        assert_eq!(a.app.get("/v1/rates").await.status, 200);
+    }
+    assert!(
+        back_at.elapsed() < Duration::from_millis(900),
+        "shared again, the whole limit is usable: {:?}",
+        back_at.elapsed()
+    );
+    assert_eq!(
+        a.metric("sluice_shared_state_fallbacks_total{").await,
+        fallbacks
+    );
+}
+
+/// A provider's 429 seen through one sidecar holds the other's requests too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_429_through_one_sidecar_pauses_the_other() {
+    // `n` counts the requests seen, this one included.
+    let upstream = TestUpstream::plain(handler(|_, n| async move {
+        if n == 1 {
+            let mut r = respond(429, "slow down");
+            r.headers_mut().insert("retry-after", "2".parse().unwrap());
+            r
+        } else {
+            respond(200, "ok")
+        }
+    }))
+    .await;
+    let cluster = Cluster::start(
+        2,
+        "{name: account, match: {}, requests: 50, per: 1s, burst: 50, scope: Cluster, cluster: {requests: 100, burst: 100}, queue: {maxWait: 20s, maxDepth: 1000}}",
+        upstream,
+    )
+    .await;
+    let first = cluster.sidecars[0].app.get("/v1/rates").await;
+    assert_eq!(first.status, 429);
+    let sent = Instant::now();
+    let second = cluster.sidecars[1].app.get("/v1/rates").await;
+    assert_eq!(second.status, 200);
+    let seen = cluster.upstream.requests();
+    assert_eq!(seen.len(), 2);
+    let held = seen[1].at - seen[0].at;
+    assert!(
+        held >= Duration::from_millis(1900),
+        "the other sidecar sent {held:?} after the 429 that said 2 s (it waited {:?})",
+        sent.elapsed()
+    );
+}
+
+/// A high-priority request at one sidecar goes before low-priority ones
+/// queued at another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priority_holds_across_sidecars() {
+    let cluster = Cluster::start(
+        2,
+        "{name: account, match: {}, requests: 1, per: 1s, burst: 1, scope: Cluster, cluster: {requests: 2, burst: 1}, queue: {maxWait: 20s, maxDepth: 1000}}",
+        ok_upstream().await,
+    )
+    .await;
+    let (low, high) = (&cluster.sidecars[0], &cluster.sidecars[1]);
+    let low_requests = async {
+        futures_util::future::join_all((0..4).map(|i| async move {
+            let path = format!("/low/{i}");
+            low.app
+                .send("GET", &path, &[("x-sluice-priority", "low")], "")
+                .await
+                .status
+        }))
+        .await
+    };
+    let high_request = async {
+        // After the first low one went and the others queued.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        high.app
+            .send("GET", "/high", &[("x-sluice-priority", "high")], "")
+            .await
+            .status
+    };
+    let (lows, high_status) = tokio::join!(low_requests, high_request);
+    assert!(lows.iter().all(|s| *s == 200), "{lows:?}");
+    assert_eq!(high_status, 200);
+    let order: Vec<String> = cluster
+        .upstream
+        .requests()
+        .iter()
+        .map(|s| s.uri.clone())
+        .collect();
+    let high_at = order
+        .iter()
+        .position(|u| u == "/high")
+        .expect("the high request arrived");
+    assert_eq!(
+        high_at, 1,
+        "the high-priority request should follow the one low request sent before it: {order:?}"
+    );
+}
