@@ -19,7 +19,6 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 
 use crate::config::SidecarConfig;
-use crate::dead_letter;
 pub use crate::dead_letter::DeadLetterSummary;
 use crate::ingress::Endpoint;
 use crate::ingress::Ingress;
@@ -123,14 +122,14 @@ impl AdminService {
             (&Method::GET, ["webhooks", "dead-letters"]) => {
                 let mut all = Vec::new();
                 for endpoint in ingress.endpoints() {
-                    match dead_letter::list(&endpoint.queue_dir) {
+                    match endpoint.store.dead_letters().await {
                         Ok(letters) => all.extend(letters.into_iter().map(|l| {
                             DeadLetterSummary::of(&endpoint.integration, &endpoint.webhook, l)
                         })),
                         Err(error) => {
                             return json(
                                 StatusCode::INTERNAL_SERVER_ERROR,
-                                &serde_json::json!({"error": error.to_string()}),
+                                &serde_json::json!({"error": error}),
                             );
                         }
                     }
@@ -161,8 +160,7 @@ impl AdminService {
                         &serde_json::json!({"error": "seq must be a number"}),
                     );
                 };
-                let file = dead_letter::path(&endpoint.queue_dir, seq);
-                let letter = match dead_letter::read(&endpoint.queue_dir, seq) {
+                let letter = match endpoint.store.dead_letter(seq).await {
                     Ok(Some(letter)) => letter,
                     Ok(None) => {
                         return json(
@@ -173,24 +171,17 @@ impl AdminService {
                     Err(e) => {
                         return json(
                             StatusCode::INTERNAL_SERVER_ERROR,
-                            &serde_json::json!({"error": e.to_string()}),
+                            &serde_json::json!({"error": e}),
                         );
                     }
                 };
                 match (method, rest) {
                     (&Method::GET, []) => json(StatusCode::OK, &letter),
                     (&Method::POST, ["replay"]) => {
-                        let body = letter.body_bytes();
-                        let mut event = letter.event;
-                        event.body = body;
                         // Replays skip de-duplication: the id was already seen.
-                        match endpoint.queue.append(event, None).await {
-                            Ok(new_seq) => {
-                                let _ = std::fs::remove_file(&file);
-                                json(
-                                    StatusCode::ACCEPTED,
-                                    &serde_json::json!({"replayed": seq, "seq": new_seq}),
-                                )
+                        match endpoint.store.replay(seq, letter).await {
+                            Ok(()) => {
+                                json(StatusCode::ACCEPTED, &serde_json::json!({"replayed": seq}))
                             }
                             Err(e) => json(
                                 StatusCode::SERVICE_UNAVAILABLE,

@@ -184,6 +184,7 @@ pub struct Families {
     pub shared_state_calls: Family<SharedCallLabels, Counter>,
     pub shared_state_call_duration: Family<SharedCallLabels, Histogram, fn() -> Histogram>,
     pub shared_state_fallbacks: Family<LimitLabels, Counter>,
+    pub webhook_takeovers: Family<WebhookLabels, Counter>,
     registry: Registry,
 }
 
@@ -370,7 +371,14 @@ impl Metrics {
             "Admissions under a Cluster limit decided on this pod's share because the shared state was unreachable",
             shared_state_fallbacks.clone(),
         );
+        let webhook_takeovers = Family::default();
+        registry.register(
+            "sluice_webhook_takeovers",
+            "Webhook events this sidecar took over from another that held them without a sign of life (shared state)",
+            webhook_takeovers.clone(),
+        );
         Self(Arc::new(Families {
+            webhook_takeovers,
             shared_state_up,
             shared_state_calls,
             shared_state_call_duration,

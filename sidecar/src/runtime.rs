@@ -138,7 +138,13 @@ impl Sidecar {
         let secrets = SecretStore::new();
         let tasks = TaskTracker::new();
         let (stop, _) = watch::channel(false);
-        let ingress = Ingress::new(&config.ingress, &secrets, &metrics, tasks.clone());
+        let ingress = Ingress::new(
+            &config.ingress,
+            &secrets,
+            &metrics,
+            tasks.clone(),
+            shared.clone(),
+        );
         let live_config = LiveConfig::new(config.clone());
         let live = Arc::new(Live {
             base: SidecarConfig {

@@ -1,6 +1,7 @@
 //! Draining a webhook queue to the app: in order, at a set rate, retried
 //! with backoff and jitter, dead-lettered after `maxAttempts`, with the
-//! ordering guard in front.
+//! ordering guard in front; from the pod's queue or the shared stream
+//! ([`super::source`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,13 +12,14 @@ use http_body_util::BodyExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::ordering::{OrderingGuard, Verdict};
-use super::queue::QueueReader;
-use crate::config::{DeliveryConfig, OrderingConfig};
-use crate::dead_letter::{self, DeadLetter, StoredEvent};
+use super::ordering::Verdict;
+use super::source::Source;
+use crate::config::DeliveryConfig;
+use crate::dead_letter::{DeadLetter, StoredEvent};
 use crate::egress::body::{BodyTimeouts, ProxyBody};
 use crate::egress::client::{UpstreamClient, strip_hop_by_hop};
 use crate::metrics::{Metrics, WebhookResultLabels};
+use crate::shared::webhooks::TAKEOVER_IDLE;
 
 pub const EVENT_ID_HEADER: &str = "x-sluice-event-id";
 pub const ATTEMPT_HEADER: &str = "x-sluice-attempt";
@@ -28,7 +30,6 @@ pub struct Deliverer {
     pub webhook: Arc<str>,
     pub forward_to: Uri,
     pub config: DeliveryConfig,
-    pub ordering: Option<OrderingConfig>,
     pub client: UpstreamClient,
     pub metrics: Metrics,
 }
@@ -101,43 +102,33 @@ impl Deliverer {
             })
     }
 
-    fn dead_letter(
-        &self,
-        queue_dir: &std::path::Path,
-        event: &StoredEvent,
-        attempts: u32,
-        last_error: String,
-    ) -> std::io::Result<()> {
-        dead_letter::write(
-            queue_dir,
-            &DeadLetter::new(event.clone(), attempts, last_error),
-        )
-    }
-
-    /// Runs until `stop` turns true or the queue closes; gives the reader
+    /// Runs until `stop` turns true or the source closes; gives the source
     /// back, so a changed delivery config can carry on where this one stopped.
-    pub async fn run(
-        self,
-        mut reader: QueueReader,
-        mut stop: watch::Receiver<bool>,
-    ) -> QueueReader {
-        let mut guard = self.ordering.clone().map(OrderingGuard::new);
+    pub async fn run<S: Source>(self, mut source: S, mut stop: watch::Receiver<bool>) -> S {
         let spacing = Duration::from_secs_f64(1.0 / self.config.rate_per_second.max(0.001));
         let mut next_slot = Instant::now();
         loop {
             let event = tokio::select! {
-                event = reader.next() => match event { Some(e) => e, None => return reader },
-                _ = stop.wait_for(|s| *s) => { reader.close(); return reader }
+                event = source.next() => match event { Some(e) => e, None => return source },
+                _ = stop.wait_for(|s| *s) => { source.close(); return source }
             };
-            if let Some(guard) = guard.as_mut()
-                && let Verdict::OutOfOrder(reason) = guard.check(&event.body)
-            {
-                tracing::warn!(integration = %self.integration, webhook = %self.webhook, event_id = %event.id, %reason, "webhook not delivered: out of order");
-                self.count("out_of_order");
-                if let Err(error) = reader.ack(event.seq) {
-                    tracing::error!(%error, "recording webhook progress failed");
+            match source.order(&event).await {
+                Ok(Verdict::Deliver) => {}
+                Ok(Verdict::OutOfOrder(reason)) => {
+                    tracing::warn!(integration = %self.integration, webhook = %self.webhook, event_id = %event.id, %reason, "webhook not delivered: out of order");
+                    self.count("out_of_order");
+                    source.finish(&event).await;
+                    continue;
                 }
-                continue;
+                Err(error) => {
+                    // Unknown whether it is stale: not delivered yet, asked again.
+                    tracing::warn!(integration = %self.integration, webhook = %self.webhook, event_id = %event.id, %error, "cannot check the webhook's order now; trying again");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.wait_for(|s| *s) => { source.close(); return source }
+                    }
+                    continue;
+                }
             }
             let mut attempt = 1;
             let outcome = loop {
@@ -146,10 +137,11 @@ impl Deliverer {
                 if next_slot > Instant::now() {
                     tokio::select! {
                         _ = tokio::time::sleep_until(next_slot) => {}
-                        _ = stop.wait_for(|s| *s) => { reader.close(); return reader }
+                        _ = stop.wait_for(|s| *s) => { source.close(); return source }
                     }
                 }
                 next_slot = next_slot.max(Instant::now() - spacing) + spacing;
+                source.hold(&event).await;
                 match self.attempt(&event, attempt).await {
                     Ok(()) => break Ok(()),
                     Err(error) if attempt >= self.config.max_attempts => {
@@ -160,21 +152,35 @@ impl Deliverer {
                         tracing::info!(integration = %self.integration, webhook = %self.webhook, event_id = %event.id, attempt, %error, "webhook delivery failed; retrying");
                         let wait =
                             crate::egress::retry::backoff_delay(&self.config.backoff, attempt);
-                        tokio::select! {
-                            _ = tokio::time::sleep(wait) => {}
-                            _ = stop.wait_for(|s| *s) => { reader.close(); return reader }
+                        // Renew the hold while waiting, so no other sidecar takes it over.
+                        let until = Instant::now() + wait;
+                        while Instant::now() < until {
+                            let step = until
+                                .saturating_duration_since(Instant::now())
+                                .min(TAKEOVER_IDLE / 3);
+                            tokio::select! {
+                                _ = tokio::time::sleep(step) => {}
+                                _ = stop.wait_for(|s| *s) => { source.close(); return source }
+                            }
+                            source.hold(&event).await;
                         }
                         attempt += 1;
                     }
                 }
             };
             match outcome {
-                Ok(()) => self.count("delivered"),
+                Ok(()) => {
+                    self.count("delivered");
+                    source.finish(&event).await;
+                }
                 Err((attempts, error)) if self.config.dead_letter => {
                     tracing::warn!(integration = %self.integration, webhook = %self.webhook, event_id = %event.id, attempts, %error, "webhook dead-lettered");
-                    if let Err(io) = self.dead_letter(reader.dir(), &event, attempts, error) {
-                        // Keep it in the queue rather than lose it.
-                        tracing::error!(error = %io, "writing a dead letter failed; will retry the event");
+                    if let Err(error) = source
+                        .dead_letter(DeadLetter::new(event.clone(), attempts, error))
+                        .await
+                    {
+                        // Keep it rather than lose it.
+                        tracing::error!(%error, "writing a dead letter failed; will retry the event");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }
@@ -183,10 +189,8 @@ impl Deliverer {
                 Err((attempts, error)) => {
                     tracing::warn!(integration = %self.integration, webhook = %self.webhook, event_id = %event.id, attempts, %error, "webhook dropped after its last attempt (deadLetter: false)");
                     self.count("dropped");
+                    source.finish(&event).await;
                 }
-            }
-            if let Err(error) = reader.ack(event.seq) {
-                tracing::error!(%error, "recording webhook progress failed");
             }
         }
     }

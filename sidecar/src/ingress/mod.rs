@@ -10,6 +10,8 @@ pub mod deliver;
 pub mod intake;
 pub mod ordering;
 pub mod queue;
+pub mod source;
+pub mod store;
 pub mod verify;
 
 use std::collections::HashMap;
@@ -30,13 +32,17 @@ use tokio_util::task::TaskTracker;
 use self::dedup::{DedupStore, MemoryDedup};
 use self::deliver::Deliverer;
 use self::intake::{Intake, IntakeError, IntakeLimits};
-use self::queue::{EnqueueError, QueueReader, QueueWriter, StoredEvent};
+use self::queue::{QueueWriter, StoredEvent};
+use self::source::{LocalSource, SharedSource};
+use self::store::{Outcome, StoreError, WebhookStore};
 use self::verify::{GenericHmac, WebhookKey};
 use crate::config::{
     DeliveryConfig, IngressConfig, IntegrationConfig, OrderingConfig, WebhookConfig, WebhookScheme,
 };
 use crate::metrics::{Metrics, Name, WebhookLabels, WebhookResultLabels};
 use crate::secrets::{Secret, SecretError, SecretStore};
+use crate::shared::SharedState;
+use crate::shared::webhooks::SharedWebhook;
 
 /// One webhook endpoint, ready to receive.
 pub struct Endpoint {
@@ -48,9 +54,8 @@ pub struct Endpoint {
     tolerance: Duration,
     id_pointer: Option<String>,
     dedup_ttl: Duration,
-    dedup: Arc<dyn DedupStore>,
-    pub queue: QueueWriter,
-    pub queue_dir: PathBuf,
+    /// Accepted events and dead letters: the pod's queue or the shared state.
+    pub store: WebhookStore,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,16 +88,26 @@ pub struct Ingress {
     secrets: SecretStore,
     metrics: Metrics,
     tasks: TaskTracker,
+    shared: Option<SharedState>,
 }
 
-/// One webhook's durable queue and the deliverer draining it.
+/// One webhook's durable queue and the deliverer draining it; with shared
+/// state, also the deliverer of the shared stream (the pod's queue then
+/// takes no new events and drains what it held before).
 struct OpenQueue {
     writer: QueueWriter,
     dedup: Arc<dyn DedupStore>,
     dir: PathBuf,
     delivery: DeliverySettings,
     stop_deliverer: watch::Sender<bool>,
-    deliverer: tokio::task::JoinHandle<QueueReader>,
+    deliverer: tokio::task::JoinHandle<LocalSource>,
+    shared: Option<SharedDelivery>,
+}
+
+struct SharedDelivery {
+    webhook: SharedWebhook,
+    stop: watch::Sender<bool>,
+    deliverer: tokio::task::JoinHandle<SharedSource>,
 }
 
 /// What a deliverer is started with; a change restarts it.
@@ -101,6 +116,9 @@ struct DeliverySettings {
     forward_to: http::Uri,
     delivery: DeliveryConfig,
     ordering: Option<OrderingConfig>,
+    /// How long the shared ordering guard remembers an object: as long as
+    /// an id counts for de-duplication.
+    remember: Duration,
 }
 
 fn now_ms() -> u64 {
@@ -137,8 +155,10 @@ impl Ingress {
         secrets: &SecretStore,
         metrics: &Metrics,
         tasks: TaskTracker,
+        shared: Option<SharedState>,
     ) -> Arc<Self> {
         Arc::new(Self {
+            shared,
             routes: RwLock::default(),
             queues: tokio::sync::Mutex::default(),
             config: config.clone(),
@@ -176,6 +196,7 @@ impl Ingress {
                     forward_to: webhook.forward_to.uri().clone(),
                     delivery: webhook.delivery.clone(),
                     ordering: webhook.ordering.clone(),
+                    remember: webhook.dedup.ttl.get(),
                 };
                 if !queues.contains_key(&key) {
                     let queue = self.open_queue(integration, webhook, settings.clone())?;
@@ -197,11 +218,26 @@ impl Ingress {
             let _ = queue.stop_deliverer.send(true);
             let reader = (&mut queue.deliverer)
                 .await
-                .expect("a deliverer does not panic");
+                .expect("a deliverer does not panic")
+                .reader;
             let (integration, webhook) = key.split_once('.').expect("keys are integration.webhook");
-            let (stop, deliverer) = self.spawn_deliverer(integration, webhook, &settings, reader);
+            let (stop, deliverer) = self.spawn_deliverer(
+                integration,
+                webhook,
+                &settings,
+                LocalSource::new(reader, settings.ordering.clone()),
+            );
             queue.stop_deliverer = stop;
             queue.deliverer = deliverer;
+            if let Some(shared) = queue.shared.as_mut() {
+                let _ = shared.stop.send(true);
+                let _ = (&mut shared.deliverer).await;
+                let source = self.shared_source(integration, webhook, &shared.webhook, &settings);
+                let (stop, deliverer) =
+                    self.spawn_deliverer(integration, webhook, &settings, source);
+                shared.stop = stop;
+                shared.deliverer = deliverer;
+            }
             queue.delivery = settings;
             tracing::info!(%integration, %webhook, "webhook delivery settings changed; deliverer restarted");
         }
@@ -218,16 +254,40 @@ impl Ingress {
     pub async fn stop(&self) {
         for queue in self.queues.lock().await.values() {
             let _ = queue.stop_deliverer.send(true);
+            if let Some(shared) = &queue.shared {
+                let _ = shared.stop.send(true);
+            }
         }
     }
 
-    fn spawn_deliverer(
+    fn shared_source(
+        &self,
+        integration: &str,
+        webhook: &str,
+        shared: &SharedWebhook,
+        settings: &DeliverySettings,
+    ) -> SharedSource {
+        SharedSource::new(
+            shared.clone(),
+            settings.ordering.clone(),
+            settings.remember,
+            self.metrics
+                .webhook_takeovers
+                .get_or_create(&WebhookLabels {
+                    integration: Arc::from(integration),
+                    webhook: Arc::from(webhook),
+                })
+                .clone(),
+        )
+    }
+
+    fn spawn_deliverer<S: source::Source + 'static>(
         &self,
         integration: &str,
         webhook: &str,
         settings: &DeliverySettings,
-        reader: QueueReader,
-    ) -> (watch::Sender<bool>, tokio::task::JoinHandle<QueueReader>) {
+        source: S,
+    ) -> (watch::Sender<bool>, tokio::task::JoinHandle<S>) {
         let client =
             crate::egress::client::UpstreamClient::new(None, settings.delivery.timeout.get())
                 .expect("a client without extra CA certificates always builds");
@@ -236,12 +296,11 @@ impl Ingress {
             webhook: Arc::from(webhook),
             forward_to: settings.forward_to.clone(),
             config: settings.delivery.clone(),
-            ordering: settings.ordering.clone(),
             client,
             metrics: self.metrics.clone(),
         };
         let (stop, stopped) = watch::channel(false);
-        (stop, self.tasks.spawn(deliverer.run(reader, stopped)))
+        (stop, self.tasks.spawn(deliverer.run(source, stopped)))
     }
 
     fn open_queue(
@@ -275,8 +334,23 @@ impl Ingress {
         if recovered.pending > 0 {
             tracing::info!(integration = %integration.name, webhook = %webhook.name, pending = recovered.pending, "resuming delivery of accepted webhooks");
         }
-        let (stop_deliverer, deliverer) =
-            self.spawn_deliverer(&integration.name, &webhook.name, &delivery, reader);
+        let (stop_deliverer, deliverer) = self.spawn_deliverer(
+            &integration.name,
+            &webhook.name,
+            &delivery,
+            LocalSource::new(reader, delivery.ordering.clone()),
+        );
+        let shared = self.shared.as_ref().map(|state| {
+            let shared = SharedWebhook::new(state.clone(), &integration.name, &webhook.name);
+            let source = self.shared_source(&integration.name, &webhook.name, &shared, &delivery);
+            let (stop, deliverer) =
+                self.spawn_deliverer(&integration.name, &webhook.name, &delivery, source);
+            SharedDelivery {
+                webhook: shared,
+                stop,
+                deliverer,
+            }
+        });
         Ok(OpenQueue {
             writer,
             dedup: Arc::new(MemoryDedup::new(recovered.dedup)),
@@ -284,6 +358,7 @@ impl Ingress {
             delivery,
             stop_deliverer,
             deliverer,
+            shared,
         })
     }
 
@@ -331,9 +406,17 @@ impl Ingress {
             tolerance: webhook.verify.tolerance.get(),
             id_pointer: webhook.id_pointer.clone(),
             dedup_ttl: webhook.dedup.ttl.get(),
-            dedup: queue.dedup.clone(),
-            queue: queue.writer.clone(),
-            queue_dir: queue.dir.clone(),
+            store: match &queue.shared {
+                Some(shared) => WebhookStore::Shared {
+                    webhook: shared.webhook.clone(),
+                    bound: self.config.max_queue_bytes,
+                },
+                None => WebhookStore::Local {
+                    dedup: queue.dedup.clone(),
+                    queue: queue.writer.clone(),
+                    dir: queue.dir.clone(),
+                },
+            },
         })
     }
 
@@ -424,11 +507,6 @@ impl Ingress {
             .or_else(|| id_from_body(&body, endpoint.id_pointer.as_deref()))
             .unwrap_or_else(|| digest_id(&body));
         let now_ms = now_ms();
-        let expires = now_ms + endpoint.dedup_ttl.as_millis() as u64;
-        if !endpoint.dedup.claim(&id, now_ms, expires) {
-            self.count(&endpoint, "duplicate");
-            return reply(StatusCode::OK, "duplicate", None);
-        }
         let event = StoredEvent {
             seq: 0,
             id: id.clone(),
@@ -438,8 +516,12 @@ impl Ingress {
             dedup_expires_ms: None,
             body,
         };
-        match endpoint.queue.append(event, Some(expires)).await {
-            Ok(_) => {
+        match endpoint
+            .store
+            .accept(event, now_ms, endpoint.dedup_ttl)
+            .await
+        {
+            Ok(Outcome::Stored) => {
                 self.count(&endpoint, "verified");
                 self.metrics
                     .webhook_ack_duration
@@ -450,11 +532,14 @@ impl Ingress {
                     .observe(started.elapsed().as_secs_f64());
                 reply(StatusCode::OK, "accepted", None)
             }
+            Ok(Outcome::Duplicate) => {
+                self.count(&endpoint, "duplicate");
+                reply(StatusCode::OK, "duplicate", None)
+            }
             Err(error) => {
-                endpoint.dedup.release(&id);
                 let (result, retry) = match error {
-                    EnqueueError::Full(_) => ("queue_full", 30),
-                    _ => ("error", 5),
+                    StoreError::Full => ("queue_full", 30),
+                    StoreError::Unavailable(_) => ("error", 5),
                 };
                 self.count(&endpoint, result);
                 tracing::warn!(integration = %endpoint.integration, webhook = %endpoint.webhook, %error, "webhook not accepted; the provider will retry");

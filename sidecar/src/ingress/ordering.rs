@@ -11,10 +11,69 @@ use crate::config::OrderingConfig;
 /// How many objects are remembered; the oldest are forgotten first.
 const MAX_OBJECTS: usize = 100_000;
 
+/// What was delivered last for an object (or what an event says).
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Last {
+pub struct Last {
+    pub timestamp: Option<f64>,
+    pub rank: Option<usize>,
+}
+
+/// What the guard compares of one event.
+pub struct Facts {
+    pub object: String,
+    pub timestamp: Option<f64>,
+    pub rank: Option<usize>,
+}
+
+/// The object, time and state rank of `body`; `None` when it names no
+/// object (or is not JSON): such events are always delivered.
+pub fn facts(config: &OrderingConfig, body: &[u8]) -> Option<Facts> {
+    let json = serde_json::from_slice::<Value>(body).ok()?;
+    let object = json.pointer(&config.object_pointer).and_then(text_of)?;
+    let timestamp = config
+        .timestamp_pointer
+        .as_deref()
+        .and_then(|p| json.pointer(p))
+        .and_then(timestamp_of);
+    let rank = config.states.as_ref().and_then(|states| {
+        let state = json.pointer(&states.pointer).and_then(text_of)?;
+        states.order.iter().position(|s| *s == state)
+    });
+    Some(Facts {
+        object,
+        timestamp,
+        rank,
+    })
+}
+
+/// Why an event of `object` with `timestamp` and `rank` may not follow
+/// `previous`, if it may not.
+pub fn out_of_order(
+    config: &OrderingConfig,
+    object: &str,
     timestamp: Option<f64>,
     rank: Option<usize>,
+    previous: Last,
+) -> Option<String> {
+    if let (Some(now), Some(before)) = (timestamp, previous.timestamp)
+        && now < before
+    {
+        return Some(format!(
+            "object {object}: event time {now} is before the last delivered {before}"
+        ));
+    }
+    if let (Some(now), Some(before)) = (rank, previous.rank)
+        && now < before
+    {
+        let states = &config.states.as_ref().expect("rank implies states").order;
+        let name = |i: usize| states.get(i).map_or("?", String::as_str);
+        return Some(format!(
+            "object {object}: state {} after {} moves backwards",
+            name(now),
+            name(before)
+        ));
+    }
+    None
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,43 +122,17 @@ impl OrderingGuard {
     /// Judges `body` and, when it is delivered, remembers it as the latest.
     /// Bodies without the object (or not JSON) are always delivered.
     pub fn check(&mut self, body: &[u8]) -> Verdict {
-        let Ok(json) = serde_json::from_slice::<Value>(body) else {
+        let Some(Facts {
+            object,
+            timestamp,
+            rank,
+        }) = facts(&self.config, body)
+        else {
             return Verdict::Deliver;
         };
-        let Some(object) = json.pointer(&self.config.object_pointer).and_then(text_of) else {
-            return Verdict::Deliver;
-        };
-        let timestamp = self
-            .config
-            .timestamp_pointer
-            .as_deref()
-            .and_then(|p| json.pointer(p))
-            .and_then(timestamp_of);
-        let rank = self.config.states.as_ref().and_then(|states| {
-            let state = json.pointer(&states.pointer).and_then(text_of)?;
-            states.order.iter().position(|s| *s == state)
-        });
         if let Some(previous) = self.last.get(&object) {
-            if let (Some(now), Some(before)) = (timestamp, previous.timestamp)
-                && now < before
-            {
-                return Verdict::OutOfOrder(format!(
-                    "object {object}: event time {now} is before the last delivered {before}"
-                ));
-            }
-            if let (Some(now), Some(before)) = (rank, previous.rank)
-                && now < before
-            {
-                let states = &self
-                    .config
-                    .states
-                    .as_ref()
-                    .expect("rank implies states")
-                    .order;
-                return Verdict::OutOfOrder(format!(
-                    "object {object}: state {} after {} moves backwards",
-                    states[now], states[before]
-                ));
+            if let Some(reason) = out_of_order(&self.config, &object, timestamp, rank, *previous) {
+                return Verdict::OutOfOrder(reason);
             }
         } else {
             if self.order.len() >= MAX_OBJECTS

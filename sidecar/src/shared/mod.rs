@@ -10,6 +10,7 @@
 
 pub mod cli;
 pub mod limits;
+pub mod webhooks;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,6 +51,11 @@ pub enum SharedStateError {
     Timeout(String, Duration),
     #[error("the shared state ({0}) failed {1}: {2}")]
     Call(String, &'static str, String),
+    /// Accepting would not be durable: the server does not write to disk
+    /// before it answers (`appendonly no`, or `appendfsync` other than
+    /// `always` on a server without `WAITAOF`).
+    #[error("the shared state ({0}) does not store durably: {1}")]
+    NotDurable(String, String),
     /// The server answered with an error on purpose (a script error, a
     /// missing ACL permission): the connection is fine.
     #[error("the shared state ({0}) refused {1}: {2}")]
@@ -140,6 +146,21 @@ struct Inner {
     failed: Notify,
     up_gauge: Gauge,
     metrics: Metrics,
+    durability: RwLock<Durability>,
+}
+
+/// How a write is known to be on the server's disk before the provider's 200.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Redis/Valkey 7.2 or later: `WAITAOF 1 0` after the write.
+    WaitAof,
+    /// `appendonly yes` and `appendfsync always`: the answer comes after the fsync.
+    FsyncAlways,
+    /// `CONFIG GET` is not permitted: the server must be run with
+    /// `appendfsync always` (docs/shared-state.md), which cannot be checked.
+    Unchecked,
+    /// Writes may be lost in a crash: webhooks are refused with 503.
+    No(String),
 }
 
 impl SharedState {
@@ -176,6 +197,7 @@ impl SharedState {
             failed: Notify::new(),
             up_gauge,
             metrics,
+            durability: RwLock::new(Durability::Unchecked),
         }));
         tokio::spawn(supervise(Arc::downgrade(&state.0)));
         Ok(state)
@@ -206,6 +228,46 @@ impl SharedState {
         true
     }
 
+    /// How writes are made durable, as found when the engine last came up.
+    pub fn durability(&self) -> Durability {
+        self.0.durability.read().expect("durability lock").clone()
+    }
+
+    /// Returns once what this sidecar wrote is on the server's disk, or an
+    /// error when that cannot be known.
+    pub(crate) async fn wait_durable(&self, op: &'static str) -> Result<(), SharedStateError> {
+        match self.durability() {
+            Durability::FsyncAlways | Durability::Unchecked => Ok(()),
+            Durability::No(why) => Err(SharedStateError::NotDurable(self.0.describe.clone(), why)),
+            Durability::WaitAof => {
+                let wait = self.durable_timeout();
+                let synced: Vec<i64> = self
+                    .call_within(op, wait, |mut c| async move {
+                        redis::cmd("WAITAOF")
+                            .arg(1)
+                            .arg(0)
+                            .arg(wait.as_millis() as u64)
+                            .query_async(&mut c)
+                            .await
+                    })
+                    .await?;
+                match synced.first() {
+                    Some(n) if *n >= 1 => Ok(()),
+                    _ => Err(SharedStateError::NotDurable(
+                        self.0.describe.clone(),
+                        "WAITAOF: the write is not on the server's disk yet".into(),
+                    )),
+                }
+            }
+        }
+    }
+
+    /// A write that must reach the disk may wait longer than a limit's
+    /// admission: providers wait seconds for a webhook's answer.
+    pub(crate) fn durable_timeout(&self) -> Duration {
+        self.0.call_timeout.max(Duration::from_secs(2))
+    }
+
     /// One round trip: fails at once while the engine is down, and marks it
     /// down when the call fails or takes longer than the call timeout.
     pub(crate) async fn call<T, F, Fut>(
@@ -217,12 +279,26 @@ impl SharedState {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
+        self.call_within(op, self.0.call_timeout, f).await
+    }
+
+    /// [`SharedState::call`] with its own timeout.
+    pub(crate) async fn call_within<T, F, Fut>(
+        &self,
+        op: &'static str,
+        timeout: Duration,
+        f: F,
+    ) -> Result<T, SharedStateError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
         let connection = match self.0.connection.read().expect("connection lock").clone() {
             Some(c) if self.is_up() => c,
             _ => return Err(SharedStateError::Down(self.0.describe.clone())),
         };
         let started = Instant::now();
-        let result = tokio::time::timeout(self.0.call_timeout, f(connection)).await;
+        let result = tokio::time::timeout(timeout, f(connection)).await;
         let (outcome, result) = match result {
             Ok(Ok(value)) => ("ok", Ok(value)),
             Ok(Err(error)) if is_refusal(&error) => (
@@ -248,10 +324,7 @@ impl SharedState {
                 self.mark_down(op, "timed out");
                 (
                     "timeout",
-                    Err(SharedStateError::Timeout(
-                        self.0.describe.clone(),
-                        self.0.call_timeout,
-                    )),
+                    Err(SharedStateError::Timeout(self.0.describe.clone(), timeout)),
                 )
             }
         };
@@ -304,7 +377,11 @@ async fn supervise(inner: std::sync::Weak<Inner>) {
         };
         if !state.is_up() {
             match probe(&state).await {
-                Ok(()) => {
+                Ok(durability) => {
+                    if let Durability::No(why) = &durability {
+                        tracing::error!(shared_state = %state.0.describe, reason = %why, "the shared state does not write to disk before it answers: webhooks are refused with 503 until it does (run it with appendonly yes and appendfsync always)");
+                    }
+                    *state.0.durability.write().expect("durability lock") = durability;
                     state.0.up.store(true, Ordering::Relaxed);
                     state.0.up_gauge.set(1);
                     tracing::info!(shared_state = %state.0.describe, identity = %state.0.identity, "the shared state answers: Cluster limits and webhooks are shared");
@@ -327,7 +404,7 @@ async fn supervise(inner: std::sync::Weak<Inner>) {
     }
 }
 
-async fn probe(state: &SharedState) -> Result<(), String> {
+async fn probe(state: &SharedState) -> Result<Durability, String> {
     let timeout = state.0.call_timeout.max(Duration::from_millis(500));
     let existing = state.0.connection.read().expect("connection lock").clone();
     let mut connection = match existing {
@@ -357,5 +434,57 @@ async fn probe(state: &SharedState) -> Result<(), String> {
     if pong != "PONG" {
         return Err(format!("PING answered {pong:?}"));
     }
-    Ok(())
+    Ok(durability(&mut connection, timeout).await)
+}
+
+/// Finds how writes reach the server's disk (see [`Durability`]).
+async fn durability(connection: &mut ConnectionManager, timeout: Duration) -> Durability {
+    let info: Option<String> = tokio::time::timeout(
+        timeout,
+        redis::cmd("INFO").arg("server").query_async(connection),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok);
+    let version = info
+        .as_deref()
+        .and_then(|i| {
+            i.lines()
+                .find_map(|l| l.strip_prefix("redis_version:"))
+                .map(str::trim)
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    let mut numbers = version.split('.').map(|n| n.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    let config = |name: &'static str| {
+        let mut connection = connection.clone();
+        async move {
+            let pair: Option<Vec<String>> = tokio::time::timeout(
+                timeout,
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg(name)
+                    .query_async(&mut connection),
+            )
+            .await
+            .ok()
+            .and_then(Result::ok);
+            pair.and_then(|p| p.get(1).cloned())
+        }
+    };
+    let appendonly = config("appendonly").await;
+    if appendonly.as_deref() == Some("no") {
+        return Durability::No("appendonly is no".into());
+    }
+    if (major, minor) >= (7, 2) {
+        return Durability::WaitAof;
+    }
+    match config("appendfsync").await.as_deref() {
+        Some("always") if appendonly.as_deref() == Some("yes") => Durability::FsyncAlways,
+        Some(other) => Durability::No(format!(
+            "appendfsync is {other} on Redis {version}, which has no WAITAOF"
+        )),
+        None => Durability::Unchecked,
+    }
 }
