@@ -31,6 +31,11 @@ pub const CONFIG_KEY: &str = "integration.yaml";
 pub const STATE_DIR: &str = "/var/run/sluice/state";
 /// Referenced Secrets, as `<root>/<secret>/<key>`.
 pub const SECRETS_ROOT: &str = "/var/run/sluice/secrets";
+/// The shared state's password (`sharedState.existingSecret`), mounted
+/// from a Secret in the pod's namespace.
+pub const SHARED_STATE_DIR: &str = "/var/run/sluice/shared-state";
+/// That Secret's key, and the file's name.
+pub const SHARED_STATE_PASSWORD_KEY: &str = "password";
 /// The projected ServiceAccount token the sidecar shows the config stream.
 pub const TOKEN_DIR: &str = "/var/run/secrets/sluice";
 pub const TOKEN_FILE: &str = "token";

@@ -10,9 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapProjection, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    HTTPGetAction, KeyToPath, PodSpec, Probe, ProjectedVolumeSource, ResourceRequirements,
-    SeccompProfile, SecretVolumeSource, SecurityContext, ServiceAccountTokenProjection, Volume,
-    VolumeMount, VolumeProjection,
+    EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PodSpec, Probe,
+    ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecretVolumeSource,
+    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -51,6 +51,21 @@ pub struct InjectorSettings {
     /// Tokio worker threads of the sidecar; match the CPU limit you give it.
     #[serde(default = "default_workers")]
     pub workers: u16,
+    /// Shared state for every injected sidecar (the chart's `sharedState`).
+    #[serde(default)]
+    pub shared_state: Option<SharedStateSettings>,
+}
+
+/// Where injected sidecars share Cluster limits and webhooks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SharedStateSettings {
+    /// `redis://host:port/db` or `rediss://`, without the password.
+    pub url: String,
+    /// A Secret in each injected pod's namespace whose key `password` is
+    /// the password; mounted read-only, never put in the environment.
+    #[serde(default)]
+    pub password_secret: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -88,6 +103,7 @@ impl InjectorSettings {
             memory_request: default_memory_request(),
             memory_limit: default_memory_limit(),
             workers: default_workers(),
+            shared_state: None,
         }
     }
 }
@@ -282,6 +298,55 @@ pub fn inject(
             value_from: None,
         });
     }
+    if let Some(shared) = &settings.shared_state {
+        env.push(EnvVar {
+            name: "SLUICE_SHARED_STATE".into(),
+            value: Some(shared.url.clone()),
+            value_from: None,
+        });
+        // The pod's name: this sidecar's consumer name among the others.
+        env.push(EnvVar {
+            name: "SLUICE_POD_NAME".into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".into(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+        });
+        if let Some(secret) = &shared.password_secret {
+            volumes.push(Volume {
+                name: "sluice-shared-state".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(secret.clone()),
+                    items: Some(vec![KeyToPath {
+                        key: layout::SHARED_STATE_PASSWORD_KEY.into(),
+                        path: layout::SHARED_STATE_PASSWORD_KEY.into(),
+                        ..KeyToPath::default()
+                    }]),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            });
+            mounts.push(VolumeMount {
+                name: "sluice-shared-state".into(),
+                mount_path: layout::SHARED_STATE_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
+            env.push(EnvVar {
+                name: "SLUICE_SHARED_STATE_PASSWORD_FILE".into(),
+                value: Some(format!(
+                    "{}/{}",
+                    layout::SHARED_STATE_DIR,
+                    layout::SHARED_STATE_PASSWORD_KEY
+                )),
+                value_from: None,
+            });
+        }
+    }
     let mut ports = vec![ContainerPort {
         name: Some("sluice-admin".into()),
         container_port: ADMIN_PORT.into(),
@@ -426,6 +491,64 @@ spec:
 ",
         )
         .unwrap()
+    }
+
+    #[test]
+    fn shared_state_reaches_the_sidecar_without_its_password_in_the_spec() {
+        let carrier = carrier();
+        let mut pod = pod();
+        let mut settings = InjectorSettings::new("ghcr.io/sluice/sidecar:0.1.0");
+        settings.shared_state = Some(SharedStateSettings {
+            url: "redis://redis.sluice-system.svc:6379/0".into(),
+            password_secret: Some("sluice-redis".into()),
+        });
+        let spec = pod.spec.as_mut().unwrap();
+        assert!(inject(&mut pod.metadata, spec, &[&carrier], &settings));
+        let spec = pod.spec.unwrap();
+        let sidecar = spec.init_containers.unwrap().remove(0);
+        let env = sidecar.env.unwrap();
+        let value = |name: &str| {
+            env.iter()
+                .find(|e| e.name == name)
+                .and_then(|e| e.value.clone())
+        };
+        assert_eq!(
+            value("SLUICE_SHARED_STATE").as_deref(),
+            Some("redis://redis.sluice-system.svc:6379/0")
+        );
+        assert_eq!(
+            value("SLUICE_SHARED_STATE_PASSWORD_FILE").as_deref(),
+            Some("/var/run/sluice/shared-state/password")
+        );
+        let identity = env.iter().find(|e| e.name == "SLUICE_POD_NAME").unwrap();
+        assert_eq!(
+            identity
+                .value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .as_ref()
+                .unwrap()
+                .field_path,
+            "metadata.name"
+        );
+        let volume = spec
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "sluice-shared-state")
+            .unwrap();
+        assert_eq!(
+            volume.secret.unwrap().secret_name.as_deref(),
+            Some("sluice-redis")
+        );
+        assert!(
+            sidecar
+                .volume_mounts
+                .unwrap()
+                .iter()
+                .any(|m| m.mount_path == layout::SHARED_STATE_DIR && m.read_only == Some(true))
+        );
     }
 
     #[test]

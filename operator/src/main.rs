@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use sluice_contract::config::{IntegrationConfig, SidecarConfig};
 use sluice_contract::layout;
 use sluice_operator::compile::{self, MountedSecrets, SecretPaths, check_together};
-use sluice_operator::inject::InjectorSettings;
+use sluice_operator::inject::{self, InjectorSettings};
 use sluice_operator::manifest::{LocalSecrets, Manifests};
 use sluice_sidecar::shared::cli::SharedStateArgs;
 use sluice_sidecar::{Sidecar, StartOptions, runtime};
@@ -150,6 +150,14 @@ struct SidecarArgs {
     /// Worker threads per sidecar: match its CPU limit.
     #[arg(long, default_value_t = 1)]
     sidecar_workers: u16,
+    /// Shared state for every injected sidecar: redis://HOST:PORT[/DB] or
+    /// rediss://, without a password (see --sidecar-shared-state-secret).
+    #[arg(long)]
+    sidecar_shared_state: Option<String>,
+    /// A Secret in each injected pod's namespace whose key `password` is
+    /// the shared state's password.
+    #[arg(long, requires = "sidecar_shared_state")]
+    sidecar_shared_state_secret: Option<String>,
 }
 
 impl SidecarArgs {
@@ -162,6 +170,12 @@ impl SidecarArgs {
             memory_request: self.sidecar_memory_request.clone(),
             memory_limit: self.sidecar_memory_limit.clone(),
             workers: self.sidecar_workers,
+            shared_state: self.sidecar_shared_state.clone().map(|url| {
+                inject::SharedStateSettings {
+                    url,
+                    password_secret: self.sidecar_shared_state_secret.clone(),
+                }
+            }),
         }
     }
 }

@@ -252,6 +252,10 @@ fn injection_and_live_config_with_the_charts_rbac() {
             "metrics.grafanaDashboard.enabled=true",
             "--set",
             "tls.certManager.enabled=true",
+            "--set",
+            "sharedState.deploy=true",
+            "--set",
+            "sharedState.secretNamespaces={shop}",
         ][..],
     ] {
         let out = Command::new(&helm)
@@ -334,6 +338,10 @@ fn injection_and_live_config_with_the_charts_rbac() {
         "sluice-sidecar:test",
         "--tls-check-interval",
         "1s",
+        "--sidecar-shared-state",
+        "redis://shared-state.example:6379/0",
+        "--sidecar-shared-state-secret",
+        "sluice-redis",
     ];
     let mut operator = Operator::start_with(&cp, &kubeconfig, &operator_args, "operator");
     let registered = wait(
@@ -487,7 +495,8 @@ spec:
         .iter()
         .filter_map(|v| v["secret"]["secretName"].as_str())
         .collect();
-    assert_eq!(secrets, ["carrier-key"]);
+    // The integration's one Secret, and the shared state's password.
+    assert_eq!(secrets, ["carrier-key", "sluice-redis"]);
     let opted_out = cp.json(&["get", "pod", "-n", "shop", "opted-out"]);
     assert!(
         sidecar_of(&opted_out).is_none(),
@@ -559,6 +568,38 @@ spec:
         args.iter()
             .any(|a| a == &format!("--config-server={webhook_url}")),
         "{args:?}"
+    );
+    // Shared state: the URL, the pod's name as its identity, and the
+    // password as a file from a Secret in the pod's own namespace.
+    let env_of = |name: &str| {
+        injected["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        env_of("SLUICE_SHARED_STATE")["value"],
+        "redis://shared-state.example:6379/0"
+    );
+    assert_eq!(
+        env_of("SLUICE_POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+    assert_eq!(
+        env_of("SLUICE_SHARED_STATE_PASSWORD_FILE")["value"],
+        "/var/run/sluice/shared-state/password"
+    );
+    assert!(
+        live_pod["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["secret"]["secretName"] == "sluice-redis"),
+        "{}",
+        live_pod["spec"]["volumes"]
     );
     let ca = injected["env"]
         .as_array()

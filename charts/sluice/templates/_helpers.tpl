@@ -42,3 +42,26 @@ app.kubernetes.io/component: operator
 {{- $all := concat (list "kube-system" .Release.Namespace) .Values.injector.excludeNamespaces | uniq -}}
 {{- toJson $all -}}
 {{- end -}}
+
+{{/* The in-chart Redis (sharedState.deploy). */}}
+{{- define "sluice.redis" -}}
+{{- printf "%s-redis" (include "sluice.fullname" .) -}}
+{{- end -}}
+
+{{/* The shared state's URL: the user's, or the in-chart Redis's. */}}
+{{- define "sluice.sharedStateUrl" -}}
+{{- if .Values.sharedState.url -}}
+{{- .Values.sharedState.url -}}
+{{- else if .Values.sharedState.deploy -}}
+{{- printf "redis://%s.%s.svc:6379/0" (include "sluice.redis" .) .Release.Namespace -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret (key `password`) sidecars mount from their own namespace. */}}
+{{- define "sluice.sharedStateSecret" -}}
+{{- if .Values.sharedState.existingSecret -}}
+{{- .Values.sharedState.existingSecret -}}
+{{- else if .Values.sharedState.deploy -}}
+{{- include "sluice.redis" . -}}
+{{- end -}}
+{{- end -}}
