@@ -487,7 +487,7 @@ mod webhooks {
                     Ok(ExitCode::SUCCESS)
                 }
                 WebhooksCommand::Show { letter, source } => {
-                    let (integration, webhook, seq) = parse_letter(&letter)?;
+                    let (integration, webhook, seq) = super::parse_letter(&letter)?;
                     let letter: dead_letter::DeadLetter = match &source.state_dir {
                         Some(dir) => {
                             let queue = layout::queue_dir(dir, integration, webhook);
@@ -524,7 +524,7 @@ mod webhooks {
                     Ok(ExitCode::SUCCESS)
                 }
                 WebhooksCommand::Replay { letter, admin } => {
-                    let (integration, webhook, seq) = parse_letter(&letter)?;
+                    let (integration, webhook, seq) = super::parse_letter(&letter)?;
                     let (status, body) = call(
                         admin,
                         "POST",
@@ -537,19 +537,6 @@ mod webhooks {
                 }
             }
         })
-    }
-
-    fn parse_letter(letter: &str) -> anyhow::Result<(&str, &str, u64)> {
-        match letter.split('/').collect::<Vec<_>>().as_slice() {
-            [integration, webhook, seq] => Ok((
-                integration,
-                webhook,
-                seq.parse().context("SEQ must be a number")?,
-            )),
-            _ => bail!(
-                "{letter:?}: expected INTEGRATION/WEBHOOK/SEQ, as `sluice webhooks dead-letters` lists them"
-            ),
-        }
     }
 
     fn from_state_dir(dir: &Path) -> anyhow::Result<Vec<DeadLetterSummary>> {
@@ -595,5 +582,38 @@ mod webhooks {
                 .with_context(|| format!("cannot reach the sidecar's admin port at {admin}"))?;
         let status = response.status().as_u16();
         Ok((status, response.into_body().collect().await?.to_bytes()))
+    }
+}
+
+/// `INTEGRATION/WEBHOOK/SEQ` as `sluice webhooks dead-letters` lists them.
+fn parse_letter(letter: &str) -> anyhow::Result<(&str, &str, u64)> {
+    // An integration in a cluster is NAMESPACE/NAME: split from the end.
+    let mut parts = letter.rsplitn(3, '/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(seq), Some(webhook), Some(integration)) if !integration.is_empty() => Ok((
+            integration,
+            webhook,
+            seq.parse().context("SEQ must be a number")?,
+        )),
+        _ => bail!(
+            "{letter:?}: expected INTEGRATION/WEBHOOK/SEQ, as `sluice webhooks dead-letters` lists them"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_letter_of_a_namespaced_integration_splits_from_the_end() {
+        assert_eq!(
+            super::parse_letter("shop/payments/events/7").unwrap(),
+            ("shop/payments", "events", 7)
+        );
+        assert_eq!(
+            super::parse_letter("local/orders/1").unwrap(),
+            ("local", "orders", 1)
+        );
+        assert!(super::parse_letter("orders/1").is_err());
+        assert!(super::parse_letter("a/b/x").is_err());
     }
 }

@@ -137,18 +137,22 @@ impl AdminService {
                 all.sort_by_key(|l| l.received_at_ms);
                 json(StatusCode::OK, &all)
             }
-            (
-                method,
-                [
-                    "webhooks",
-                    "dead-letters",
-                    integration,
-                    webhook,
-                    seq,
-                    rest @ ..,
-                ],
-            ) => {
-                let Some(endpoint) = self.endpoint(integration, webhook) else {
+            (method, ["webhooks", "dead-letters", letter @ ..]) if letter.len() >= 3 => {
+                // INTEGRATION/WEBHOOK/SEQ[/replay]; in a cluster the
+                // integration is NAMESPACE/NAME, so read from the end.
+                let (letter, rest): (&[&str], &[&str]) = match letter.split_last() {
+                    Some((&"replay", head)) => (head, &["replay"]),
+                    _ => (letter, &[]),
+                };
+                let [integration @ .., webhook, seq] = letter else {
+                    return json(
+                        StatusCode::NOT_FOUND,
+                        &serde_json::json!({"error": "try GET /webhooks/dead-letters/INTEGRATION/WEBHOOK/SEQ"}),
+                    );
+                };
+                let integration = integration.join("/");
+                let (webhook, seq) = (*webhook, *seq);
+                let Some(endpoint) = self.endpoint(&integration, webhook) else {
                     return json(
                         StatusCode::NOT_FOUND,
                         &serde_json::json!({"error": format!("no webhook {integration}/{webhook}")}),

@@ -356,3 +356,122 @@ async fn priority_holds_across_sidecars() {
         "the high-priority request should follow the one low request sent before it: {order:?}"
     );
 }
+
+/// A password from a file works; a wrong one keeps the sidecar on its
+/// share, and neither password appears in its log, metrics or /config.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_from_a_file_and_never_shown() {
+    let redis = RedisServer::start_with(Some("right-horse-battery"));
+    let upstream = ok_upstream().await;
+    let config = redis.dir.join("sidecar.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "admin: {{listen: '127.0.0.1:0'}}\nintegrations:\n- name: {INTEGRATION}\n  listen: 127.0.0.1:0\n  upstream: {{baseUrl: '{}'}}\n  rateLimits:\n  - {{name: account, match: {{}}, requests: 5, per: 1s, burst: 5, scope: Cluster}}\n",
+            upstream.url()
+        ),
+    )
+    .unwrap();
+    let password_file = redis.dir.join("password");
+    std::fs::write(&password_file, "right-horse-battery\n").unwrap();
+    let url = redis.url();
+    let mut good = SidecarProcess::spawn(
+        &config,
+        &[
+            "--shared-state",
+            &url,
+            "--shared-state-password-file",
+            password_file.to_str().unwrap(),
+        ],
+    );
+    let wrong_url = format!("redis://:wrong-staple-guess@{}/0", redis.addr);
+    let mut bad = SidecarProcess::spawn(&config, &["--shared-state", &wrong_url]);
+    let (good_admin, bad_admin) = (good.admin_addr(), bad.admin_addr());
+    let good_sidecar = Sidecar {
+        _process: good,
+        app: App::new(good_admin),
+        admin: good_admin,
+    };
+    good_sidecar
+        .wait_metric("sluice_shared_state_up{", 1.0)
+        .await;
+    // The wrong password: refused by Redis, so never up; requests still go.
+    let app = App::new(bad.egress_addr(INTEGRATION));
+    assert_eq!(app.get("/v1/rates").await.status, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let bad_metrics = App::new(bad_admin).get("/metrics").await.text();
+    assert_eq!(
+        metric(&bad_metrics, "sluice_shared_state_up{"),
+        0.0,
+        "{bad_metrics}"
+    );
+    assert!(
+        bad_metrics.contains("target=\"redis://127.0.0.1:"),
+        "{bad_metrics}"
+    );
+    let shown = [
+        bad_metrics,
+        App::new(bad_admin).get("/config").await.text(),
+        good_sidecar.metrics().await,
+        App::new(good_admin).get("/config").await.text(),
+        bad.log().join("\n"),
+    ]
+    .join("\n");
+    for secret in ["wrong-staple-guess", "right-horse-battery"] {
+        assert!(!shown.contains(secret), "{secret} was shown:\n{shown}");
+    }
+    assert!(
+        bad.log()
+            .iter()
+            .any(|l| l.contains("cannot reach the shared state")),
+        "the refusal is logged: {:?}",
+        bad.log()
+    );
+}
+
+/// rediss://: TLS to Redis with a private CA given by file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_private_ca() {
+    let redis = RedisServer::start_tls();
+    let upstream = ok_upstream().await;
+    let config = redis.dir.join("sidecar.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "admin: {{listen: '127.0.0.1:0'}}\nintegrations:\n- name: {INTEGRATION}\n  listen: 127.0.0.1:0\n  upstream: {{baseUrl: '{}'}}\n  rateLimits:\n  - {{name: account, match: {{}}, requests: 5, per: 1s, burst: 5, scope: Cluster}}\n",
+            upstream.url()
+        ),
+    )
+    .unwrap();
+    let ca = redis.ca_file.clone().unwrap();
+    let url = redis.url();
+    assert!(url.starts_with("rediss://localhost:"), "{url}");
+    let mut process = SidecarProcess::spawn(
+        &config,
+        &[
+            "--shared-state",
+            &url,
+            "--shared-state-ca-file",
+            ca.to_str().unwrap(),
+        ],
+    );
+    let admin = process.admin_addr();
+    let app = App::new(process.egress_addr(INTEGRATION));
+    let sidecar = Sidecar {
+        _process: process,
+        app,
+        admin,
+    };
+    sidecar.wait_metric("sluice_shared_state_up{", 1.0).await;
+    assert_eq!(sidecar.app.get("/v1/rates").await.status, 200);
+    let text = sidecar.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            "sluice_shared_state_calls_total{op=\"admit\",outcome=\"ok\"}"
+        ),
+        1.0,
+        "{text}"
+    );
+    assert!(text.contains("target=\"rediss://localhost:"), "{text}");
+}

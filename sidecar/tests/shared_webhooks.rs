@@ -357,3 +357,70 @@ async fn the_ordering_guard_holds_across_replicas() {
     all.extend(app_b.delivered());
     assert_eq!(all, ["new"], "only the newer event reached an app");
 }
+
+/// Dead letters are shared: one sidecar dead-letters an event, another
+/// lists, shows and replays it (the admin API `sluice webhooks` uses).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_shared_and_replayed_from_another_replica() {
+    let redis = RedisServer::start();
+    let dir = Dir::new("dead");
+    let app = TestApp::start(false).await;
+    let config_a = config(&dir.0, "a", &app);
+    // One attempt only: the event is dead-lettered at once.
+    let yaml = std::fs::read_to_string(&config_a)
+        .unwrap()
+        .replace("maxAttempts: 100,", "maxAttempts: 1,");
+    std::fs::write(&config_a, yaml).unwrap();
+    let mut a = spawn(&config_a, &redis, "pod-a");
+    let a_admin = a.admin_addr();
+    wait_metric(
+        a_admin,
+        "sluice_shared_state_up{",
+        1.0,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(
+        send(a.ingress_addr(), "evt-dead", r#"{"object":"d","at":1}"#)
+            .await
+            .status,
+        200
+    );
+    wait_metric(
+        a_admin,
+        "sluice_webhook_deliveries_total{integration=\"shop/payments\",webhook=\"events\",result=\"dead_letter\"}",
+        1.0,
+        Duration::from_secs(10),
+    )
+    .await;
+    a.kill_9();
+
+    // Another replica sees it, shows it and replays it to its (healthy) app.
+    let app_b = TestApp::start(true).await;
+    let mut b = spawn(&config(&dir.0, "b", &app_b), &redis, "pod-b");
+    let b_admin = b.admin_addr();
+    wait_metric(
+        b_admin,
+        "sluice_shared_state_up{",
+        1.0,
+        Duration::from_secs(10),
+    )
+    .await;
+    let list = App::new(b_admin).get("/webhooks/dead-letters").await;
+    assert_eq!(list.status, 200, "{}", list.text());
+    let letters: serde_json::Value = serde_json::from_slice(&list.body).unwrap();
+    assert_eq!(letters.as_array().unwrap().len(), 1, "{letters}");
+    let seq = letters[0]["seq"].as_u64().expect("a dead letter's number");
+    let path = format!("/webhooks/dead-letters/shop/payments/events/{seq}");
+    let shown = App::new(b_admin).get(&path).await;
+    assert_eq!(shown.status, 200, "{}", shown.text());
+    assert!(shown.text().contains("evt-dead"), "{}", shown.text());
+    let replayed = App::new(b_admin)
+        .send("POST", &format!("{path}/replay"), &[], "")
+        .await;
+    assert_eq!(replayed.status, 202, "{}", replayed.text());
+    wait_delivered(&app_b, 1, Duration::from_secs(10)).await;
+    assert_eq!(app_b.delivered(), ["evt-dead"]);
+    let after = App::new(b_admin).get("/webhooks/dead-letters").await;
+    assert_eq!(after.text().trim(), "[]", "replayed letters are gone");
+}

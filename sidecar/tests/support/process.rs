@@ -14,6 +14,8 @@ type Bound = (String, String, SocketAddr);
 pub struct SidecarProcess {
     child: Child,
     bound: Arc<(Mutex<Vec<Bound>>, Condvar)>,
+    /// Every log line so far.
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl SidecarProcess {
@@ -30,12 +32,15 @@ impl SidecarProcess {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting sluice-sidecar");
-        let log = std::io::BufReader::new(child.stderr.take().expect("piped stderr"));
+        let stderr = std::io::BufReader::new(child.stderr.take().expect("piped stderr"));
         let bound = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
         let tell = bound.clone();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let lines = log.clone();
         let pid = child.id();
         std::thread::spawn(move || {
-            for line in std::io::BufRead::lines(log).map_while(Result::ok) {
+            for line in std::io::BufRead::lines(stderr).map_while(Result::ok) {
+                lines.lock().unwrap().push(line.clone());
                 let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
                 let fields = &event["fields"];
                 let addr = fields["addr"]
@@ -55,7 +60,12 @@ impl SidecarProcess {
                 }
             }
         });
-        SidecarProcess { child, bound }
+        SidecarProcess { child, bound, log }
+    }
+
+    /// Every line the sidecar logged so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
     }
 
     /// The address the log line `message` (for `integration`, or any) named.

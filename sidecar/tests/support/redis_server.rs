@@ -12,6 +12,8 @@ pub struct RedisServer {
     pub addr: SocketAddr,
     pub dir: PathBuf,
     password: Option<String>,
+    /// TLS only (`rediss://`): the CA that signed its certificate.
+    pub ca_file: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -22,6 +24,16 @@ impl RedisServer {
     }
 
     pub fn start_with(password: Option<&str>) -> Self {
+        Self::start_full(password, false)
+    }
+
+    /// TLS only, with a certificate for `localhost` from a CA of its own
+    /// (`ca_file`).
+    pub fn start_tls() -> Self {
+        Self::start_full(None, true)
+    }
+
+    fn start_full(password: Option<&str>, tls: bool) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "sluice-redis-{}-{}",
             std::process::id(),
@@ -33,10 +45,12 @@ impl RedisServer {
             .local_addr()
             .unwrap()
             .port();
+        let ca_file = tls.then(|| write_certificates(&dir));
         let mut server = Self {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             dir,
             password: password.map(str::to_string),
+            ca_file,
             child: None,
         };
         server.resume();
@@ -44,7 +58,10 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://{}/0", self.addr)
+        match self.ca_file {
+            Some(_) => format!("rediss://localhost:{}/0", self.addr.port()),
+            None => format!("redis://{}/0", self.addr),
+        }
     }
 
     /// Starts it again after `stop`, from its AOF.
@@ -52,13 +69,27 @@ impl RedisServer {
         assert!(self.child.is_none(), "already running");
         let binary = which("redis-server");
         let mut command = Command::new(&binary);
+        let port = self.addr.port().to_string();
+        match &self.ca_file {
+            Some(ca) => command
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .arg("--tls-cert-file")
+                .arg(self.dir.join("server.pem"))
+                .arg("--tls-key-file")
+                .arg(self.dir.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(ca),
+            None => command.args(["--port", &port]),
+        };
         command
-            .args([
-                "--port",
-                &self.addr.port().to_string(),
-                "--bind",
-                "127.0.0.1",
-            ])
+            .args(["--bind", "127.0.0.1"])
             .arg("--dir")
             .arg(&self.dir)
             .args(["--appendonly", "yes", "--appendfsync", "always"])
@@ -96,6 +127,9 @@ impl RedisServer {
 
     /// Whether it answers PING (a raw RESP exchange; no client library).
     fn answers(&self) -> bool {
+        if self.ca_file.is_some() {
+            return self.cli(&["ping"]).trim() == "PONG";
+        }
         use std::io::{Read, Write};
         let Ok(mut s) =
             std::net::TcpStream::connect_timeout(&self.addr, Duration::from_millis(200))
@@ -129,6 +163,11 @@ impl RedisServer {
     pub fn cli(&self, args: &[&str]) -> String {
         let mut command = Command::new(which("redis-cli"));
         command.args(["-h", "127.0.0.1", "-p", &self.addr.port().to_string()]);
+        if let Some(ca) = &self.ca_file {
+            command
+                .args(["--tls", "--sni", "localhost", "--cacert"])
+                .arg(ca);
+        }
         if let Some(p) = &self.password {
             command.args(["-a", p, "--no-auth-warning"]);
         }
@@ -152,4 +191,25 @@ fn which(name: &str) -> PathBuf {
         }
     }
     panic!("{name} is missing: tests/run installs it (apt-get install redis-server)");
+}
+
+/// A CA and a server certificate for `localhost` in `dir`; returns the CA's file.
+fn write_certificates(dir: &Path) -> PathBuf {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "sluice test Redis CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    let leaf = params
+        .signed_by(&key, &rcgen::Issuer::new(ca_params, ca_key))
+        .unwrap();
+    std::fs::write(dir.join("server.pem"), leaf.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    ca_file
 }
