@@ -475,3 +475,74 @@ async fn rediss_with_a_private_ca() {
     );
     assert!(text.contains("target=\"rediss://localhost:"), "{text}");
 }
+
+/// A slow Redis (toxiproxy adds 500 ms to every answer) costs a request at
+/// most the call timeout, once: then the limit is decided on the pod's
+/// share until Redis answers in time again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_redis_bounds_the_added_latency() {
+    let redis = RedisServer::start();
+    let toxiproxy = support::toxiproxy::Toxiproxy::start().await;
+    let proxied = toxiproxy.proxy("redis", redis.addr).await;
+    let upstream = ok_upstream().await;
+    let config = redis.dir.join("sidecar.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "admin: {{listen: '127.0.0.1:0'}}\nintegrations:\n- name: {INTEGRATION}\n  listen: 127.0.0.1:0\n  upstream: {{baseUrl: '{}'}}\n  rateLimits:\n  - {{name: account, match: {{}}, requests: 1000, per: 1s, burst: 1000, scope: Cluster}}\n",
+            upstream.url()
+        ),
+    )
+    .unwrap();
+    let url = format!("redis://{proxied}/0");
+    let mut process = SidecarProcess::spawn(
+        &config,
+        &["--shared-state", &url, "--shared-state-timeout", "100ms"],
+    );
+    let admin = process.admin_addr();
+    let app = App::new(process.egress_addr(INTEGRATION));
+    let sidecar = Sidecar {
+        _process: process,
+        app,
+        admin,
+    };
+    sidecar.wait_metric("sluice_shared_state_up{", 1.0).await;
+    assert_eq!(sidecar.app.get("/v1/rates").await.status, 200);
+
+    // Phase: every answer from Redis 500 ms late.
+    toxiproxy
+        .toxic("redis", "latency", serde_json::json!({"latency": 500}))
+        .await;
+    let mut slowest = Duration::ZERO;
+    for _ in 0..10 {
+        let started = Instant::now();
+        assert_eq!(sidecar.app.get("/v1/rates").await.status, 200);
+        slowest = slowest.max(started.elapsed());
+    }
+    assert!(
+        slowest < Duration::from_millis(400),
+        "a request waited {slowest:?} on a Redis 500 ms slow; the call timeout is 100 ms"
+    );
+    let text = sidecar.metrics().await;
+    assert!(
+        metric(
+            &text,
+            "sluice_shared_state_calls_total{op=\"admit\",outcome=\"timeout\"}"
+        ) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "sluice_shared_state_fallbacks_total{") >= 9.0,
+        "{text}"
+    );
+
+    // Phase: Redis fast again: shared again, by itself.
+    toxiproxy.remove_toxic("redis", "latency_downstream").await;
+    sidecar.wait_metric("sluice_shared_state_up{", 1.0).await;
+    let fallbacks = sidecar.metric("sluice_shared_state_fallbacks_total{").await;
+    assert_eq!(sidecar.app.get("/v1/rates").await.status, 200);
+    assert_eq!(
+        sidecar.metric("sluice_shared_state_fallbacks_total{").await,
+        fallbacks
+    );
+}

@@ -5,83 +5,11 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command};
 use std::time::Duration;
 
-use bytes::Bytes;
 use sluice_sidecar::config::IntegrationConfig;
+use support::toxiproxy::Toxiproxy;
 use support::*;
-use tokio::time::Instant;
-
-/// A toxiproxy server on loopback, stopped on drop.
-struct Toxiproxy {
-    child: Child,
-    api: App,
-}
-
-impl Drop for Toxiproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Toxiproxy {
-    async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(tool("toxiproxy-server"))
-            .args(["-host", "127.0.0.1", "-port", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("toxiproxy-server starts");
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "toxiproxy did not listen within 10s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Self {
-            child,
-            api: App::new(addr),
-        }
-    }
-
-    /// A proxy to `upstream`; returns where it listens.
-    async fn proxy(&self, name: &str, upstream: SocketAddr) -> SocketAddr {
-        let created = self
-            .call(
-                "/proxies",
-                serde_json::json!({"name": name, "listen": "127.0.0.1:0", "upstream": upstream.to_string()}),
-            )
-            .await;
-        created["listen"].as_str().unwrap().parse().unwrap()
-    }
-
-    async fn toxic(&self, proxy: &str, kind: &str, attributes: serde_json::Value) {
-        self.call(
-            &format!("/proxies/{proxy}/toxics"),
-            serde_json::json!({"type": kind, "stream": "downstream", "attributes": attributes}),
-        )
-        .await;
-    }
-
-    async fn call(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
-        let answer = self
-            .api
-            .send("POST", path, &[], Bytes::from(body.to_string()))
-            .await;
-        assert!(answer.status < 300, "toxiproxy {path}: {}", answer.text());
-        serde_json::from_slice(&answer.body).unwrap()
-    }
-}
 
 fn config(name: &str, proxy: SocketAddr, extra: &str) -> IntegrationConfig {
     let mut config: IntegrationConfig = serde_yaml_ng::from_str(&format!(

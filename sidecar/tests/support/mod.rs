@@ -5,6 +5,7 @@
 
 pub mod process;
 pub mod redis_server;
+pub mod toxiproxy;
 
 use std::convert::Infallible;
 use std::future::Future;
