@@ -500,3 +500,101 @@ stringData: {{secret: hook-secret}}
     running.stop();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `sluice local --shared-state`: the same flags as the sidecar's, against a
+/// real redis-server (Debian's package; tests/run installs it).
+#[test]
+fn local_shares_cluster_limits_through_redis() {
+    let dir = temp_dir("shared");
+    let redis_port = free_port();
+    let redis = KillOnDrop(
+        Command::new("redis-server")
+            .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(&dir)
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (tests/run installs it)"),
+    );
+    let upstream = echo_upstream();
+    let port = free_port();
+    std::fs::write(
+        dir.join("pi.yaml"),
+        manifest(upstream, port, "").replace(
+            "rate: {requests: 100, per: 1s}",
+            "rate: {requests: 100, per: 1s}\n      scope: Cluster",
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("secrets/carrier-key")).unwrap();
+    std::fs::write(dir.join("secrets/carrier-key/current"), "k").unwrap();
+    let url = format!("redis://127.0.0.1:{redis_port}/0");
+    let (running, banner) = Running::start(&[
+        "local",
+        dir.join("pi.yaml").to_str().unwrap(),
+        "--secrets-dir",
+        dir.join("secrets").to_str().unwrap(),
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--shared-state",
+        &url,
+    ]);
+    let admin = admin_addr(&banner);
+    let up = |text: &str| {
+        text.lines()
+            .any(|l| l.starts_with("sluice_shared_state_up{") && l.ends_with(" 1"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !up(&get(&admin, "/metrics")) {
+        assert!(
+            Instant::now() < deadline,
+            "never connected:\n{}",
+            running.logs_so_far()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let answer = get(&format!("127.0.0.1:{port}"), "/v1/track?id=1");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let metrics = get(&admin, "/metrics");
+    assert!(
+        metrics.contains("sluice_shared_state_calls_total{op=\"admit\",outcome=\"ok\"} 1"),
+        "{metrics}"
+    );
+    let keys = Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis_port.to_string(),
+            "--scan",
+            "--pattern",
+            "sluice:*",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&keys.stdout).trim(),
+        "sluice:{carrier}:limit:all",
+        "the limit's key, scoped by the integration (no namespace locally)"
+    );
+    running.stop();
+    drop(redis);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A child process killed when the test ends, failed or not.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

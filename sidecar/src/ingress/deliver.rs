@@ -141,7 +141,10 @@ impl Deliverer {
                     }
                 }
                 next_slot = next_slot.max(Instant::now() - spacing) + spacing;
-                source.hold(&event).await;
+                if attempt > 1 {
+                    // Just taken, the event's hold is fresh for the first attempt.
+                    source.hold(&event).await;
+                }
                 match self.attempt(&event, attempt).await {
                     Ok(()) => break Ok(()),
                     Err(error) if attempt >= self.config.max_attempts => {

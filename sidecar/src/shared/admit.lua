@@ -1,125 +1,141 @@
--- Admits one request under every limit in KEYS at the same instant, or says
--- when to ask again: the shared counterpart of egress/ratelimit.rs's
--- has_room/consume, run atomically by the server, on the server's clock.
+-- Admits one request under every limit at the same instant, or says when to
+-- ask again: the shared counterpart of egress/ratelimit.rs's has_room and
+-- consume, run atomically by the server, on the server's clock.
 --
--- Each limit is one hash:
+-- Limit i has two keys: KEYS[2i-1], its state (a hash):
 --   tat        the GCRA's theoretical arrival time (microseconds)
---   bw         the width of the buckets below (microseconds)
---   b:<n>      admissions in bucket n, times [n*bw, (n+1)*bw); an admission
+--   bw         the width of the buckets (microseconds)
+--   n          admissions in the live buckets
+--   o          the oldest bucket that may be live
+--   b:<k>      admissions in bucket k, times [k*bw, (k+1)*bw); an admission
 --              is remembered until its bucket's end plus the window, never
 --              less than exactly
---   w:<id>     "<priority>:<expires>": sidecar <id> has requests waiting at
---              that priority; lower priorities elsewhere wait behind them
+-- and KEYS[2i], who waits (a hash): <id> -> "<priority>:<expires>", sidecars
+-- with requests queued at that priority; lower priorities elsewhere wait.
 --
 -- ARGV: identity, priority, priority still waiting at this sidecar after
 -- this request (-1: none), registration lifetime (us), then five per limit:
 -- requests, window (us), bucket width (us), interval (us), tolerance (us).
 -- Returns {1} when admitted, else {0, wait (us) for each limit}.
+--
+-- Not written to the AOF or replicas: a limit's state lasts one window, so
+-- it is not worth an fsync per admission (after a Redis restart the limits
+-- start empty, at most one window's worth early).
+redis.set_repl(redis.REPL_NONE)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local id, priority = ARGV[1], tonumber(ARGV[2])
 local still, ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
 local function int(x) return string.format('%d', x) end
+-- Scanning more dead buckets than this one by one costs more than one HKEYS.
+local scan_limit = 400
 
-local waits, tats, admit = {}, {}, true
-for i, key in ipairs(KEYS) do
+local limits, admit = {}, true
+for i = 1, #KEYS / 2 do
+  local key, waiting = KEYS[2 * i - 1], KEYS[2 * i]
   local a = 4 + (i - 1) * 5
-  local requests, window = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  local bucket, interval = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
-  local tolerance = tonumber(ARGV[a + 5])
-  local fields = redis.call('HGETALL', key)
-  local tat, width = now, bucket
-  for j = 1, #fields, 2 do
-    if fields[j] == 'tat' then tat = tonumber(fields[j + 1])
-    elseif fields[j] == 'bw' then width = tonumber(fields[j + 1]) end
-  end
-  local count, live, dead, moved, ahead = 0, {}, {}, {}, false
-  for j = 1, #fields, 2 do
-    local f, v = fields[j], fields[j + 1]
-    local kind = string.sub(f, 1, 2)
-    if kind == 'b:' then
-      local n, c = tonumber(string.sub(f, 3)), tonumber(v)
-      if width ~= bucket then
-        -- The limit changed: recount in the new width, each bucket ending
-        -- no earlier than it did.
-        dead[#dead + 1] = f
-        n = math.ceil((n + 1) * width / bucket) - 1
-        moved[n] = (moved[n] or 0) + c
+  local l = {
+    key = key, waiting = waiting,
+    requests = tonumber(ARGV[a + 1]), window = tonumber(ARGV[a + 2]),
+    bucket = tonumber(ARGV[a + 3]), interval = tonumber(ARGV[a + 4]),
+    tolerance = tonumber(ARGV[a + 5]),
+  }
+  local f = redis.call('HMGET', key, 'tat', 'bw', 'n', 'o')
+  l.tat = tonumber(f[1]) or now
+  local width, count, oldest = tonumber(f[2]), tonumber(f[3]) or 0, tonumber(f[4])
+  -- The bucket ids at or below this one are forgotten.
+  local dead = math.floor((now - l.window) / l.bucket) - 1
+  if width and width ~= l.bucket then
+    -- The limit changed: every admission still counted moves to the
+    -- current bucket (remembered a window from now: on the safe side).
+    for _, field in ipairs(redis.call('HKEYS', key)) do
+      if string.sub(field, 1, 2) == 'b:' then redis.call('HDEL', key, field) end
+    end
+    if count > 0 then
+      oldest = math.floor(now / l.bucket)
+      redis.call('HSET', key, 'b:' .. int(oldest), count, 'o', int(oldest))
+    else
+      oldest = nil
+    end
+    redis.call('HSET', key, 'bw', int(l.bucket))
+  elseif oldest and oldest <= dead then
+    if dead - oldest > scan_limit then
+      for _, field in ipairs(redis.call('HKEYS', key)) do
+        if string.sub(field, 1, 2) == 'b:' and tonumber(string.sub(field, 3)) <= dead then
+          count = count - tonumber(redis.call('HGET', key, field))
+          redis.call('HDEL', key, field)
+        end
       end
-      local ends = (n + 1) * bucket + window
-      if ends <= now then
-        if width == bucket then dead[#dead + 1] = f end
-      else
-        count = count + c
-        live[#live + 1] = {ends, c}
-      end
-    elseif kind == 'w:' then
-      local p, expires = string.match(v, '^(%d+):(%d+)$')
-      if p == nil or tonumber(expires) <= now then
-        dead[#dead + 1] = f
-      elseif string.sub(f, 3) ~= id and tonumber(p) > priority then
-        ahead = true
+    else
+      for k = oldest, dead do
+        local field = 'b:' .. int(k)
+        local c = redis.call('HGET', key, field)
+        if c then
+          count = count - tonumber(c)
+          redis.call('HDEL', key, field)
+        end
       end
     end
+    if count < 0 then count = 0 end
+    oldest = dead + 1
+    redis.call('HSET', key, 'n', count, 'o', int(oldest))
   end
-  if #dead > 0 then redis.call('HDEL', key, unpack(dead)) end
-  for n, c in pairs(moved) do
-    if (n + 1) * bucket + window > now then
-      redis.call('HINCRBY', key, 'b:' .. int(n), c)
-    end
-  end
-  if width ~= bucket then redis.call('HSET', key, 'bw', int(bucket)) end
+  l.count, l.oldest = count, oldest
 
   local at = now
-  if count >= requests then
+  if count >= l.requests then
     -- Room comes back when enough of the oldest admissions are forgotten.
-    table.sort(live, function(x, y) return x[1] < y[1] end)
-    local excess = count - requests + 1
-    for _, b in ipairs(live) do
-      excess = excess - b[2]
-      if excess <= 0 then at = b[1]; break end
+    local excess = count - l.requests + 1
+    local k, last = oldest or dead + 1, math.floor(now / l.bucket)
+    while k <= last and excess > 0 do
+      local c = tonumber(redis.call('HGET', key, 'b:' .. int(k)) or '0')
+      excess = excess - c
+      if excess <= 0 then at = (k + 1) * l.bucket + l.window end
+      k = k + 1
     end
   end
-  if tat > now + tolerance then at = math.max(at, tat - tolerance) end
-  if at <= now and ahead then
-    -- Room, but a higher priority waits at another sidecar: it goes first.
-    at = now + math.max(math.floor(interval / 4), 1000)
+  if l.tat > now + l.tolerance then at = math.max(at, l.tat - l.tolerance) end
+  if at <= now then
+    -- Room, unless a higher priority waits at another sidecar: it goes first.
+    local others = redis.call('HGETALL', waiting)
+    for j = 1, #others, 2 do
+      local p, expires = string.match(others[j + 1], '^(%d+):(%d+)$')
+      if p == nil or tonumber(expires) <= now then
+        redis.call('HDEL', waiting, others[j])
+      elseif others[j] ~= id and tonumber(p) > priority then
+        at = now + math.max(math.floor(l.interval / 4), 1000)
+      end
+    end
   end
-  waits[i] = math.max(at - now, 0)
+  l.wait = math.max(at - now, 0)
   if at > now then admit = false end
-  tats[i] = tat
+  limits[i] = l
 end
 
-local function register(key, p)
+local function register(l, p)
   if p >= 0 then
-    redis.call('HSET', key, 'w:' .. id, int(p) .. ':' .. int(now + ttl))
+    redis.call('HSET', l.waiting, id, int(p) .. ':' .. int(now + ttl))
+    redis.call('PEXPIRE', l.waiting, math.ceil(ttl / 1000))
   else
-    redis.call('HDEL', key, 'w:' .. id)
+    redis.call('HDEL', l.waiting, id)
   end
-end
-
-local function keep(key, us)
-  local ms = math.ceil(us / 1000)
-  if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
 end
 
 if admit then
-  for i, key in ipairs(KEYS) do
-    local a = 4 + (i - 1) * 5
-    local window, bucket = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-    local interval = tonumber(ARGV[a + 4])
-    local tat = math.max(tats[i], now) + interval
-    redis.call('HINCRBY', key, 'b:' .. int(math.floor(now / bucket)), 1)
-    redis.call('HSET', key, 'tat', int(tat), 'bw', int(bucket))
-    register(key, still)
-    keep(key, tat - now + window + bucket + ttl)
+  for _, l in ipairs(limits) do
+    local current = math.floor(now / l.bucket)
+    local tat = math.max(l.tat, now) + l.interval
+    redis.call('HINCRBY', l.key, 'b:' .. int(current), 1)
+    redis.call('HSET', l.key, 'tat', int(tat), 'bw', int(l.bucket), 'n', l.count + 1,
+      'o', int(l.oldest or current))
+    redis.call('PEXPIRE', l.key, math.ceil((tat - now + l.window + l.bucket) / 1000))
+    register(l, still)
   end
   return {1}
 end
 local out = {0}
-for i, key in ipairs(KEYS) do
-  register(key, math.max(priority, still))
-  keep(key, ttl)
-  out[#out + 1] = waits[i]
+for _, l in ipairs(limits) do
+  register(l, math.max(priority, still))
+  out[#out + 1] = l.wait
 end
 return out

@@ -27,6 +27,8 @@ pub const WAITING_LIFETIME: Duration = Duration::from_secs(2);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SharedLimit {
     key: String,
+    /// Who waits at which priority (see `admit.lua`).
+    waiting: String,
     requests: u32,
     window_us: u64,
     bucket_us: u64,
@@ -48,6 +50,7 @@ impl SharedLimit {
         let window_us = micros(window).max(1);
         Self {
             key: key(integration, "limit", limit),
+            waiting: key(integration, "limit-waiting", limit),
             requests: requests.max(1),
             window_us,
             bucket_us: window_us.div_ceil(u64::from(BUCKETS_PER_WINDOW)),
@@ -86,7 +89,7 @@ impl SharedState {
     ) -> Result<Admission, SharedStateError> {
         let mut invocation = ADMIT.prepare_invoke();
         for limit in limits {
-            invocation.key(&limit.key);
+            invocation.key(&limit.key).key(&limit.waiting);
         }
         invocation
             .arg(self.identity())

@@ -2,6 +2,8 @@
 -- 429 and said when to come back, so no sidecar may send before then.
 -- ARGV[1 + i]: limit i's tolerance (us); admission needs tat <= now +
 -- tolerance, so tat is set to the end of the pause plus the tolerance.
+-- Like admissions, not written to the AOF or replicas (see admit.lua).
+redis.set_repl(redis.REPL_NONE)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local wait = tonumber(ARGV[1])
