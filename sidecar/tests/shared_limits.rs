@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -25,24 +25,35 @@ struct Cluster {
 
 struct Sidecar {
     /// Killed when dropped.
-    _process: SidecarProcess,
+    process: SidecarProcess,
     app: App,
     admin: std::net::SocketAddr,
 }
+
+/// A sidecar config in `dir`: the integration in front of `upstream` with
+/// the one rate limit `limit` (YAML), no retries.
+fn write_config(dir: &Path, upstream: &TestUpstream, limit: &str) -> PathBuf {
+    let config = dir.join("sidecar.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "admin: {{listen: '127.0.0.1:0'}}\nintegrations:\n- name: {INTEGRATION}\n  listen: 127.0.0.1:0\n  upstream: {{baseUrl: '{}', timeout: 2s, totalTimeout: 30s}}\n  retry: {{maxAttempts: 1}}\n  rateLimits:\n  - {limit}\n",
+            upstream.url()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// A limit of 5/s, shared, for the tests about the connection itself.
+const SMALL_LIMIT: &str =
+    "{name: account, match: {}, requests: 5, per: 1s, burst: 5, scope: Cluster}";
 
 impl Cluster {
     /// `limit` is the YAML of the one rate limit (a Cluster one).
     async fn start(replicas: usize, limit: &str, upstream: TestUpstream) -> Self {
         let redis = RedisServer::start();
-        let config = redis.dir.join("sidecar.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "admin: {{listen: '127.0.0.1:0'}}\nintegrations:\n- name: {INTEGRATION}\n  listen: 127.0.0.1:0\n  upstream: {{baseUrl: '{}', timeout: 2s, totalTimeout: 30s}}\n  retry: {{maxAttempts: 1}}\n  rateLimits:\n  - {limit}\n",
-                upstream.url()
-            ),
-        )
-        .unwrap();
+        let config = write_config(&redis.dir, &upstream, limit);
         let mut cluster = Self {
             redis,
             upstream,
@@ -60,21 +71,27 @@ impl Cluster {
 
     fn spawn(&mut self, identity: &str) {
         let url = self.redis.url();
-        let mut process = SidecarProcess::spawn(
+        let sidecar = Sidecar::spawn(
             &self.config,
             &["--shared-state", &url, "--shared-state-identity", identity],
         );
-        let app = App::new(process.egress_addr(INTEGRATION));
-        let admin = process.admin_addr();
-        self.sidecars.push(Sidecar {
-            _process: process,
-            app,
-            admin,
-        });
+        self.sidecars.push(sidecar);
     }
 }
 
 impl Sidecar {
+    /// `sluice-sidecar --config CONFIG ARGS...`, once it has bound.
+    fn spawn(config: &Path, args: &[&str]) -> Self {
+        let mut process = SidecarProcess::spawn(config, args);
+        let app = App::new(process.egress_addr(INTEGRATION));
+        let admin = process.admin_addr();
+        Sidecar {
+            process,
+            app,
+            admin,
+        }
+    }
+
     async fn metrics(&self) -> String {
         App::new(self.admin).get("/metrics").await.text()
     }
@@ -363,19 +380,11 @@ async fn priority_holds_across_sidecars() {
 async fn a_password_from_a_file_and_never_shown() {
     let redis = RedisServer::start_with(Some("right-horse-battery"));
     let upstream = ok_upstream().await;
-    let config = redis.dir.join("sidecar.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "admin: {{listen: '127.0.0.1:0'}}\nintegrations:\n- name: {INTEGRATION}\n  listen: 127.0.0.1:0\n  upstream: {{baseUrl: '{}'}}\n  rateLimits:\n  - {{name: account, match: {{}}, requests: 5, per: 1s, burst: 5, scope: Cluster}}\n",
-            upstream.url()
-        ),
-    )
-    .unwrap();
+    let config = write_config(&redis.dir, &upstream, SMALL_LIMIT);
     let password_file = redis.dir.join("password");
     std::fs::write(&password_file, "right-horse-battery\n").unwrap();
     let url = redis.url();
-    let mut good = SidecarProcess::spawn(
+    let good = Sidecar::spawn(
         &config,
         &[
             "--shared-state",
@@ -385,21 +394,12 @@ async fn a_password_from_a_file_and_never_shown() {
         ],
     );
     let wrong_url = format!("redis://:wrong-staple-guess@{}/0", redis.addr);
-    let mut bad = SidecarProcess::spawn(&config, &["--shared-state", &wrong_url]);
-    let (good_admin, bad_admin) = (good.admin_addr(), bad.admin_addr());
-    let good_sidecar = Sidecar {
-        _process: good,
-        app: App::new(good_admin),
-        admin: good_admin,
-    };
-    good_sidecar
-        .wait_metric("sluice_shared_state_up{", 1.0)
-        .await;
+    let bad = Sidecar::spawn(&config, &["--shared-state", &wrong_url]);
+    good.wait_metric("sluice_shared_state_up{", 1.0).await;
     // The wrong password: refused by Redis, so never up; requests still go.
-    let app = App::new(bad.egress_addr(INTEGRATION));
-    assert_eq!(app.get("/v1/rates").await.status, 200);
+    assert_eq!(bad.app.get("/v1/rates").await.status, 200);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let bad_metrics = App::new(bad_admin).get("/metrics").await.text();
+    let bad_metrics = bad.metrics().await;
     assert_eq!(
         metric(&bad_metrics, "sluice_shared_state_up{"),
         0.0,
@@ -411,21 +411,22 @@ async fn a_password_from_a_file_and_never_shown() {
     );
     let shown = [
         bad_metrics,
-        App::new(bad_admin).get("/config").await.text(),
-        good_sidecar.metrics().await,
-        App::new(good_admin).get("/config").await.text(),
-        bad.log().join("\n"),
+        App::new(bad.admin).get("/config").await.text(),
+        good.metrics().await,
+        App::new(good.admin).get("/config").await.text(),
+        bad.process.log().join("\n"),
     ]
     .join("\n");
     for secret in ["wrong-staple-guess", "right-horse-battery"] {
         assert!(!shown.contains(secret), "{secret} was shown:\n{shown}");
     }
     assert!(
-        bad.log()
+        bad.process
+            .log()
             .iter()
             .any(|l| l.contains("cannot reach the shared state")),
         "the refusal is logged: {:?}",
-        bad.log()
+        bad.process.log()
     );
 }
 
@@ -434,19 +435,11 @@ async fn a_password_from_a_file_and_never_shown() {
 async fn rediss_with_a_private_ca() {
     let redis = RedisServer::start_tls();
     let upstream = ok_upstream().await;
-    let config = redis.dir.join("sidecar.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "admin: {{listen: '127.0.0.1:0'}}\nintegrations:\n- name: {INTEGRATION}\n  listen: 127.0.0.1:0\n  upstream: {{baseUrl: '{}'}}\n  rateLimits:\n  - {{name: account, match: {{}}, requests: 5, per: 1s, burst: 5, scope: Cluster}}\n",
-            upstream.url()
-        ),
-    )
-    .unwrap();
+    let config = write_config(&redis.dir, &upstream, SMALL_LIMIT);
     let ca = redis.ca_file.clone().unwrap();
     let url = redis.url();
     assert!(url.starts_with("rediss://localhost:"), "{url}");
-    let mut process = SidecarProcess::spawn(
+    let sidecar = Sidecar::spawn(
         &config,
         &[
             "--shared-state",
@@ -455,13 +448,6 @@ async fn rediss_with_a_private_ca() {
             ca.to_str().unwrap(),
         ],
     );
-    let admin = process.admin_addr();
-    let app = App::new(process.egress_addr(INTEGRATION));
-    let sidecar = Sidecar {
-        _process: process,
-        app,
-        admin,
-    };
     sidecar.wait_metric("sluice_shared_state_up{", 1.0).await;
     assert_eq!(sidecar.app.get("/v1/rates").await.status, 200);
     let text = sidecar.metrics().await;
@@ -485,27 +471,16 @@ async fn a_slow_redis_bounds_the_added_latency() {
     let toxiproxy = support::toxiproxy::Toxiproxy::start().await;
     let proxied = toxiproxy.proxy("redis", redis.addr).await;
     let upstream = ok_upstream().await;
-    let config = redis.dir.join("sidecar.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "admin: {{listen: '127.0.0.1:0'}}\nintegrations:\n- name: {INTEGRATION}\n  listen: 127.0.0.1:0\n  upstream: {{baseUrl: '{}'}}\n  rateLimits:\n  - {{name: account, match: {{}}, requests: 1000, per: 1s, burst: 1000, scope: Cluster}}\n",
-            upstream.url()
-        ),
-    )
-    .unwrap();
+    let config = write_config(
+        &redis.dir,
+        &upstream,
+        "{name: account, match: {}, requests: 1000, per: 1s, burst: 1000, scope: Cluster}",
+    );
     let url = format!("redis://{proxied}/0");
-    let mut process = SidecarProcess::spawn(
+    let sidecar = Sidecar::spawn(
         &config,
         &["--shared-state", &url, "--shared-state-timeout", "100ms"],
     );
-    let admin = process.admin_addr();
-    let app = App::new(process.egress_addr(INTEGRATION));
-    let sidecar = Sidecar {
-        _process: process,
-        app,
-        admin,
-    };
     sidecar.wait_metric("sluice_shared_state_up{", 1.0).await;
     assert_eq!(sidecar.app.get("/v1/rates").await.status, 200);
 

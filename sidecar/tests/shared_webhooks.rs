@@ -93,6 +93,24 @@ integrations:
     path
 }
 
+/// A sidecar once the shared state answers it, and its admin address.
+async fn start(
+    config: &Path,
+    redis: &RedisServer,
+    identity: &str,
+) -> (SidecarProcess, std::net::SocketAddr) {
+    let mut process = spawn(config, redis, identity);
+    let admin = process.admin_addr();
+    wait_metric(
+        admin,
+        "sluice_shared_state_up{",
+        1.0,
+        Duration::from_secs(10),
+    )
+    .await;
+    (process, admin)
+}
+
 fn spawn(config: &Path, redis: &RedisServer, identity: &str) -> SidecarProcess {
     SidecarProcess::spawn(
         config,
@@ -196,15 +214,7 @@ async fn an_event_acknowledged_by_a_killed_pod_is_delivered_by_another_once() {
     let (config_a, config_b) = (config(&dir.0, "a", &app_a), config(&dir.0, "b", &app_b));
 
     // Phase: A accepts while its app is down and keeps trying (holding the event).
-    let mut a = spawn(&config_a, &redis, "pod-a");
-    let a_admin = a.admin_addr();
-    wait_metric(
-        a_admin,
-        "sluice_shared_state_up{",
-        1.0,
-        Duration::from_secs(10),
-    )
-    .await;
+    let (mut a, a_admin) = start(&config_a, &redis, "pod-a").await;
     let body = r#"{"object":"pay_1","at":10}"#;
     let answer = send(a.ingress_addr(), "evt-1", body).await;
     assert_eq!(outcome(&answer), (200, "accepted".to_string()));
@@ -235,14 +245,7 @@ async fn an_event_acknowledged_by_a_killed_pod_is_delivered_by_another_once() {
     let again_b = send(b.ingress_addr(), "evt-1", body).await;
     assert_eq!(outcome(&again_b), (200, "duplicate".to_string()));
     app_a.set_up(true);
-    let mut a = spawn(&config_a, &redis, "pod-a");
-    wait_metric(
-        a.admin_addr(),
-        "sluice_shared_state_up{",
-        1.0,
-        Duration::from_secs(10),
-    )
-    .await;
+    let (mut a, _) = start(&config_a, &redis, "pod-a").await;
     let again_a = send(a.ingress_addr(), "evt-1", body).await;
     assert_eq!(outcome(&again_a), (200, "duplicate".to_string()));
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -268,15 +271,8 @@ async fn redis_down_refuses_and_restarted_redis_keeps_what_was_acknowledged() {
     let mut redis = RedisServer::start();
     let dir = Dir::new("restart");
     let app = TestApp::start(false).await;
-    let mut sidecar = spawn(&config(&dir.0, "a", &app), &redis, "pod-a");
-    let (ingress, admin) = (sidecar.ingress_addr(), sidecar.admin_addr());
-    wait_metric(
-        admin,
-        "sluice_shared_state_up{",
-        1.0,
-        Duration::from_secs(10),
-    )
-    .await;
+    let (mut sidecar, admin) = start(&config(&dir.0, "a", &app), &redis, "pod-a").await;
+    let ingress = sidecar.ingress_addr();
 
     // Phase: acknowledged while the app is down.
     let answer = send(ingress, "evt-kept", r#"{"object":"o","at":1}"#).await;
@@ -313,18 +309,8 @@ async fn the_ordering_guard_holds_across_replicas() {
     let redis = RedisServer::start();
     let dir = Dir::new("ordering");
     let (app_a, app_b) = (TestApp::start(true).await, TestApp::start(true).await);
-    let mut a = spawn(&config(&dir.0, "a", &app_a), &redis, "pod-a");
-    let mut b = spawn(&config(&dir.0, "b", &app_b), &redis, "pod-b");
-    let (a_admin, b_admin) = (a.admin_addr(), b.admin_addr());
-    for admin in [a_admin, b_admin] {
-        wait_metric(
-            admin,
-            "sluice_shared_state_up{",
-            1.0,
-            Duration::from_secs(10),
-        )
-        .await;
-    }
+    let (mut a, a_admin) = start(&config(&dir.0, "a", &app_a), &redis, "pod-a").await;
+    let (mut b, b_admin) = start(&config(&dir.0, "b", &app_b), &redis, "pod-b").await;
     assert_eq!(
         send(a.ingress_addr(), "new", r#"{"object":"pay_9","at":20}"#)
             .await
@@ -371,15 +357,7 @@ async fn dead_letters_are_shared_and_replayed_from_another_replica() {
         .unwrap()
         .replace("maxAttempts: 100,", "maxAttempts: 1,");
     std::fs::write(&config_a, yaml).unwrap();
-    let mut a = spawn(&config_a, &redis, "pod-a");
-    let a_admin = a.admin_addr();
-    wait_metric(
-        a_admin,
-        "sluice_shared_state_up{",
-        1.0,
-        Duration::from_secs(10),
-    )
-    .await;
+    let (mut a, a_admin) = start(&config_a, &redis, "pod-a").await;
     assert_eq!(
         send(a.ingress_addr(), "evt-dead", r#"{"object":"d","at":1}"#)
             .await
@@ -397,15 +375,7 @@ async fn dead_letters_are_shared_and_replayed_from_another_replica() {
 
     // Another replica sees it, shows it and replays it to its (healthy) app.
     let app_b = TestApp::start(true).await;
-    let mut b = spawn(&config(&dir.0, "b", &app_b), &redis, "pod-b");
-    let b_admin = b.admin_addr();
-    wait_metric(
-        b_admin,
-        "sluice_shared_state_up{",
-        1.0,
-        Duration::from_secs(10),
-    )
-    .await;
+    let (_b, b_admin) = start(&config(&dir.0, "b", &app_b), &redis, "pod-b").await;
     let list = App::new(b_admin).get("/webhooks/dead-letters").await;
     assert_eq!(list.status, 200, "{}", list.text());
     let letters: serde_json::Value = serde_json::from_slice(&list.body).unwrap();
