@@ -602,33 +602,33 @@ impl RateLimiter {
     /// Admits nothing under `limits` for `wait`: the provider answered 429
     /// and said when to come back, so the requests queued behind must not
     /// each earn their own 429 (a 429 storm). Shared limits are held at
-    /// every sidecar.
-    pub fn pause(&self, limits: &[usize], wait: Duration) {
+    /// every sidecar before this returns, so once the app sees the 429 no
+    /// other sidecar admits under them (one round trip, bounded by the call
+    /// timeout; a failure is logged and each sidecar learns from its own).
+    pub async fn pause(&self, limits: &[usize], wait: Duration) {
         let now = Instant::now();
         let until = now + wait;
         let up = self.shared_up();
         let mut shared = Vec::new();
-        let mut state = self.state.lock().expect("rate limiter lock poisoned");
-        for &i in limits {
-            let limit = &mut state.limits[i];
-            // Admission needs tat <= now + tolerance, so this holds until `until`.
-            limit.tat = limit.tat.max(until + limit.tolerance);
-            if limit.is_remote(up, now) {
-                limit.hold_remote(now, wait);
-                shared.extend(limit.shared.clone());
+        {
+            let mut state = self.state.lock().expect("rate limiter lock poisoned");
+            for &i in limits {
+                let limit = &mut state.limits[i];
+                // Admission needs tat <= now + tolerance, so this holds until `until`.
+                limit.tat = limit.tat.max(until + limit.tolerance);
+                if limit.is_remote(up, now) {
+                    limit.hold_remote(now, wait);
+                    shared.extend(limit.shared.clone());
+                }
             }
         }
-        drop(state);
-        if let (Some(engine), false) = (self.shared.clone(), shared.is_empty()) {
-            let integration = self.integration.clone();
-            tokio::spawn(async move {
-                let limits: Vec<&SharedLimit> = shared.iter().map(|s| &**s).collect();
-                if let Err(error) = engine.pause(&limits, wait).await {
-                    tracing::warn!(%integration, %error, "the other sidecars were not told of the provider's 429; each will learn it from its own");
-                }
-            });
-        }
         self.wake_dispatcher.notify_one();
+        if let (Some(engine), false) = (&self.shared, shared.is_empty()) {
+            let limits: Vec<&SharedLimit> = shared.iter().map(|s| &**s).collect();
+            if let Err(error) = engine.pause(&limits, wait).await {
+                tracing::warn!(integration = %self.integration, %error, "the other sidecars were not told of the provider's 429; each will learn it from its own");
+            }
+        }
     }
 
     /// Admits the request at once if every limit in `limits` has room here
@@ -914,7 +914,8 @@ impl RateLimitStep {
         {
             let wait = wait.min(MAX_PROVIDER_PAUSE);
             tracing::warn!(request_id = super::observe::id_str(&ctx.request_id), integration = %self.limiter.integration, wait_ms = wait.as_millis() as u64, "the provider answered 429; holding this endpoint's queue until it said to come back");
-            self.limiter.pause(limits, wait);
+            // Boxed: rare, and it would otherwise enlarge every request's future.
+            Box::pin(self.limiter.pause(limits, wait)).await;
         }
         Ok(response)
     }
