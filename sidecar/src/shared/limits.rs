@@ -58,10 +58,6 @@ impl SharedLimit {
             tolerance_us: micros(tolerance),
         }
     }
-
-    pub fn key(&self) -> &str {
-        &self.key
-    }
 }
 
 fn micros(d: Duration) -> u64 {

@@ -216,18 +216,6 @@ impl SharedState {
         &self.0.describe
     }
 
-    /// Waits until the engine is up, at most `within`. For start-up and tests.
-    pub async fn wait_up(&self, within: Duration) -> bool {
-        let until = Instant::now() + within;
-        while !self.is_up() {
-            if Instant::now() >= until {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        true
-    }
-
     /// How writes are made durable, as found when the engine last came up.
     pub fn durability(&self) -> Durability {
         self.0.durability.read().expect("durability lock").clone()
