@@ -20,10 +20,20 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     pub fn up() -> Self {
+        Self::up_with(&[])
+    }
+
+    /// The control plane and one node where pods run (`up --node`: root only).
+    pub fn up_with_node() -> Self {
+        Self::up_with(&["--node"])
+    }
+
+    fn up_with(args: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(format!("sluice-cp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let status = Command::new(repo().join("tests/controlplane/up"))
             .arg(&dir)
+            .args(args)
             .status()
             .expect("running tests/controlplane/up");
         assert!(
