@@ -21,7 +21,6 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -202,24 +201,6 @@ impl Drop for Sidecar {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn sidecar_binary() -> std::path::PathBuf {
-    // Built by this workspace; build it here when only this package was.
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "-q",
-            "-p",
-            "sluice-sidecar",
-            "--bin",
-            "sluice-sidecar",
-        ])
-        .current_dir(repo())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    Path::new(env!("CARGO_BIN_EXE_sluice")).with_file_name("sluice-sidecar")
 }
 
 fn served_serial(port: u16) -> String {
@@ -611,7 +592,7 @@ spec:
         .unwrap()
         .to_owned();
     let _sidecar = Sidecar(
-        Command::new(sidecar_binary())
+        Command::new(support::sidecar_binary())
             .args(&args)
             .env("SLUICE_CONFIG_CA", &ca)
             .env("SLUICE_LOG", "info")

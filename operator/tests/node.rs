@@ -15,7 +15,6 @@ mod support;
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -231,20 +230,8 @@ fn a_users_day_on_a_real_node() {
 /// The operator and sidecar binaries this test was built with, and the test
 /// images, imported into the node's containerd.
 fn import_images(cp: &ControlPlane) {
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "-q",
-            "-p",
-            "sluice-sidecar",
-            "--bin",
-            "sluice-sidecar",
-        ])
-        .current_dir(repo())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_sluice")).parent().unwrap();
+    let sidecar = support::sidecar_binary();
+    let bin_dir = sidecar.parent().unwrap();
     let images = cp.dir.join("images");
     let out = Command::new(repo().join("tests/node/images"))
         .arg(&images)

@@ -298,3 +298,22 @@ impl Drop for Phases {
         }
     }
 }
+
+/// The `sluice-sidecar` binary of this workspace, beside `sluice`; built
+/// here when only the operator package was.
+pub fn sidecar_binary() -> std::path::PathBuf {
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "sluice-sidecar",
+            "--bin",
+            "sluice-sidecar",
+        ])
+        .current_dir(repo())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    Path::new(env!("CARGO_BIN_EXE_sluice")).with_file_name("sluice-sidecar")
+}
