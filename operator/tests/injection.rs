@@ -181,10 +181,7 @@ fn admin_get(addr: &str, path: &str) -> Option<String> {
 }
 
 fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
+    support::sample(text, name).unwrap_or(0.0)
 }
 
 /// The `requests` of the running config's first rate limit, from /config.

@@ -22,10 +22,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use peers::{Hit, Peers};
-use support::{ControlPlane, Phases, repo};
+use support::{ControlPlane, Phases, repo, sample, wait};
 
-/// The node's IP on its bridge (tests/controlplane/node): the peers bind it.
-const NODE_IP: &str = "10.88.0.1";
 const TOKEN: &str = "sk_node_test_4f6a1c";
 /// A Standard Webhooks secret: `whsec_` and the base64 of the key.
 const WEBHOOK_KEY: &[u8] = b"node-test-webhook-key-32-bytes!!";
@@ -38,7 +36,7 @@ fn a_users_day_on_a_real_node() {
     let cp = ControlPlane::up_with_node();
     println!("node Ready {:?} after up started", started.elapsed());
     import_images(&cp);
-    let peers = Peers::start(NODE_IP, TOKEN);
+    let peers = Peers::start(&cp.node_ip(), TOKEN);
     install_chart(&cp);
     let leader = lease_holder(&cp).expect("no operator holds the Lease");
     let operators = running_pods(&cp, "sluice-system", "app.kubernetes.io/component=operator");
@@ -117,13 +115,7 @@ fn a_users_day_on_a_real_node() {
     phases.enter("4. the integration edited: the running sidecars enforce 10/s");
     let edited = Instant::now();
     apply_integration(&cp, &peers, 10);
-    for pod in &apps {
-        wait_until(
-            &format!("{pod} enforcing 10/s"),
-            Duration::from_secs(30),
-            || enforced_cluster_requests(&cp, pod) == Some(10),
-        );
-    }
+    wait_enforcing(&cp, &apps, 10, Duration::from_secs(30));
     println!(
         "config propagated to both sidecars in {:?}",
         edited.elapsed()
@@ -163,7 +155,7 @@ fn a_users_day_on_a_real_node() {
         Some(200),
         "a duplicate is acknowledged"
     );
-    wait_until("the 20 webhooks delivered", Duration::from_secs(30), || {
+    wait("the 20 webhooks delivered", Duration::from_secs(30), || {
         let delivered = peers.delivered();
         ids.iter().all(|id| delivered.contains_key(id))
     });
@@ -198,7 +190,7 @@ fn a_users_day_on_a_real_node() {
         ],
         None,
     );
-    wait_until(
+    wait(
         "another operator holding the Lease",
         Duration::from_secs(60),
         || lease_holder(&cp).is_some_and(|holder| holder != leader),
@@ -218,13 +210,7 @@ fn a_users_day_on_a_real_node() {
         assert_eq!(stdout(&out), "authorized\n", "{}", stderr(&out));
     }
     apply_integration(&cp, &peers, 8);
-    for pod in &apps {
-        wait_until(
-            &format!("{pod} enforcing 8/s from the new leader"),
-            Duration::from_secs(60),
-            || enforced_cluster_requests(&cp, pod) == Some(8),
-        );
-    }
+    wait_enforcing(&cp, &apps, 8, Duration::from_secs(60));
 }
 
 /// The operator and sidecar binaries this test was built with, and the test
@@ -524,6 +510,15 @@ fn busiest_second(hits: &[Hit]) -> usize {
     peak
 }
 
+/// Waits until the sidecar of every pod runs a shared limit of `requests`.
+fn wait_enforcing(cp: &ControlPlane, pods: &[String], requests: u64, within: Duration) {
+    for pod in pods {
+        wait(&format!("{pod} enforcing {requests}/s"), within, || {
+            enforced_cluster_requests(cp, pod) == Some(requests)
+        });
+    }
+}
+
 /// The cluster-wide `requests` of the first limit the sidecar in `pod` runs,
 /// read from its /config inside the pod.
 fn enforced_cluster_requests(cp: &ControlPlane, pod: &str) -> Option<u64> {
@@ -701,22 +696,6 @@ fn rollout_under_webhooks(cp: &ControlPlane, peers: &Peers, service: &str) -> Ro
         refused: *refused.lock().unwrap(),
         drained,
     }
-}
-
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "not within {timeout:?}: {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-/// The value of the first sample whose line starts with `prefix`.
-fn sample(metrics: &str, prefix: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|line| line.starts_with(prefix))
-        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
 }
 
 fn stdout(out: &Output) -> String {

@@ -44,6 +44,14 @@ impl ControlPlane {
         Self { dir }
     }
 
+    /// The node's IP on its bridge (`up --node` writes it): what pods reach.
+    pub fn node_ip(&self) -> String {
+        std::fs::read_to_string(self.dir.join("node/ip"))
+            .expect("a control plane started with --node")
+            .trim()
+            .to_owned()
+    }
+
     pub fn kubeconfig(&self) -> PathBuf {
         self.dir.join("kubeconfig")
     }
@@ -316,4 +324,12 @@ pub fn sidecar_binary() -> std::path::PathBuf {
         .unwrap();
     assert!(status.success());
     Path::new(env!("CARGO_BIN_EXE_sluice")).with_file_name("sluice-sidecar")
+}
+
+/// The value of the first sample whose line starts with `prefix`.
+pub fn sample(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(prefix))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
 }
