@@ -10,11 +10,13 @@
 //! - [`stream`]: the config stream's path, long poll and answer.
 //! - [`dead_letter`]: the webhook queue's directories and dead-letter files,
 //!   which `sluice webhooks` reads.
+//! - [`exposition`]: the `/metrics` format both serve, as the scraper asks.
 
 pub mod bounds;
 pub mod config;
 pub mod dead_letter;
 pub mod duration;
+pub mod exposition;
 pub mod layout;
 pub mod stream;
 mod text;

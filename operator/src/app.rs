@@ -13,6 +13,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::Full;
 use kube::Client;
+use sluice_contract::exposition::Exposition;
 
 use crate::admission::Injector;
 use crate::controller;
@@ -31,6 +32,8 @@ pub struct Options {
     pub namespace: Option<String>,
     /// The operator's own namespace: its Lease, its certificate Secret; never injected.
     pub operator_namespace: String,
+    /// The Lease (in `operator_namespace`) the replicas elect a leader with.
+    pub lease_name: String,
     pub metrics_listen: SocketAddr,
     pub webhook_listen: SocketAddr,
     /// The Service in front of the replicas (certificate names, stream URL).
@@ -121,21 +124,36 @@ async fn serve_metrics(
         tokio::spawn(async move {
             let service = hyper::service::service_fn(
                 move |request: hyper::Request<hyper::body::Incoming>| {
-                    let (status, body) = match request.uri().path() {
-                        "/metrics" => (200, metrics.encode()),
-                        "/healthz" => (200, "ok\n".to_owned()),
-                        "/readyz" if ready() => (200, "ok\n".to_owned()),
+                    const PLAIN: &str = "text/plain; charset=utf-8";
+                    let (status, content_type, body) = match request.uri().path() {
+                        "/metrics" => {
+                            let format = Exposition::negotiate(
+                                request
+                                    .headers()
+                                    .get(http::header::ACCEPT)
+                                    .map(|v| v.as_bytes()),
+                            );
+                            (200, format.content_type(), metrics.encode(format))
+                        }
+                        "/healthz" => (200, PLAIN, "ok\n".to_owned()),
+                        "/readyz" if ready() => (200, PLAIN, "ok\n".to_owned()),
                         "/readyz" => (
                             503,
+                            PLAIN,
                             "not ready: listing the cluster or waiting for a certificate\n"
                                 .to_owned(),
                         ),
-                        _ => (404, "not found: /metrics, /healthz, /readyz\n".to_owned()),
+                        _ => (
+                            404,
+                            PLAIN,
+                            "not found: /metrics, /healthz, /readyz\n".to_owned(),
+                        ),
                     };
                     async move {
                         Ok::<_, Infallible>(
                             hyper::Response::builder()
                                 .status(status)
+                                .header(http::header::CONTENT_TYPE, content_type)
                                 .body(Full::new(Bytes::from(body)))
                                 .expect("valid response"),
                         )
@@ -233,7 +251,7 @@ pub async fn run(options: Options, stopped: impl Future<Output = ()>) -> anyhow:
     let elector = LeaderElector::new(
         client.clone(),
         &options.operator_namespace,
-        "sluice-operator",
+        &options.lease_name,
         identity,
         Duration::from_secs(15),
     );
@@ -250,6 +268,7 @@ pub async fn run(options: Options, stopped: impl Future<Output = ()>) -> anyhow:
     tokio::spawn(crate::missed::run(
         client.clone(),
         view.clone(),
+        options.namespace.clone(),
         skip,
         metrics.clone(),
     ));

@@ -18,6 +18,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::{Deserialize, Serialize};
+use sluice_contract::config::defaults;
 use sluice_contract::layout::{
     self, ADMIN_PORT, CONFIG_DIR, CONFIG_KEY, EGRESS_PORT, STATE_DIR, TOKEN_AUDIENCE, TOKEN_DIR,
     WEBHOOK_PORT, config_map_name,
@@ -48,6 +49,16 @@ pub struct InjectorSettings {
     pub memory_request: String,
     #[serde(default = "default_memory_limit")]
     pub memory_limit: String,
+    /// None: no CPU limit (the sidecar is throttled only by its workers).
+    #[serde(default)]
+    pub cpu_limit: Option<String>,
+    #[serde(default = "default_ephemeral_storage_request")]
+    pub ephemeral_storage_request: String,
+    #[serde(default = "default_ephemeral_storage_limit")]
+    pub ephemeral_storage_limit: String,
+    /// Each webhook queue's bound (the sidecar's `--max-queue-bytes`).
+    #[serde(default = "defaults::max_queue_bytes")]
+    pub webhook_queue_bytes: u64,
     /// Tokio worker threads of the sidecar; match the CPU limit you give it.
     #[serde(default = "default_workers")]
     pub workers: u16,
@@ -89,6 +100,12 @@ fn default_memory_request() -> String {
 fn default_memory_limit() -> String {
     "128Mi".into()
 }
+fn default_ephemeral_storage_request() -> String {
+    "16Mi".into()
+}
+fn default_ephemeral_storage_limit() -> String {
+    "128Mi".into()
+}
 fn default_workers() -> u16 {
     1
 }
@@ -102,6 +119,10 @@ impl InjectorSettings {
             cpu_request: default_cpu_request(),
             memory_request: default_memory_request(),
             memory_limit: default_memory_limit(),
+            cpu_limit: None,
+            ephemeral_storage_request: default_ephemeral_storage_request(),
+            ephemeral_storage_limit: default_ephemeral_storage_limit(),
+            webhook_queue_bytes: defaults::max_queue_bytes(),
             workers: default_workers(),
             shared_state: None,
         }
@@ -156,6 +177,45 @@ fn secret_volume_name(secret: &str) -> String {
         "sluice-secret-{}-{hex}",
         &secret[..30].trim_end_matches(['-', '.'])
     )
+}
+
+/// The state volume's `sizeLimit`: every webhook queue full, plus an eighth
+/// for dead letters, cursors and de-duplication logs, plus 32 MiB.
+fn state_volume_limit(selected: &[&ProviderIntegration], queue_bytes: u64) -> Quantity {
+    const MIB: u64 = 1 << 20;
+    let webhooks: u64 = selected
+        .iter()
+        .map(|pi| pi.spec.webhooks.len() as u64)
+        .sum();
+    let queues = webhooks.saturating_mul(queue_bytes);
+    let bytes = queues.saturating_add(queues / 8).saturating_add(32 * MIB);
+    Quantity(format!("{}Mi", bytes.div_ceil(MIB)))
+}
+
+fn sidecar_resources(settings: &InjectorSettings) -> ResourceRequirements {
+    let quantity = |q: &str| Quantity(q.to_owned());
+    let mut limits = BTreeMap::from([
+        ("memory".to_owned(), quantity(&settings.memory_limit)),
+        (
+            "ephemeral-storage".to_owned(),
+            quantity(&settings.ephemeral_storage_limit),
+        ),
+    ]);
+    if let Some(cpu) = &settings.cpu_limit {
+        limits.insert("cpu".to_owned(), quantity(cpu));
+    }
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), quantity(&settings.cpu_request)),
+            ("memory".to_owned(), quantity(&settings.memory_request)),
+            (
+                "ephemeral-storage".to_owned(),
+                quantity(&settings.ephemeral_storage_request),
+            ),
+        ])),
+        limits: Some(limits),
+        ..ResourceRequirements::default()
+    }
 }
 
 /// Whether the pod already has the sidecar (injection is idempotent).
@@ -224,7 +284,12 @@ pub fn inject(
         },
         Volume {
             name: "sluice-state".into(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
+            // Bounded, so a filling queue meets its own 503s before the
+            // kubelet's eviction, and the scheduler knows what it takes.
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(state_volume_limit(selected, settings.webhook_queue_bytes)),
+                ..EmptyDirVolumeSource::default()
+            }),
             ..Volume::default()
         },
     ];
@@ -264,6 +329,7 @@ pub fn inject(
         format!("--admin-listen=0.0.0.0:{ADMIN_PORT}"),
         format!("--webhook-listen=0.0.0.0:{WEBHOOK_PORT}"),
         format!("--state-dir={STATE_DIR}"),
+        format!("--max-queue-bytes={}", settings.webhook_queue_bytes),
         format!("--workers={}", settings.workers),
     ];
     let mut env = Vec::new();
@@ -371,7 +437,6 @@ pub fn inject(
         failure_threshold: Some(failures),
         ..Probe::default()
     };
-    let quantity = |q: &str| Quantity(q.to_owned());
     let sidecar = Container {
         name: SIDECAR_NAME.into(),
         image: Some(settings.image.clone()),
@@ -384,17 +449,7 @@ pub fn inject(
         startup_probe: Some(probe("/readyz", 1, 30)),
         readiness_probe: Some(probe("/readyz", 5, 3)),
         liveness_probe: Some(probe("/healthz", 10, 3)),
-        resources: Some(ResourceRequirements {
-            requests: Some(BTreeMap::from([
-                ("cpu".to_owned(), quantity(&settings.cpu_request)),
-                ("memory".to_owned(), quantity(&settings.memory_request)),
-            ])),
-            limits: Some(BTreeMap::from([(
-                "memory".to_owned(),
-                quantity(&settings.memory_limit),
-            )])),
-            ..ResourceRequirements::default()
-        }),
+        resources: Some(sidecar_resources(settings)),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             capabilities: Some(Capabilities {
@@ -491,6 +546,62 @@ spec:
 ",
         )
         .unwrap()
+    }
+
+    #[test]
+    fn the_state_volume_and_the_sidecar_have_bounded_disk_and_the_cpu_limit_given() {
+        let carrier = carrier();
+        let mut pod = pod();
+        let mut settings = InjectorSettings::new("ghcr.io/sluice/sidecar:0.1.0");
+        settings.webhook_queue_bytes = 256 << 20;
+        settings.cpu_limit = Some("500m".into());
+        let spec = pod.spec.as_mut().unwrap();
+        assert!(inject(&mut pod.metadata, spec, &[&carrier], &settings));
+        let spec = pod.spec.unwrap();
+        let state = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "sluice-state")
+            .unwrap();
+        // One webhook: 256 MiB + 32 MiB (an eighth) + 32 MiB.
+        assert_eq!(
+            state.empty_dir.as_ref().unwrap().size_limit,
+            Some(Quantity("320Mi".into()))
+        );
+        let sidecar = spec.init_containers.unwrap().remove(0);
+        assert!(
+            sidecar
+                .args
+                .iter()
+                .flatten()
+                .any(|a| a == "--max-queue-bytes=268435456"),
+            "{:?}",
+            sidecar.args
+        );
+        let resources = sidecar.resources.unwrap();
+        let limits = resources.limits.unwrap();
+        assert_eq!(limits["cpu"], Quantity("500m".into()));
+        assert_eq!(limits["ephemeral-storage"], Quantity("128Mi".into()));
+        assert_eq!(
+            resources.requests.unwrap()["ephemeral-storage"],
+            Quantity("16Mi".into())
+        );
+
+        let mut plain = self::pod();
+        let spec = plain.spec.as_mut().unwrap();
+        let settings = InjectorSettings::new("ghcr.io/sluice/sidecar:0.1.0");
+        assert!(inject(&mut plain.metadata, spec, &[&carrier], &settings));
+        let sidecar = plain.spec.unwrap().init_containers.unwrap().remove(0);
+        assert!(
+            !sidecar
+                .resources
+                .unwrap()
+                .limits
+                .unwrap()
+                .contains_key("cpu"),
+            "no CPU limit unless one is given"
+        );
     }
 
     #[test]

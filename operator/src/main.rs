@@ -71,7 +71,7 @@ enum Command {
     Crd,
     /// Run the controller, the injector webhook and the config stream
     /// (in-cluster config or KUBECONFIG).
-    Operator(OperatorArgs),
+    Operator(Box<OperatorArgs>),
     /// Add the sidecar to the pods of Pod, Deployment, StatefulSet, DaemonSet,
     /// ReplicaSet, Job and CronJob manifests, offline (for GitOps). The
     /// ProviderIntegrations come from the same files.
@@ -109,6 +109,9 @@ struct OperatorArgs {
     /// The operator's namespace: Lease, certificate Secret; never injected.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
+    /// The Lease the replicas elect a leader with: one per release.
+    #[arg(long, default_value = "sluice-operator")]
+    lease_name: String,
     /// The Service in front of the operator's replicas.
     #[arg(long, default_value = "sluice-operator")]
     service_name: String,
@@ -147,6 +150,19 @@ struct SidecarArgs {
     sidecar_memory_request: String,
     #[arg(long, default_value = "128Mi")]
     sidecar_memory_limit: String,
+    /// No CPU limit unless given; then give --sidecar-workers as many threads.
+    #[arg(long)]
+    sidecar_cpu_limit: Option<String>,
+    /// Ephemeral storage for the sidecar's own writes (its logs): the
+    /// webhook state volume has its own sizeLimit.
+    #[arg(long, default_value = "16Mi")]
+    sidecar_ephemeral_storage_request: String,
+    #[arg(long, default_value = "128Mi")]
+    sidecar_ephemeral_storage_limit: String,
+    /// Disk each webhook's queue of accepted, undelivered events may take
+    /// (the sidecar's --max-queue-bytes); sizes the state volume's limit.
+    #[arg(long, default_value_t = sluice_contract::config::defaults::max_queue_bytes())]
+    sidecar_webhook_queue_bytes: u64,
     /// Worker threads per sidecar: match its CPU limit.
     #[arg(long, default_value_t = 1)]
     sidecar_workers: u16,
@@ -169,6 +185,10 @@ impl SidecarArgs {
             cpu_request: self.sidecar_cpu_request.clone(),
             memory_request: self.sidecar_memory_request.clone(),
             memory_limit: self.sidecar_memory_limit.clone(),
+            cpu_limit: self.sidecar_cpu_limit.clone(),
+            ephemeral_storage_request: self.sidecar_ephemeral_storage_request.clone(),
+            ephemeral_storage_limit: self.sidecar_ephemeral_storage_limit.clone(),
+            webhook_queue_bytes: self.sidecar_webhook_queue_bytes,
             workers: self.sidecar_workers,
             shared_state: self.sidecar_shared_state.clone().map(|url| {
                 inject::SharedStateSettings {
@@ -302,10 +322,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Webhooks { command } => webhooks::run(command),
         Command::Operator(args) => {
+            let args = *args;
             runtime::init_logging();
             let options = sluice_operator::app::Options {
                 namespace: args.namespace,
                 operator_namespace: args.lease_namespace,
+                lease_name: args.lease_name,
                 metrics_listen: args.metrics_listen,
                 webhook_listen: args.webhook_listen,
                 service_name: args.service_name,

@@ -22,17 +22,21 @@ use crate::view::ClusterView;
 pub async fn run(
     client: Client,
     view: Arc<ClusterView>,
+    watch_namespace: Option<String>,
     skip_namespaces: Vec<String>,
     metrics: ControllerMetrics,
 ) {
+    // Watching one namespace, the operator reads only that one (its RBAC is
+    // a Role there).
+    let namespace_config = match &watch_namespace {
+        Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
+        None => watcher::Config::default(),
+    };
     let (namespaces, writer) = reflector::store::<Namespace>();
-    let namespace_watch = watcher(
-        Api::<Namespace>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(writer)
-    .for_each(|_| async {});
+    let namespace_watch = watcher(Api::<Namespace>::all(client.clone()), namespace_config)
+        .default_backoff()
+        .reflect(writer)
+        .for_each(|_| async {});
     tokio::spawn(namespace_watch);
     let recorder = Recorder::new(
         client.clone(),
@@ -41,8 +45,12 @@ pub async fn run(
             instance: std::env::var("POD_NAME").ok(),
         },
     );
+    let pod_api = match &watch_namespace {
+        Some(ns) => Api::<PartialObjectMeta<Pod>>::namespaced(client, ns),
+        None => Api::<PartialObjectMeta<Pod>>::all(client),
+    };
     let pods = watcher(
-        Api::<PartialObjectMeta<Pod>>::all(client),
+        pod_api,
         watcher::Config::default().labels(&format!("!{INJECTED_LABEL}")),
     )
     .default_backoff();

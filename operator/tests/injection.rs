@@ -20,57 +20,12 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use support::*;
-
-/// A plain HTTP upstream on loopback that answers 200 and counts requests.
-struct Upstream {
-    addr: SocketAddr,
-    hits: Arc<AtomicUsize>,
-}
-
-impl Upstream {
-    fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let hits = Arc::new(AtomicUsize::new(0));
-        let counted = hits.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let counted = counted.clone();
-                std::thread::spawn(move || {
-                    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-                    let mut buffer = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    loop {
-                        // One request per read is enough: GETs without bodies.
-                        let Ok(n) = stream.read(&mut chunk) else {
-                            return;
-                        };
-                        if n == 0 {
-                            return;
-                        }
-                        buffer.extend_from_slice(&chunk[..n]);
-                        while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                            buffer.drain(..end + 4);
-                            counted.fetch_add(1, Ordering::SeqCst);
-                            let _ = stream.write_all(
-                                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok",
-                            );
-                        }
-                    }
-                });
-            }
-        });
-        Self { addr, hits }
-    }
-}
 
 /// One HTTP/1.1 GET on a new connection; the status and the x-sluice-error header.
 fn get(addr: &str, path: &str) -> Option<(u16, String)> {
@@ -365,7 +320,7 @@ fn injection_and_live_config_with_the_charts_rbac() {
             })
         },
     );
-    let upstream = Upstream::start();
+    let upstream = Upstream::start(|_| 200);
     let live_port = free_port();
     cp.ok(
         &["apply", "-f", "-"],

@@ -23,6 +23,7 @@ pub use crate::dead_letter::DeadLetterSummary;
 use crate::ingress::Endpoint;
 use crate::ingress::Ingress;
 use crate::metrics::Metrics;
+use sluice_contract::exposition::Exposition;
 
 /// Readiness: true once every listener is bound and every secret loaded.
 #[derive(Clone, Default)]
@@ -222,11 +223,16 @@ impl AdminService {
             );
         }
         match request.uri().path() {
-            "/metrics" => text(
-                StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                self.metrics.encode(),
-            ),
+            "/metrics" => {
+                let format = Exposition::negotiate(
+                    request.headers().get(header::ACCEPT).map(|v| v.as_bytes()),
+                );
+                text(
+                    StatusCode::OK,
+                    format.content_type(),
+                    self.metrics.encode(format),
+                )
+            }
             "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
             "/readyz" if self.ready.get() => text(StatusCode::OK, "text/plain", "ready\n".into()),
             "/readyz" => text(

@@ -4,14 +4,76 @@
 
 use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use sluice_contract::exposition::Exposition;
 
 pub type Name = Arc<str>;
+
+/// A label's closed set of values: each variant's text in one place, and
+/// `ALL` so the series an alert counts with `increase()` can exist at 0
+/// before the first event (a series born at 1 shows no increase).
+macro_rules! label_values {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal,)+ }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &[Self] = &[$(Self::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $text),+ }
+            }
+        }
+
+        impl EncodeLabelValue for $name {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+                std::fmt::Write::write_str(encoder, self.as_str())
+            }
+        }
+    };
+}
+
+label_values! {
+    /// `result` of `sluice_webhook_received_total`.
+    Received {
+        Verified => "verified",
+        Duplicate => "duplicate",
+        InvalidSignature => "invalid_signature",
+        Stale => "stale",
+        TooLarge => "too_large",
+        Busy => "busy",
+        TooSlow => "too_slow",
+        Unreadable => "unreadable",
+        QueueFull => "queue_full",
+        Error => "error",
+    }
+}
+
+label_values! {
+    /// `result` of `sluice_webhook_deliveries_total`.
+    Delivery {
+        Delivered => "delivered",
+        Retry => "retry",
+        DeadLetter => "dead_letter",
+        Dropped => "dropped",
+        OutOfOrder => "out_of_order",
+    }
+}
+
+label_values! {
+    /// `reason` of `sluice_ratelimit_rejected_total`: why Sluice answered 429.
+    Rejection {
+        RateLimited => "rate-limited",
+        QueueFull => "queue-full",
+        Deadline => "deadline",
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -44,7 +106,7 @@ pub struct LimitLabels {
 pub struct LimitReasonLabels {
     pub integration: Name,
     pub limit: Name,
-    pub reason: &'static str,
+    pub reason: Rejection,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -70,10 +132,17 @@ pub struct WebhookLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct WebhookResultLabels {
+pub struct ReceivedLabels {
     pub integration: Name,
     pub webhook: Name,
-    pub result: &'static str,
+    pub result: Received,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    pub integration: Name,
+    pub webhook: Name,
+    pub result: Delivery,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -169,9 +238,9 @@ pub struct Families {
     pub token_refresh: Family<ResultLabels, Counter>,
     pub credential_fallback: Family<ResultLabels, Counter>,
     pub secret_reloads: Family<ResultLabels, Counter>,
-    pub webhook_received: Family<WebhookResultLabels, Counter>,
+    pub webhook_received: Family<ReceivedLabels, Counter>,
     pub webhook_queue_depth: Family<WebhookLabels, Gauge>,
-    pub webhook_deliveries: Family<WebhookResultLabels, Counter>,
+    pub webhook_deliveries: Family<DeliveryLabels, Counter>,
     pub webhook_fsyncs: Family<WebhookLabels, Counter>,
     pub webhook_ack_duration: Family<WebhookLabels, Histogram, fn() -> Histogram>,
     pub config_reloads: Family<ReloadLabels, Counter>,
@@ -411,12 +480,29 @@ impl Metrics {
         }))
     }
 
-    /// The Prometheus text exposition format.
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
-        out
+    /// Creates a webhook's received and delivery series at 0, so the first
+    /// forged or dead-lettered event is an increase an alert can see.
+    pub fn webhook_series(&self, integration: &Name, webhook: &Name) {
+        for &result in Received::ALL {
+            self.webhook_received.get_or_create_owned(&ReceivedLabels {
+                integration: integration.clone(),
+                webhook: webhook.clone(),
+                result,
+            });
+        }
+        for &result in Delivery::ALL {
+            self.webhook_deliveries
+                .get_or_create_owned(&DeliveryLabels {
+                    integration: integration.clone(),
+                    webhook: webhook.clone(),
+                    result,
+                });
+        }
+    }
+
+    /// Every series, in the format the scraper asked for.
+    pub fn encode(&self, format: Exposition) -> String {
+        format.encode(&self.registry)
     }
 }
 

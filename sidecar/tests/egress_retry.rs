@@ -426,3 +426,43 @@ async fn circuit_breaker_fails_fast_then_recovers() {
     );
     sidecar.shutdown().await;
 }
+
+/// A provider that accepts the connection and never answers: every request
+/// ends in its total timeout (504 total-timeout), and those count as the
+/// provider's failures, so the breaker opens instead of letting the app
+/// wait out every timeout.
+#[tokio::test]
+async fn a_provider_that_hangs_past_the_total_timeout_opens_the_circuit() {
+    let upstream = TestUpstream::plain(handler(|_, _| async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        respond(200, "late")
+    }))
+    .await;
+    let mut config = integration("hangs", &upstream);
+    config.upstream.timeout = D::from_millis(150);
+    config.upstream.total_timeout = D::from_millis(150);
+    config.retry.max_attempts = 1;
+    config.circuit_breaker = Some(CircuitBreakerConfig {
+        failure_ratio: 0.5,
+        min_requests: 3,
+        window: D::from_secs(10),
+        open_for: D::from_secs(30),
+        half_open_probes: 1,
+    });
+    let sidecar = start(vec![config]).await;
+    let app = App::new(sidecar.egress_addr("hangs").unwrap());
+    for _ in 0..3 {
+        let hung = app.get("/x").await;
+        assert_eq!(hung.status, 504);
+        assert_eq!(hung.header("x-sluice-error"), Some("total-timeout"));
+    }
+    let open = app.get("/x").await;
+    assert_eq!(open.status, 503);
+    assert_eq!(open.header("x-sluice-error"), Some("circuit-open"));
+    let metrics = admin(&sidecar, "/metrics").await.text();
+    assert!(
+        metrics.contains("sluice_circuit_state{integration=\"hangs\"} 1"),
+        "{metrics}"
+    );
+    sidecar.shutdown().await;
+}

@@ -2,9 +2,34 @@
 //! on loopback, the `sluice` binary as the operator, and polling helpers.
 #![allow(dead_code)]
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+#[path = "../../../tests/tools/locate.rs"]
+mod locate;
+// Not every test binary uses it.
+#[allow(unused_imports)]
+pub use locate::tool;
+
+/// A binary of the test control plane (`kubectl`, `helm`, ...), built once
+/// by `tests/controlplane/build`, without starting anything.
+pub fn controlplane_bin(name: &str) -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let out = Command::new(repo().join("tests/controlplane/build"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("running tests/controlplane/build");
+        assert!(out.status.success(), "tests/controlplane/build failed");
+        String::from_utf8(out.stdout).unwrap().trim().into()
+    });
+    dir.join(name)
+}
 
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -208,9 +233,57 @@ impl Drop for Operator {
     }
 }
 
+/// A plain HTTP upstream on loopback: answers each GET with the status
+/// `status_for` gives its path, and counts requests.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+}
+
+impl Upstream {
+    pub fn start(status_for: fn(&str) -> u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counted = hits.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let counted = counted.clone();
+                std::thread::spawn(move || {
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+                    let mut buffer = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        // One request per read is enough: GETs without bodies.
+                        let Ok(n) = stream.read(&mut chunk) else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buffer.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
+                            buffer.drain(..end + 4);
+                            counted.fetch_add(1, Ordering::SeqCst);
+                            let path = head.split(' ').nth(1).unwrap_or("/");
+                            let _ = write!(
+                                stream,
+                                "HTTP/1.1 {} X\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok",
+                                status_for(path)
+                            );
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, hits }
+    }
+}
+
 /// One plain HTTP/1.1 GET; the whole answer (status line, headers, body).
 pub fn http_get(addr: &str, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(

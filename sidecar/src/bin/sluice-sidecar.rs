@@ -45,6 +45,10 @@ struct Args {
     /// With --config-dir: webhook queues, de-duplication ids and dead letters.
     #[arg(long, default_value = layout::STATE_DIR)]
     state_dir: PathBuf,
+    /// With --config-dir: disk each webhook's queue of accepted, undelivered
+    /// events may take; past it providers get 503 and send again later.
+    #[arg(long, default_value_t = sluice_contract::config::defaults::max_queue_bytes())]
+    max_queue_bytes: u64,
     /// With --config-dir: how long in-flight requests may finish at shutdown.
     #[arg(long, default_value = "30s")]
     drain_timeout: ConfigDuration,
@@ -74,15 +78,19 @@ fn main() -> anyhow::Result<()> {
         (Some(file), None) => {
             SidecarConfig::from_file(file).with_context(|| format!("loading {}", file.display()))?
         }
-        (None, Some(dir)) => SidecarConfig {
-            drain_timeout: args.drain_timeout,
-            ..SidecarConfig::new(
-                source::load_dir(dir).with_context(|| format!("loading {}", dir.display()))?,
-                args.admin_listen,
-                args.webhook_listen,
-                args.state_dir.clone(),
-            )
-        },
+        (None, Some(dir)) => {
+            let mut config = SidecarConfig {
+                drain_timeout: args.drain_timeout,
+                ..SidecarConfig::new(
+                    source::load_dir(dir).with_context(|| format!("loading {}", dir.display()))?,
+                    args.admin_listen,
+                    args.webhook_listen,
+                    args.state_dir.clone(),
+                )
+            };
+            config.ingress.max_queue_bytes = args.max_queue_bytes;
+            config
+        }
         _ => bail!("give --config FILE or --config-dir DIR"),
     };
     let options = StartOptions {

@@ -221,7 +221,10 @@ impl CircuitBreaker {
     }
 }
 
-/// Whether an outcome counts against the upstream's health.
+/// Whether an outcome counts against the upstream's health. A provider that
+/// hangs until the request's total timeout is failing as surely as one that
+/// refuses connections; a deadline passed while reading the app's upload is
+/// not its doing.
 fn upstream_failed(result: &Result<Response<ProxyBody>, ProxyError>) -> Option<bool> {
     match result {
         Ok(response) => Some(response.status().is_server_error()),
@@ -231,6 +234,10 @@ fn upstream_failed(result: &Result<Response<ProxyBody>, ProxyError>) -> Option<b
             | ProxyError::Reset(_)
             | ProxyError::Protocol(_)
             | ProxyError::UpstreamTimeout(_)
+            | ProxyError::DeadlineExceeded {
+                awaiting_upstream: true,
+                ..
+            }
             | ProxyError::BudgetExhausted { .. },
         ) => Some(true),
         // Our own refusals (rate limits, bad requests, missing secrets) say nothing about it.

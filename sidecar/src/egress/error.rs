@@ -33,8 +33,13 @@ pub enum ProxyError {
     BudgetExhausted { last: Box<ProxyError> },
     #[error("no response headers from the upstream within {0:?}")]
     UpstreamTimeout(Duration),
-    #[error("the request's total timeout of {0:?} passed")]
-    DeadlineExceeded(Duration),
+    #[error("the request's total timeout of {total:?} passed")]
+    DeadlineExceeded {
+        total: Duration,
+        /// An attempt was waiting for the provider's answer (a hang the
+        /// circuit breaker counts), not for the app's upload.
+        awaiting_upstream: bool,
+    },
     #[error("cannot connect to the upstream: {0}")]
     Connect(String),
     #[error("TLS with the upstream failed: {0}")]
@@ -59,7 +64,7 @@ impl ProxyError {
             ProxyError::CircuitOpen { .. } => "circuit-open",
             ProxyError::BudgetExhausted { .. } => "budget-exhausted",
             ProxyError::UpstreamTimeout(_) => "upstream-timeout",
-            ProxyError::DeadlineExceeded(_) => "total-timeout",
+            ProxyError::DeadlineExceeded { .. } => "total-timeout",
             ProxyError::Connect(_) => "upstream-connect",
             ProxyError::Tls(_) => "upstream-tls",
             ProxyError::Reset(_) => "upstream-reset",
@@ -78,7 +83,7 @@ impl ProxyError {
             ProxyError::CircuitOpen { .. }
             | ProxyError::BudgetExhausted { .. }
             | ProxyError::Credentials(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::UpstreamTimeout(_) | ProxyError::DeadlineExceeded(_) => {
+            ProxyError::UpstreamTimeout(_) | ProxyError::DeadlineExceeded { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
             ProxyError::Connect(_)

@@ -37,7 +37,7 @@ use super::retry::provider_wait;
 use super::route::{Priority, RequestContext};
 use super::step::{Next, PipelineResult, Step};
 use crate::config::{ClusterRate, LimitScope, RateLimitConfig, WhenExceeded};
-use crate::metrics::{LimitLabels, LimitReasonLabels, Metrics, Name};
+use crate::metrics::{LimitLabels, LimitReasonLabels, Metrics, Name, Rejection};
 use crate::shared::limits::{Admission, SharedLimit};
 use crate::shared::{SharedState, SharedStateError};
 
@@ -538,6 +538,15 @@ impl RateLimiter {
                 .ratelimit_queue_capacity
                 .get_or_create(&labels)
                 .set(config.queue.max_depth as i64);
+            for &reason in Rejection::ALL {
+                self.metrics
+                    .ratelimit_rejected
+                    .get_or_create_owned(&LimitReasonLabels {
+                        integration: labels.integration.clone(),
+                        limit: labels.limit.clone(),
+                        reason,
+                    });
+            }
             let shared = self.shared_limit(config);
             match state.limits.iter().position(|l| *l.name == *config.name) {
                 Some(slot) => {
@@ -576,7 +585,7 @@ impl RateLimiter {
         slots
     }
 
-    fn reject(&self, limit: &Name, reason: &'static str) {
+    fn reject(&self, limit: &Name, reason: Rejection) {
         self.metrics
             .ratelimit_rejected
             .get_or_create(&LimitReasonLabels {
@@ -718,7 +727,7 @@ impl RateLimiter {
                 if limit.when_exceeded == WhenExceeded::Reject && (!has_room || limit.waiting > 0) {
                     let name = limit.name.clone();
                     drop(state);
-                    self.reject(&name, "rate-limited");
+                    self.reject(&name, Rejection::RateLimited);
                     return Err(ProxyError::RateLimited {
                         limit: name.to_string(),
                         retry_after,
@@ -727,7 +736,7 @@ impl RateLimiter {
                 if limit.waiting >= limit.max_depth {
                     let name = limit.name.clone();
                     drop(state);
-                    self.reject(&name, "queue-full");
+                    self.reject(&name, Rejection::QueueFull);
                     return Err(ProxyError::QueueFull {
                         limit: name.to_string(),
                         retry_after,
@@ -741,7 +750,7 @@ impl RateLimiter {
             if expected > give_up_at {
                 let (name, retry_after) = slowest(&state, limits, now, up);
                 drop(state);
-                self.reject(&name, "deadline");
+                self.reject(&name, Rejection::Deadline);
                 return Err(ProxyError::QueueFull {
                     limit: name.to_string(),
                     retry_after,
@@ -788,7 +797,7 @@ impl RateLimiter {
                 let (name, retry_after) = slowest(&state, limits, Instant::now(), self.shared_up());
                 drop(state);
                 self.wake_dispatcher.notify_one();
-                self.reject(&name, "deadline");
+                self.reject(&name, Rejection::Deadline);
                 Err(ProxyError::QueueFull {
                     limit: name.to_string(),
                     retry_after,

@@ -12,6 +12,7 @@ use futures_util::future::Either;
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use http::{HeaderMap, Method, Request, Response};
 use http_body::Body as _;
+use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 use tower::retry::budget::{Budget, TpsBudget};
 
@@ -33,6 +34,8 @@ pub struct RetryRules {
     honor_retry_after: bool,
     max_retry_after: Duration,
     budget: TpsBudget,
+    /// `sluice_retry_budget_exhausted_total`, at 0 from the start.
+    budget_exhausted: Counter,
     idempotency: Option<(HeaderName, Vec<Method>)>,
     max_buffered_body: u64,
     integration: Name,
@@ -59,6 +62,12 @@ impl RetryRules {
             None => None,
         };
         let budget = &config.budget;
+        let budget_exhausted = metrics
+            .retry_budget_exhausted
+            .get_or_create(&IntegrationLabels {
+                integration: integration.clone(),
+            })
+            .clone();
         Ok(Self {
             max_attempts: config.max_attempts.max(1),
             backoff: config.backoff.clone(),
@@ -80,6 +89,7 @@ impl RetryRules {
                 budget.min_per_second,
                 budget.ratio.clamp(0.0, 1000.0) as f32,
             ),
+            budget_exhausted,
             idempotency,
             max_buffered_body,
             integration,
@@ -222,7 +232,10 @@ impl Step for RetryStep {
                     body.buffer_up_to(rules.max_buffered_body),
                 )
                 .await
-                .map_err(|_| ProxyError::DeadlineExceeded(ctx.route.total_timeout))?
+                .map_err(|_| ProxyError::DeadlineExceeded {
+                    total: ctx.route.total_timeout,
+                    awaiting_upstream: false,
+                })?
                 .map_err(|e| ProxyError::BadRequest(format!("reading the request body: {e}")))?;
                 attempts(rules, head, body, ctx, next).await
             }));
@@ -300,13 +313,7 @@ fn attempts<S: Next>(
                 return result;
             }
             if !rules.budget.withdraw() {
-                rules
-                    .metrics
-                    .retry_budget_exhausted
-                    .get_or_create(&IntegrationLabels {
-                        integration: rules.integration.clone(),
-                    })
-                    .inc();
+                rules.budget_exhausted.inc();
                 return match result {
                     Err(last) => Err(ProxyError::BudgetExhausted {
                         last: Box::new(last),

@@ -35,7 +35,10 @@ impl Step for AttemptTimeoutStep {
         let until = (tokio::time::Instant::now() + limit).min(deadline);
         tokio::time::timeout_at(until, next.call(request, ctx)).map(move |outcome| match outcome {
             Ok(result) => result,
-            Err(_) if until == deadline => Err(ProxyError::DeadlineExceeded(total)),
+            Err(_) if until == deadline => Err(ProxyError::DeadlineExceeded {
+                total,
+                awaiting_upstream: true,
+            }),
             Err(_) => Err(ProxyError::UpstreamTimeout(limit)),
         })
     }

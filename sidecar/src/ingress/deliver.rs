@@ -18,7 +18,7 @@ use crate::config::DeliveryConfig;
 use crate::dead_letter::{DeadLetter, StoredEvent};
 use crate::egress::body::{BodyTimeouts, ProxyBody};
 use crate::egress::client::{UpstreamClient, strip_hop_by_hop};
-use crate::metrics::{Metrics, WebhookResultLabels};
+use crate::metrics::{Delivery, DeliveryLabels, Metrics};
 use crate::shared::webhooks::TAKEOVER_IDLE;
 
 pub const EVENT_ID_HEADER: &str = "x-sluice-event-id";
@@ -35,10 +35,10 @@ pub struct Deliverer {
 }
 
 impl Deliverer {
-    fn count(&self, result: &'static str) {
+    fn count(&self, result: Delivery) {
         self.metrics
             .webhook_deliveries
-            .get_or_create(&WebhookResultLabels {
+            .get_or_create(&DeliveryLabels {
                 integration: self.integration.clone(),
                 webhook: self.webhook.clone(),
                 result,
@@ -116,7 +116,7 @@ impl Deliverer {
                 Ok(Verdict::Deliver) => {}
                 Ok(Verdict::OutOfOrder(reason)) => {
                     tracing::warn!(integration = %self.integration, webhook = %self.webhook, event_id = %event.id, %reason, "webhook not delivered: out of order");
-                    self.count("out_of_order");
+                    self.count(Delivery::OutOfOrder);
                     source.finish(&event).await;
                     continue;
                 }
@@ -151,7 +151,7 @@ impl Deliverer {
                         break Err((attempt, error));
                     }
                     Err(error) => {
-                        self.count("retry");
+                        self.count(Delivery::Retry);
                         tracing::info!(integration = %self.integration, webhook = %self.webhook, event_id = %event.id, attempt, %error, "webhook delivery failed; retrying");
                         let wait =
                             crate::egress::retry::backoff_delay(&self.config.backoff, attempt);
@@ -173,7 +173,7 @@ impl Deliverer {
             };
             match outcome {
                 Ok(()) => {
-                    self.count("delivered");
+                    self.count(Delivery::Delivered);
                     source.finish(&event).await;
                 }
                 Err((attempts, error)) if self.config.dead_letter => {
@@ -187,11 +187,11 @@ impl Deliverer {
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }
-                    self.count("dead_letter");
+                    self.count(Delivery::DeadLetter);
                 }
                 Err((attempts, error)) => {
                     tracing::warn!(integration = %self.integration, webhook = %self.webhook, event_id = %event.id, attempts, %error, "webhook dropped after its last attempt (deadLetter: false)");
-                    self.count("dropped");
+                    self.count(Delivery::Dropped);
                     source.finish(&event).await;
                 }
             }

@@ -14,6 +14,8 @@ use hyper::body::Incoming;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
 
+use crate::metrics::Received;
+
 /// Bodies up to this size are small: they may use the whole budget, and the
 /// part large bodies may not take is kept for them.
 pub const SMALL_BODY: u64 = 64 * 1024;
@@ -52,12 +54,12 @@ pub enum IntakeError {
 
 impl IntakeError {
     /// The `result` label of `sluice_webhook_received_total`.
-    pub fn result_label(&self) -> &'static str {
+    pub fn result_label(&self) -> Received {
         match self {
-            IntakeError::TooLarge(_) => "too_large",
-            IntakeError::Busy => "busy",
-            IntakeError::TooSlow => "too_slow",
-            IntakeError::Unreadable => "unreadable",
+            IntakeError::TooLarge(_) => Received::TooLarge,
+            IntakeError::Busy => Received::Busy,
+            IntakeError::TooSlow => Received::TooSlow,
+            IntakeError::Unreadable => Received::Unreadable,
         }
     }
 }

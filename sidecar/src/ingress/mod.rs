@@ -39,7 +39,7 @@ use self::verify::{GenericHmac, WebhookKey};
 use crate::config::{
     DeliveryConfig, IngressConfig, IntegrationConfig, OrderingConfig, WebhookConfig, WebhookScheme,
 };
-use crate::metrics::{Metrics, Name, WebhookLabels, WebhookResultLabels};
+use crate::metrics::{Metrics, Name, Received, ReceivedLabels, WebhookLabels};
 use crate::secrets::{Secret, SecretError, SecretStore};
 use crate::shared::SharedState;
 use crate::shared::webhooks::SharedWebhook;
@@ -370,6 +370,8 @@ impl Ingress {
         queue: &OpenQueue,
     ) -> Result<Endpoint, IngressError> {
         let name: Name = Arc::from(integration.name.as_str());
+        self.metrics
+            .webhook_series(&name, &Arc::from(webhook.name.as_str()));
         let loaded = webhook
             .verify
             .secrets
@@ -430,10 +432,10 @@ impl Ingress {
             .collect()
     }
 
-    fn count(&self, endpoint: &Endpoint, result: &'static str) {
+    fn count(&self, endpoint: &Endpoint, result: Received) {
         self.metrics
             .webhook_received
-            .get_or_create(&WebhookResultLabels {
+            .get_or_create(&ReceivedLabels {
                 integration: endpoint.integration.clone(),
                 webhook: endpoint.webhook.clone(),
                 result,
@@ -522,7 +524,7 @@ impl Ingress {
             .await
         {
             Ok(Outcome::Stored) => {
-                self.count(&endpoint, "verified");
+                self.count(&endpoint, Received::Verified);
                 self.metrics
                     .webhook_ack_duration
                     .get_or_create(&WebhookLabels {
@@ -533,13 +535,13 @@ impl Ingress {
                 reply(StatusCode::OK, "accepted", None)
             }
             Ok(Outcome::Duplicate) => {
-                self.count(&endpoint, "duplicate");
+                self.count(&endpoint, Received::Duplicate);
                 reply(StatusCode::OK, "duplicate", None)
             }
             Err(error) => {
                 let (result, retry) = match error {
-                    StoreError::Full => ("queue_full", 30),
-                    StoreError::Unavailable(_) => ("error", 5),
+                    StoreError::Full => (Received::QueueFull, 30),
+                    StoreError::Unavailable(_) => (Received::Error, 5),
                 };
                 self.count(&endpoint, result);
                 tracing::warn!(integration = %endpoint.integration, webhook = %endpoint.webhook, %error, "webhook not accepted; the provider will retry");

@@ -12,6 +12,7 @@ use http::HeaderMap;
 use ring::{hmac, signature};
 
 use crate::config::{SignatureEncoding, WebhookScheme};
+use crate::metrics::Received;
 
 /// Why a webhook was refused. The reason goes to metrics and debug logs; the
 /// provider only sees a generic 400.
@@ -33,10 +34,10 @@ pub enum VerifyError {
 
 impl VerifyError {
     /// The `result` label of `sluice_webhook_received_total`.
-    pub fn result_label(&self) -> &'static str {
+    pub fn result_label(&self) -> Received {
         match self {
-            VerifyError::Stale(_) => "stale",
-            _ => "invalid_signature",
+            VerifyError::Stale(_) => Received::Stale,
+            _ => Received::InvalidSignature,
         }
     }
 }

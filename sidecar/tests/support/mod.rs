@@ -317,28 +317,11 @@ pub fn metric(text: &str, prefix: &str) -> f64 {
         .sum()
 }
 
-/// A test tool built from the Go modules pinned in `tests/tools/go.mod`
-/// (`h2spec`, `toxiproxy-server`, `stripe-mock`): `tests/tools/build` builds
-/// them once into a cache outside the clone and prints where.
-pub fn tool(name: &str) -> std::path::PathBuf {
-    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/tools/build");
-        let out = std::process::Command::new(&script)
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
-        assert!(
-            out.status.success(),
-            "{} failed: the test tools need Go and the Go module proxy",
-            script.display()
-        );
-        String::from_utf8(out.stdout).unwrap().trim().into()
-    });
-    let path = dir.join(name);
-    assert!(path.exists(), "{} was not built", path.display());
-    path
-}
+#[path = "../../../tests/tools/locate.rs"]
+mod locate;
+// Not every test binary uses it.
+#[allow(unused_imports)]
+pub use locate::tool;
 
 /// One GET over a fresh connection to `addr`, read until the sidecar closes
 /// it (however the response ends: cut bodies included), and how long that took.
