@@ -111,6 +111,13 @@ impl ControllerMetrics {
             "Serving certificates created or renewed by this replica",
             certificate_renewals.clone(),
         );
+        // Every result at 0 from the start, for the dashboard's panels.
+        for result in ["injected", "unchanged", "error"] {
+            injections.get_or_create_owned(&ResultLabels { result });
+        }
+        for result in ["changed", "unchanged", "denied", "error"] {
+            config_polls.get_or_create_owned(&ResultLabels { result });
+        }
         Self {
             injections,
             injections_missed,

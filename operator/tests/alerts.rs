@@ -64,29 +64,6 @@ fn of_kind<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("the chart renders no {kind}"))
 }
 
-fn promtool(args: &[&str], stdin: Option<&str>) -> String {
-    let mut child = Command::new(tool("promtool"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let mut input = child.stdin.take().unwrap();
-        input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "promtool {args:?}:\n{text}");
-    text
-}
-
 /// The integration the sidecar runs: every part an alert watches.
 const INTEGRATION: &str = "apiVersion: sluice.dev/v1alpha1
 kind: ProviderIntegration
@@ -118,6 +95,19 @@ spec:
       verify:
         scheme: StandardWebhooks
         secrets: [{secretRef: {name: payments-webhook, key: current}}]
+---
+apiVersion: sluice.dev/v1alpha1
+kind: ProviderIntegration
+metadata: {name: kyc, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: checkout}}
+  upstream: {baseUrl: 'http://UPSTREAM'}
+  egress: {port: KYC_EGRESS}
+  auth:
+    oauth2ClientCredentials:
+      tokenUrl: http://UPSTREAM/oauth/token
+      clientIdRef: {name: kyc-oauth, key: client-id}
+      clientSecretRef: {name: kyc-oauth, key: client-secret}
 ";
 
 struct Sidecar(Child);
@@ -144,6 +134,8 @@ fn scrape_a_sidecar(dir: &Path) -> String {
             "payments-webhook/current",
             "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
         ),
+        ("kyc-oauth/client-id", "kyc-client"),
+        ("kyc-oauth/client-secret", "kyc-secret"),
     ] {
         let path = dir.join("secrets").join(secret);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -155,6 +147,7 @@ fn scrape_a_sidecar(dir: &Path) -> String {
         &manifest,
         INTEGRATION
             .replace("UPSTREAM", &upstream.addr.to_string())
+            .replace("KYC_EGRESS", &free_port().to_string())
             .replace("EGRESS", &egress.to_string()),
     )
     .unwrap();
@@ -208,6 +201,74 @@ fn scrape_a_sidecar(dir: &Path) -> String {
         "{head}"
     );
     body.to_owned()
+}
+
+/// Every series a dashboard panel reads exists in a scrape (or is a
+/// recording rule of the chart), with every label the panel names.
+fn check_dashboard(scrapes: &Scrapes, rules: &Value) -> usize {
+    let recorded: BTreeSet<&str> = rules["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+        .filter_map(|r| r["record"].as_str())
+        .collect();
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("charts/sluice/dashboards/sluice.json")).unwrap(),
+    )
+    .unwrap();
+    let metric = regex::Regex::new(r"\b(sluice[a-z0-9_:]*)(\{[^}]*\})?").unwrap();
+    let matcher = regex::Regex::new(r"([a-z_]+)\s*=~?").unwrap();
+    let grouping = regex::Regex::new(r"by \(([^)]*)\)").unwrap();
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            let grouped: Vec<&str> = grouping
+                .captures_iter(expr)
+                .flat_map(|c| c.get(1).unwrap().as_str().split(','))
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && *l != "le")
+                .collect();
+            for found in metric.captures_iter(expr) {
+                let name = &found[1];
+                if recorded.contains(name) {
+                    continue;
+                }
+                let mut labels: Vec<&str> = found
+                    .get(2)
+                    .map(|m| {
+                        matcher
+                            .captures_iter(m.as_str())
+                            .map(|c| c.get(1).unwrap().as_str())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                labels.extend(&grouped);
+                let series: Vec<&series::Series> = scrapes
+                    .sidecar
+                    .series
+                    .iter()
+                    .chain(&scrapes.operator.series)
+                    .filter(|s| s.name == name)
+                    .collect();
+                assert!(
+                    !series.is_empty(),
+                    "panel {} reads {name}, which no scrape has",
+                    panel["title"]
+                );
+                for label in &labels {
+                    assert!(
+                        series.iter().all(|s| s.labels.contains_key(*label)),
+                        "panel {} reads {name} by {label}, a label its series lack",
+                        panel["title"]
+                    );
+                }
+                checked += 1;
+            }
+        }
+    }
+    checked
 }
 
 /// promtool's test file: the groups, with each expected alert's constant
@@ -334,6 +395,10 @@ fn every_alert_fires_when_it_should_and_only_then() {
         sidecar: Scrape::new(&sidecar_text, &pod),
         operator: Scrape::new(&operator_text, &operator),
     };
+
+    phases.enter("The dashboard's queries against the scrapes");
+    let queried = check_dashboard(&scrapes, &rules);
+    println!("{queried} series selectors of the dashboard found in the scrapes");
 
     phases.enter("promtool test rules: every alert, firing and not");
     let groups = cases::groups(&scrapes);

@@ -155,6 +155,31 @@ impl Drop for Sidecar {
     }
 }
 
+/// Every optional part of the chart on, and every value a user may set
+/// set: all but cert-manager, whose CRDs the test control plane lacks (the
+/// lint covers it).
+fn every_option() -> Vec<&'static str> {
+    [
+        "metrics.serviceMonitor.enabled=true",
+        "metrics.serviceMonitor.labels.release=prometheus",
+        "metrics.prometheusRule.enabled=true",
+        "metrics.prometheusRule.labels.release=prometheus",
+        "metrics.grafanaDashboard.enabled=true",
+        "sharedState.deploy=true",
+        "sharedState.secretNamespaces={shop}",
+        "operator.watchNamespace=shop",
+        "operator.replicas=3",
+        "operator.podDisruptionBudget.minAvailable=2",
+        "sidecar.resources.cpuLimit=1",
+        "sidecar.webhookQueueBytes=268435456",
+        "injector.failurePolicy=Fail",
+        "injector.excludeNamespaces={legacy}",
+    ]
+    .iter()
+    .flat_map(|value| ["--set", value])
+    .collect()
+}
+
 fn served_serial(port: u16) -> String {
     let out = Command::new("sh")
         .arg("-c")
@@ -174,23 +199,12 @@ fn injection_and_live_config_with_the_charts_rbac() {
 
     let mut phases = Phases::new();
     phases.enter("The chart: lint (every optional part on, too), render, dry run, apply");
-    for extra in [
-        &[][..],
-        &[
-            "--set",
-            "metrics.serviceMonitor.enabled=true",
-            "--set",
-            "metrics.prometheusRule.enabled=true",
-            "--set",
-            "metrics.grafanaDashboard.enabled=true",
-            "--set",
-            "tls.certManager.enabled=true",
-            "--set",
-            "sharedState.deploy=true",
-            "--set",
-            "sharedState.secretNamespaces={shop}",
-        ][..],
-    ] {
+    let with_cert_manager = [
+        every_option(),
+        vec!["--set", "tls.certManager.enabled=true"],
+    ]
+    .concat();
+    for extra in [&[][..], &with_cert_manager[..]] {
         let out = Command::new(&helm)
             .arg("lint")
             .arg(&chart)
@@ -726,6 +740,80 @@ spec:
             admin_get(&admin, "/metrics")
                 .is_some_and(|m| metric(&m, "sluice_config_server_connected") == 1.0)
         },
+    );
+    // Scrapes of a working operator and sidecar pass Prometheus's own lint.
+    for scrape in [operator.scrape(), admin_get(&admin, "/metrics")] {
+        let scrape = scrape.unwrap();
+        let (head, body) = scrape.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+        promtool(&["check", "metrics"], Some(body));
+    }
+
+    phases.enter("The chart with every option on, against the Prometheus Operator's CRDs");
+    for crd in ["servicemonitors", "podmonitors", "prometheusrules"] {
+        let file = tool(&format!("crds/monitoring.coreos.com_{crd}.yaml"));
+        cp.ok(
+            &["apply", "--server-side", "-f", file.to_str().unwrap()],
+            None,
+        );
+        cp.wait_established(&format!("{crd}.monitoring.coreos.com"));
+    }
+    // Another release: its objects are created, not merged into the live
+    // ones (whose webhook the operator points at its URL).
+    let everything = Command::new(&helm)
+        .args(["template", "full"])
+        .arg(&chart)
+        .args(["-n", "sluice-system", "--kube-version", "1.37.0"])
+        .args(every_option())
+        .output()
+        .unwrap();
+    assert!(
+        everything.status.success(),
+        "{}",
+        String::from_utf8_lossy(&everything.stderr)
+    );
+    let everything = String::from_utf8(everything.stdout).unwrap();
+    cp.ok(&["apply", "--dry-run=server", "-f", "-"], Some(&everything));
+    // The monitoring objects are inert without Prometheus Operator: create them.
+    let monitoring: String = everything
+        .split("\n---")
+        .filter(|doc| {
+            [
+                "kind: ServiceMonitor",
+                "kind: PodMonitor",
+                "kind: PrometheusRule",
+            ]
+            .iter()
+            .any(|kind| doc.contains(kind))
+        })
+        .collect::<Vec<_>>()
+        .join("\n---");
+    cp.ok(&["apply", "--server-side", "-f", "-"], Some(&monitoring));
+    let pod_monitor = cp.json(&[
+        "get",
+        "podmonitor",
+        "-n",
+        "sluice-system",
+        "full-sluice-sidecars",
+    ]);
+    assert_eq!(
+        pod_monitor["spec"]["podMetricsEndpoints"][0]["honorLabels"],
+        true
+    );
+    let rules = cp.json(&[
+        "get",
+        "prometheusrule",
+        "-n",
+        "sluice-system",
+        "full-sluice",
+    ]);
+    assert!(
+        rules["spec"]["groups"][1]["rules"]
+            .as_array()
+            .unwrap()
+            .len()
+            >= 15,
+        "{rules}"
     );
 
     phases.enter("cert-manager's way: a second replica reading a mounted kubernetes.io/tls Secret serves it, and a rotated file from the next handshake on");

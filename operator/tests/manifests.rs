@@ -240,6 +240,31 @@ fn checked_in_crd_is_current() {
     }
 }
 
+/// `helm show values` and editors show these; a value without one is a
+/// value users must guess at.
+#[test]
+fn every_chart_value_is_described() {
+    fn walk(node: &serde_json::Value, path: &str, missing: &mut Vec<String>) {
+        for (key, child) in node["properties"].as_object().into_iter().flatten() {
+            let path = format!("{path}.{key}");
+            if child["description"].as_str().is_none_or(str::is_empty) {
+                missing.push(path.clone());
+            }
+            walk(child, &path, missing);
+        }
+    }
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("charts/sluice/values.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let mut missing = Vec::new();
+    walk(&schema, "", &mut missing);
+    assert!(
+        missing.is_empty(),
+        "values without a description: {missing:?}"
+    );
+}
+
 #[test]
 fn webhook_errors_name_the_field() {
     let webhook = |verify: &str, extra: &str| {

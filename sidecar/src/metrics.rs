@@ -446,6 +446,9 @@ impl Metrics {
             "Webhook events this sidecar took over from another that held them without a sign of life (shared state)",
             webhook_takeovers.clone(),
         );
+        for result in ["applied", "failed"] {
+            config_reloads.get_or_create_owned(&ReloadLabels { result });
+        }
         Self(Arc::new(Families {
             webhook_takeovers,
             shared_state_up,
@@ -490,6 +493,11 @@ impl Metrics {
                 result,
             });
         }
+        self.webhook_ack_duration
+            .get_or_create_owned(&WebhookLabels {
+                integration: integration.clone(),
+                webhook: webhook.clone(),
+            });
         for &result in Delivery::ALL {
             self.webhook_deliveries
                 .get_or_create_owned(&DeliveryLabels {

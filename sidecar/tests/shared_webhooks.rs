@@ -21,14 +21,27 @@ const SECRET: &str = "shared-webhook-secret";
 struct TestApp {
     server: TestUpstream,
     up: Arc<AtomicBool>,
+    /// Event ids of the deliveries it answered 200, in order.
+    taken: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl TestApp {
     async fn start(up: bool) -> Self {
         let flag = Arc::new(AtomicBool::new(up));
-        let answer = flag.clone();
-        let server = TestUpstream::plain(handler(move |_, _| {
+        let taken = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (answer, record) = (flag.clone(), taken.clone());
+        let server = TestUpstream::plain(handler(move |seen, _| {
+            // Decided and recorded together: a 503 answered while down is
+            // a failed attempt, not a delivery.
             let up = answer.load(Ordering::SeqCst);
+            if up && seen.headers.get("x-sluice-attempt").is_some() {
+                if let Some(id) = seen.headers.get("x-sluice-event-id") {
+                    record
+                        .lock()
+                        .unwrap()
+                        .push(id.to_str().unwrap().to_string());
+                }
+            }
             async move {
                 if up {
                     respond(200, "ok")
@@ -38,21 +51,16 @@ impl TestApp {
             }
         }))
         .await;
-        Self { server, up: flag }
+        Self {
+            server,
+            up: flag,
+            taken,
+        }
     }
 
     /// Event ids of the deliveries this app answered 200 (it was up).
     fn delivered(&self) -> Vec<String> {
-        self.server
-            .requests()
-            .iter()
-            .filter(|s| s.headers.get("x-sluice-attempt").is_some())
-            .filter_map(|s| {
-                s.headers
-                    .get("x-sluice-event-id")
-                    .map(|v| v.to_str().unwrap().to_string())
-            })
-            .collect()
+        self.taken.lock().unwrap().clone()
     }
 
     fn set_up(&self, up: bool) {

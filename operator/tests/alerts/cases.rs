@@ -79,8 +79,15 @@ const ENDPOINT_KEYS: &[&str] = &["namespace", "integration", "endpoint"];
 
 pub fn groups(s: &Scrapes) -> Vec<Group> {
     let sidecar = &s.sidecar;
+    // The scrape has a second integration (OAuth2, for the dashboard's
+    // token panel); the cases are about this one.
+    let payments = |name: &str, matching: &[(&str, &str)]| {
+        let mut all = vec![("integration", "payments")];
+        all.extend_from_slice(matching);
+        sidecar.pick(name, &all)
+    };
     let request = |code: &str, outcome: &str| {
-        sidecar.pick(
+        payments(
             "sluice_egress_requests_total",
             &[
                 ("endpoint", "charges"),
@@ -101,36 +108,36 @@ pub fn groups(s: &Scrapes) -> Vec<Group> {
         success.label("endpoint").to_owned(),
     );
 
-    let circuit = sidecar.pick("sluice_circuit_state", &[]);
-    let webhook = |metric: &str, result: &str| sidecar.pick(metric, &[("result", result)]);
+    let circuit = payments("sluice_circuit_state", &[]);
+    let webhook = |metric: &str, result: &str| payments(metric, &[("result", result)]);
     let dead_letter = webhook("sluice_webhook_deliveries_total", "dead_letter");
     let out_of_order = webhook("sluice_webhook_deliveries_total", "out_of_order");
     let forged = webhook("sluice_webhook_received_total", "invalid_signature");
     let webhook_labels = keep(&dead_letter, &["namespace", "integration", "webhook"]);
     let hook = dead_letter.label("webhook").to_owned();
-    let depth = sidecar.pick("sluice_ratelimit_queue_depth", &[]);
-    let capacity = sidecar.pick("sluice_ratelimit_queue_capacity", &[]);
+    let depth = payments("sluice_ratelimit_queue_depth", &[]);
+    let capacity = payments("sluice_ratelimit_queue_capacity", &[]);
     let limit_labels = keep(&depth, &["namespace", "integration", "limit"]);
     let limit = depth.label("limit").to_owned();
-    let queue_full = sidecar.pick(
+    let queue_full = payments(
         "sluice_ratelimit_rejected_total",
         &[("reason", "queue-full")],
     );
-    let budget = sidecar.pick("sluice_retry_budget_exhausted_total", &[]);
-    let fallback_active = sidecar.pick("sluice_credential_fallback_active", &[]);
+    let budget = payments("sluice_retry_budget_exhausted_total", &[]);
+    let fallback_active = payments("sluice_credential_fallback_active", &[]);
     let shared_up = sidecar.pick("sluice_shared_state_up", &[]);
-    let shared_fallbacks = sidecar.pick("sluice_shared_state_fallbacks_total", &[]);
-    let retried_429 = sidecar.pick(
+    let shared_fallbacks = payments("sluice_shared_state_fallbacks_total", &[]);
+    let retried_429 = payments(
         "sluice_egress_retries_total",
         &[("endpoint", "charges"), ("reason", "429")],
     );
-    let attempts = sidecar.pick("sluice_egress_attempts_total", &[("endpoint", "charges")]);
+    let attempts = payments("sluice_egress_attempts_total", &[("endpoint", "charges")]);
     let missed = s
         .operator
         .pick("sluice_operator_injections_missed_total", &[]);
     let latency = sidecar.buckets(
         "sluice_egress_request_duration_seconds",
-        &[("endpoint", "charges")],
+        &[("integration", "payments"), ("endpoint", "charges")],
     );
 
     let circuit_summary = format!("{name} in {ns}: the circuit has been open for 5 minutes");

@@ -282,6 +282,30 @@ impl Upstream {
     }
 }
 
+/// Runs promtool (built by tests/tools/build) and returns what it printed;
+/// a failure fails the test with that output.
+pub fn promtool(args: &[&str], stdin: Option<&str>) -> String {
+    let mut child = Command::new(tool("promtool"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool {args:?}:\n{text}");
+    text
+}
+
 /// One plain HTTP/1.1 GET; the whole answer (status line, headers, body).
 pub fn http_get(addr: &str, path: &str) -> Option<String> {
     let mut stream = std::net::TcpStream::connect(addr).ok()?;

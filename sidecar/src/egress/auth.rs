@@ -58,6 +58,22 @@ impl Credentials {
         metrics: Metrics,
     ) -> Result<Self, CredentialsError> {
         let load = |file: &crate::config::SecretFile| store.load(file.path(), integration);
+        let results = |family: &prometheus_client::metrics::family::Family<ResultLabels, _>,
+                       results: &[&'static str]| {
+            // At 0 from the start, like every series a panel or alert reads.
+            for &result in results {
+                family.get_or_create_owned(&ResultLabels {
+                    integration: integration.clone(),
+                    result,
+                });
+            }
+        };
+        match config {
+            AuthConfig::Oauth2ClientCredentials { .. } => {
+                results(&metrics.token_refresh, &["success", "error"])
+            }
+            _ => results(&metrics.credential_fallback, &["success", "failure"]),
+        }
         let keys = || {
             let active = metrics
                 .credential_fallback_active
