@@ -34,13 +34,14 @@ impl TestApp {
             // Decided and recorded together: a 503 answered while down is
             // a failed attempt, not a delivery.
             let up = answer.load(Ordering::SeqCst);
-            if up && seen.headers.get("x-sluice-attempt").is_some() {
-                if let Some(id) = seen.headers.get("x-sluice-event-id") {
-                    record
-                        .lock()
-                        .unwrap()
-                        .push(id.to_str().unwrap().to_string());
-                }
+            if up
+                && seen.headers.get("x-sluice-attempt").is_some()
+                && let Some(id) = seen.headers.get("x-sluice-event-id")
+            {
+                record
+                    .lock()
+                    .unwrap()
+                    .push(id.to_str().unwrap().to_string());
             }
             async move {
                 if up {
