@@ -416,14 +416,8 @@ pub async fn run(
     namespace: Option<String>,
     view: Arc<ClusterView>,
 ) {
-    let api: Api<ProviderIntegration> = match &namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let config_maps: Api<ConfigMap> = match &namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
+    let api: Api<ProviderIntegration> = crate::view::api(&client, namespace.as_deref());
+    let config_maps: Api<ConfigMap> = crate::view::api(&client, namespace.as_deref());
     let reporter = Reporter {
         controller: FIELD_MANAGER.into(),
         instance: std::env::var("POD_NAME").ok(),

@@ -45,12 +45,8 @@ pub async fn run(
             instance: std::env::var("POD_NAME").ok(),
         },
     );
-    let pod_api = match &watch_namespace {
-        Some(ns) => Api::<PartialObjectMeta<Pod>>::namespaced(client, ns),
-        None => Api::<PartialObjectMeta<Pod>>::all(client),
-    };
     let pods = watcher(
-        pod_api,
+        crate::view::api::<PartialObjectMeta<Pod>>(&client, watch_namespace.as_deref()),
         watcher::Config::default().labels(&format!("!{INJECTED_LABEL}")),
     )
     .default_backoff();

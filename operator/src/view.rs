@@ -32,7 +32,8 @@ pub struct ClusterView {
     pod_events: Mutex<Option<mpsc::UnboundedSender<ObjectRef<ProviderIntegration>>>>,
 }
 
-fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+/// The cluster-wide API, or one namespace's when the operator watches one.
+pub(crate) fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
     K::DynamicType: Default,

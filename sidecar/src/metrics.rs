@@ -67,6 +67,31 @@ label_values! {
 }
 
 label_values! {
+    /// `result` of `sluice_token_refresh_total`.
+    TokenRefresh {
+        Success => "success",
+        Error => "error",
+    }
+}
+
+label_values! {
+    /// `result` of `sluice_credential_fallback_total`: whether the older key
+    /// answered what the current one was refused.
+    Fallback {
+        Success => "success",
+        Failure => "failure",
+    }
+}
+
+label_values! {
+    /// `result` of `sluice_config_reloads_total`.
+    Reload {
+        Applied => "applied",
+        Failed => "failed",
+    }
+}
+
+label_values! {
     /// `reason` of `sluice_ratelimit_rejected_total`: why Sluice answered 429.
     Rejection {
         RateLimited => "rate-limited",
@@ -122,7 +147,19 @@ pub struct ResultLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
-    pub result: &'static str,
+    pub result: Reload,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenRefreshLabels {
+    pub integration: Name,
+    pub result: TokenRefresh,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FallbackLabels {
+    pub integration: Name,
+    pub result: Fallback,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -235,8 +272,8 @@ pub struct Families {
     pub retry_budget_exhausted: Family<IntegrationLabels, Counter>,
     pub circuit_state: Family<IntegrationLabels, Gauge>,
     pub cache: Family<ResultLabels, Counter>,
-    pub token_refresh: Family<ResultLabels, Counter>,
-    pub credential_fallback: Family<ResultLabels, Counter>,
+    pub token_refresh: Family<TokenRefreshLabels, Counter>,
+    pub credential_fallback: Family<FallbackLabels, Counter>,
     pub secret_reloads: Family<ResultLabels, Counter>,
     pub webhook_received: Family<ReceivedLabels, Counter>,
     pub webhook_queue_depth: Family<WebhookLabels, Gauge>,
@@ -446,7 +483,7 @@ impl Metrics {
             "Webhook events this sidecar took over from another that held them without a sign of life (shared state)",
             webhook_takeovers.clone(),
         );
-        for result in ["applied", "failed"] {
+        for &result in Reload::ALL {
             config_reloads.get_or_create_owned(&ReloadLabels { result });
         }
         Self(Arc::new(Families {

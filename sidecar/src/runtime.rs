@@ -23,7 +23,7 @@ use crate::config::{IntegrationConfig, SidecarConfig};
 use crate::egress::body::ProxyBody;
 use crate::egress::{self, EgressService, PipelineError, PipelineState};
 use crate::ingress::Ingress;
-use crate::metrics::{Metrics, ReloadLabels};
+use crate::metrics::{Metrics, Reload, ReloadLabels};
 use crate::secrets::SecretStore;
 use crate::shared::{self, SharedState};
 
@@ -203,7 +203,11 @@ impl Sidecar {
     /// their last good one and are named in the error; the rest are applied.
     pub async fn apply(&self, integrations: &[IntegrationConfig]) -> Result<(), ApplyError> {
         let result = self.live.apply(integrations).await;
-        let outcome = if result.is_ok() { "applied" } else { "failed" };
+        let outcome = if result.is_ok() {
+            Reload::Applied
+        } else {
+            Reload::Failed
+        };
         self.metrics
             .config_reloads
             .get_or_create(&ReloadLabels { result: outcome })

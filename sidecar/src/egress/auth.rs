@@ -27,7 +27,9 @@ use super::rotation::{Key, KeyRing, Plan};
 use super::route::RequestContext;
 use super::step::{Next, PipelineResult, Step};
 use crate::config::{AuthConfig, ClientAuthMethod};
-use crate::metrics::{IntegrationLabels, Metrics, Name, ResultLabels};
+use crate::metrics::{
+    Fallback, FallbackLabels, IntegrationLabels, Metrics, Name, TokenRefresh, TokenRefreshLabels,
+};
 use crate::secrets::{Secret, SecretError, SecretStore};
 
 #[derive(Clone, Debug)]
@@ -58,21 +60,28 @@ impl Credentials {
         metrics: Metrics,
     ) -> Result<Self, CredentialsError> {
         let load = |file: &crate::config::SecretFile| store.load(file.path(), integration);
-        let results = |family: &prometheus_client::metrics::family::Family<ResultLabels, _>,
-                       results: &[&'static str]| {
-            // At 0 from the start, like every series a panel or alert reads.
-            for &result in results {
-                family.get_or_create_owned(&ResultLabels {
-                    integration: integration.clone(),
-                    result,
-                });
-            }
-        };
+        // At 0 from the start, like every series a panel or alert reads.
         match config {
             AuthConfig::Oauth2ClientCredentials { .. } => {
-                results(&metrics.token_refresh, &["success", "error"])
+                for &result in TokenRefresh::ALL {
+                    metrics
+                        .token_refresh
+                        .get_or_create_owned(&TokenRefreshLabels {
+                            integration: integration.clone(),
+                            result,
+                        });
+                }
             }
-            _ => results(&metrics.credential_fallback, &["success", "failure"]),
+            _ => {
+                for &result in Fallback::ALL {
+                    metrics
+                        .credential_fallback
+                        .get_or_create_owned(&FallbackLabels {
+                            integration: integration.clone(),
+                            result,
+                        });
+                }
+            }
         }
         let keys = || {
             let active = metrics
@@ -198,10 +207,10 @@ impl TokenSource {
             .map(|t| t.header.clone())
     }
 
-    fn count(&self, result: &'static str) {
+    fn count(&self, result: TokenRefresh) {
         self.metrics
             .token_refresh
-            .get_or_create(&ResultLabels {
+            .get_or_create(&TokenRefreshLabels {
                 integration: self.integration.clone(),
                 result,
             })
@@ -225,7 +234,7 @@ impl TokenSource {
         }
         match self.request_token().await {
             Ok((header, lifetime)) => {
-                self.count("success");
+                self.count(TokenRefresh::Success);
                 let now = Instant::now();
                 let refresh_in = lifetime
                     .saturating_sub(self.refresh_before)
@@ -238,7 +247,7 @@ impl TokenSource {
                 Ok(header)
             }
             Err(message) => {
-                self.count("error");
+                self.count(TokenRefresh::Error);
                 tracing::error!(integration = %self.integration, error = %message, "OAuth2 token refresh failed");
                 let cached = self.cached.lock().expect("token lock poisoned");
                 match cached.as_ref() {
@@ -473,10 +482,10 @@ impl AuthStep {
         ctx: &RequestContext,
         next: &S,
     ) -> PipelineResult {
-        let count = |result: &'static str| {
+        let count = |result: Fallback| {
             self.metrics
                 .credential_fallback
-                .get_or_create(&ResultLabels {
+                .get_or_create(&FallbackLabels {
                     integration: self.integration.clone(),
                     result,
                 })
@@ -497,13 +506,13 @@ impl AuthStep {
             if response.status() != StatusCode::UNAUTHORIZED {
                 keys.accepted(&key, Instant::now());
                 if fell_back {
-                    count("success");
+                    count(Fallback::Success);
                 }
                 return Ok(response);
             }
             let (Some(next_key), Some(request)) = (order.next(), spare.take()) else {
                 if fell_back {
-                    count("failure");
+                    count(Fallback::Failure);
                 }
                 return Ok(response);
             };
