@@ -106,6 +106,10 @@ pub const BURST: Bound<u32> = between(1, 1_000_000);
 pub const QUEUE_MAX_WAIT: Bound<Duration> =
     between(Duration::from_secs(0), Duration::from_secs(2 * 3600));
 pub const QUEUE_MAX_DEPTH: Bound<u32> = between(1, 1_000_000);
+/// Values a keyed limit tracks at once.
+pub const LIMIT_MAX_KEYS: Bound<u32> = between(1, 1_000_000);
+/// The path segment a limit may be keyed by (1-based).
+pub const LIMIT_KEY_PATH_SEGMENT: Bound<u32> = between(1, 32);
 
 // Retries.
 pub const MAX_ATTEMPTS: Bound<u32> = between(1, 10);

@@ -408,6 +408,35 @@ pub struct RateLimitSpec {
     /// How long and how many may wait, with `whenExceeded: Queue`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<QueueSpec>,
+    /// Keep the limit per value of a header, query parameter or path
+    /// segment (a provider that limits per account or per shop): each value
+    /// gets the whole rate, burst and queue. Requests without the value
+    /// share one limit. Metrics stay per limit, never per value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<LimitKeySpec>,
+    /// With `key`: how many values are tracked at once (default 10000). Past
+    /// it the least recently used value whose window is empty is forgotten;
+    /// a value still counting never is, so a request with yet another value
+    /// is refused (429 `queue-full`) until one empties.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_keys: Option<u32>,
+}
+
+/// Which part of a request a limit is kept per: set exactly one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LimitKeySpec {
+    /// A request header, e.g. `X-Account-Id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub header: Option<String>,
+    /// A query parameter, e.g. `account`; its value as sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub query: Option<String>,
+    /// A segment of the app's path, 1-based: 3 in `/v1/shops/acme/orders` is `acme`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_segment: Option<u32>,
 }
 
 /// The wait between attempts.

@@ -91,6 +91,10 @@ pub static HEADER_NAME: Grammar = Grammar {
     pattern: r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$",
     explain: "is not a header name",
 };
+pub static QUERY_NAME: Grammar = Grammar {
+    pattern: r"^[^&=#\s]+$",
+    explain: "is not a query parameter name (no '&', '=', '#' or spaces)",
+};
 pub static JSON_POINTER: Grammar = Grammar {
     pattern: r"^/",
     explain: "is not a JSON pointer (they start with '/', e.g. /data/object/id)",
@@ -127,6 +131,7 @@ pub fn grammar_of(pattern: &str) -> Option<&'static Grammar> {
         &DNS_SUBDOMAIN,
         &SECRET_KEY,
         &HEADER_NAME,
+        &QUERY_NAME,
         &JSON_POINTER,
         &WEBHOOK_PATH,
         &SCOPE_TOKEN,
@@ -459,6 +464,31 @@ fn rows() -> Vec<Rule> {
                     "queue",
                 )
             },
+        ),
+        cel(
+            "spec.rateLimits[].key",
+            None,
+            "[has(self.header), has(self.query), has(self.pathSegment)].filter(x, x).size() == 1",
+            "set exactly one of header, query, pathSegment",
+            |k| {
+                let kinds = ["header", "query", "pathSegment"];
+                fails(kinds.iter().filter(|f| has(k, f)).count() != 1, "")
+            },
+        ),
+        pattern("spec.rateLimits[].key", "header", &HEADER_NAME),
+        pattern("spec.rateLimits[].key", "query", &QUERY_NAME),
+        number(
+            "spec.rateLimits[].key",
+            "pathSegment",
+            LIMIT_KEY_PATH_SEGMENT,
+        ),
+        number("spec.rateLimits[]", "maxKeys", LIMIT_MAX_KEYS),
+        cel(
+            "spec.rateLimits[]",
+            Some("maxKeys"),
+            "!has(self.maxKeys) || has(self.key)",
+            "maxKeys applies only to a limit with a key",
+            |l| fails(has(l, "maxKeys") && !has(l, "key"), "maxKeys"),
         ),
         duration("spec.rateLimits[].queue", "maxWait", QUEUE_MAX_WAIT),
         number("spec.rateLimits[].queue", "maxDepth", QUEUE_MAX_DEPTH),

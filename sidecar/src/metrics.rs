@@ -97,6 +97,7 @@ label_values! {
         RateLimited => "rate-limited",
         QueueFull => "queue-full",
         Deadline => "deadline",
+        KeysFull => "keys-full",
     }
 }
 
@@ -267,6 +268,7 @@ pub struct Families {
     pub retries: Family<RetryLabels, Counter>,
     pub ratelimit_queue_depth: Family<LimitLabels, Gauge>,
     pub ratelimit_queue_capacity: Family<LimitLabels, Gauge>,
+    pub ratelimit_keys: Family<LimitLabels, Gauge>,
     pub ratelimit_wait: Family<LimitLabels, Histogram, fn() -> Histogram>,
     pub ratelimit_rejected: Family<LimitReasonLabels, Counter>,
     pub retry_budget_exhausted: Family<IntegrationLabels, Counter>,
@@ -329,6 +331,12 @@ impl Metrics {
             "sluice_ratelimit_queue_capacity",
             "The queue's maxDepth: alert before depth reaches 80 % of it",
             ratelimit_queue_capacity.clone(),
+        );
+        let ratelimit_keys = Family::default();
+        registry.register(
+            "sluice_ratelimit_keys",
+            "Values a keyed rate limit tracks (at most its maxKeys)",
+            ratelimit_keys.clone(),
         );
         let ratelimit_queue_depth = Family::default();
         registry.register(
@@ -508,6 +516,7 @@ impl Metrics {
             retries,
             ratelimit_queue_depth,
             ratelimit_queue_capacity,
+            ratelimit_keys,
             ratelimit_wait,
             ratelimit_rejected,
             retry_budget_exhausted,

@@ -22,6 +22,8 @@ fn reject_limit(requests: u32, per: D) -> RateLimitConfig {
         cluster: None,
         when_exceeded: WhenExceeded::Reject,
         queue: QueueConfig::default(),
+        key: None,
+        max_keys: sluice_sidecar::config::defaults::max_keys(),
     }
 }
 

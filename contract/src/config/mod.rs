@@ -348,6 +348,43 @@ pub struct RateLimitConfig {
     pub when_exceeded: WhenExceeded,
     #[serde(default)]
     pub queue: QueueConfig,
+    /// Kept per value of this part of the request (an account, a shop):
+    /// each value gets the whole limit and its own queue. Absent, one limit
+    /// for every request it matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<LimitKey>,
+    /// With `key`: how many values are tracked at once; past it the least
+    /// recently used value whose window is empty is forgotten (one still
+    /// counting is never forgotten: a request with a new value is refused).
+    #[serde(default = "defaults::max_keys")]
+    pub max_keys: u32,
+}
+
+/// The part of a request a keyed limit is kept per.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum LimitKey {
+    /// A request header's value (`X-Account-Id`).
+    Header(#[serde(with = "header_name")] http::HeaderName),
+    /// A query parameter's value, as sent (not percent-decoded).
+    Query(String),
+    /// The Nth segment of the app's path, 1-based (`/v1/shops/{2}/orders`).
+    PathSegment(u32),
+}
+
+/// A header name in the config, checked when read.
+mod header_name {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(name: &http::HeaderName, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(name.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<http::HeaderName, D::Error> {
+        let text = String::deserialize(d)?;
+        http::HeaderName::from_bytes(text.as_bytes())
+            .map_err(|_| D::Error::custom(format!("{text:?} is not a header name")))
+    }
 }
 
 /// The whole of a `Cluster` limit, shared by every pod of the integration.
@@ -735,6 +772,9 @@ pub mod defaults {
     pub fn max_depth() -> u32 {
         1000
     }
+    pub fn max_keys() -> u32 {
+        10_000
+    }
     pub fn max_attempts() -> u32 {
         3
     }
@@ -958,6 +998,16 @@ impl IntegrationConfig {
                 bounds::QUEUE_MAX_DEPTH,
                 l.queue.max_depth,
             )?;
+            within(at("maxKeys"), bounds::LIMIT_MAX_KEYS, l.max_keys)?;
+            match &l.key {
+                Some(LimitKey::PathSegment(n)) => {
+                    within(at("key.pathSegment"), bounds::LIMIT_KEY_PATH_SEGMENT, *n)?
+                }
+                Some(LimitKey::Query(name)) if name.is_empty() => {
+                    return Err((at("key.query"), "must name a query parameter".into()));
+                }
+                _ => {}
+            }
         }
         let r = &self.retry;
         within("retry.maxAttempts", bounds::MAX_ATTEMPTS, r.max_attempts)?;

@@ -2,11 +2,11 @@
 //! `scope: Cluster` ones.
 
 use sluice_contract::config::{
-    ClusterRate, Duration, IntegrationConfig, LimitScope, QueueConfig, RateLimitConfig, defaults,
+    ClusterRate, Duration, IntegrationConfig, LimitKey, LimitScope, QueueConfig, RateLimitConfig, defaults,
 };
 
 use super::routes::request_match;
-use crate::resource::RateLimitSpec;
+use crate::resource::{LimitKeySpec, RateLimitSpec};
 
 pub(super) fn compile(specs: &[RateLimitSpec], total_timeout: Duration) -> Vec<RateLimitConfig> {
     specs
@@ -37,9 +37,24 @@ pub(super) fn compile(specs: &[RateLimitSpec], total_timeout: Duration) -> Vec<R
                         .and_then(|q| q.max_depth)
                         .unwrap_or_else(defaults::max_depth),
                 },
+                key: l.key.as_ref().map(limit_key),
+                max_keys: l.max_keys.unwrap_or_else(defaults::max_keys),
             }
         })
         .collect()
+}
+
+/// The rules table has checked that exactly one is set and that a header
+/// name is one.
+fn limit_key(k: &LimitKeySpec) -> LimitKey {
+    match (&k.header, &k.query, k.path_segment) {
+        (Some(h), _, _) => LimitKey::Header(
+            http::HeaderName::from_bytes(h.as_bytes()).expect("checked by the header-name rule"),
+        ),
+        (_, Some(q), _) => LimitKey::Query(q.clone()),
+        (_, _, Some(n)) => LimitKey::PathSegment(n),
+        (None, None, None) => unreachable!("checked by the exactly-one rule"),
+    }
 }
 
 /// A pod's share of the `scope: Cluster` limits when `pods` pods run the

@@ -60,6 +60,24 @@ impl SharedLimit {
     }
 }
 
+impl SharedLimit {
+    /// The same limit for one value of a keyed limit: its own keys, named by
+    /// a digest of the value (bounded length, the same at every sidecar
+    /// whatever its version, and no account id in the key space).
+    pub fn for_value(&self, value: &[u8]) -> SharedLimit {
+        let digest = ring::digest::digest(&ring::digest::SHA256, value);
+        let hex: String = digest.as_ref()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        SharedLimit {
+            key: format!("{}:{hex}", self.key),
+            waiting: format!("{}:{hex}", self.waiting),
+            ..self.clone()
+        }
+    }
+}
+
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }

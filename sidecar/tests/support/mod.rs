@@ -376,6 +376,8 @@ pub fn limit(name: &str, requests: u32, per: D, burst: u32) -> RateLimitConfig {
             max_wait: D::from_secs(10),
             max_depth: 1000,
         },
+        key: None,
+        max_keys: sluice_sidecar::config::defaults::max_keys(),
     }
 }
 

@@ -11,6 +11,9 @@
 //! arrivals behind it (FIFO within priority). Waiters are admitted by one
 //! dispatcher task per integration, which sleeps until the next slot opens.
 //!
+//! A limit with a `key` is one limit per value (`keys.rs`): the route names
+//! the limit, and each admission first resolves it to its value's slot.
+//!
 //! With shared state, a `scope: Cluster` limit is decided by the shared
 //! state instead ([`crate::shared::limits`]: one round trip per admission,
 //! the whole limit for every sidecar together) while this pod's queue keeps
@@ -40,6 +43,10 @@ use crate::config::{ClusterRate, LimitScope, RateLimitConfig, WhenExceeded};
 use crate::metrics::{LimitLabels, LimitReasonLabels, Metrics, Name, Rejection};
 use crate::shared::limits::{Admission, SharedLimit};
 use crate::shared::{SharedState, SharedStateError};
+
+mod keys;
+pub use keys::KeySource;
+use keys::{KeyTable, StoredValue};
 
 /// The longest a request queued on a shared limit goes without asking the
 /// shared state again, whatever its last answer said: the ask also renews
@@ -85,6 +92,18 @@ struct Limit {
     /// `SHARED_REFUSAL_HOLD`).
     local_until: Instant,
     fallbacks: Counter,
+    /// A keyed limit as configured: requests are admitted by its values'
+    /// limits (`State::tables`), never by this one.
+    keyed: bool,
+    /// One value's limit of a keyed limit: the value as stored and when it
+    /// was last used (its place in the table's recency).
+    value: Option<(Box<[u8]>, u64)>,
+    /// Requests holding this slot while they ask the shared state: it must
+    /// not be forgotten and reused under them.
+    pins: u32,
+    /// Which value's limit this slot holds: a value's slot is reused once
+    /// it is forgotten, and a later `pause` must not hold the next value.
+    generation: u64,
 }
 
 impl Limit {
@@ -114,9 +133,38 @@ impl Limit {
             log: VecDeque::new(),
             waiting: 0,
             retired: false,
+            keyed: false,
+            value: None,
+            pins: 0,
+            generation: 0,
         };
         limit.configure(config, shared);
         limit
+    }
+
+    /// Keeps room for a full window's log: a limit that is not one value's
+    /// among thousands pays for its log once, not while admitting.
+    fn reserve_log(&mut self) {
+        self.log
+            .reserve(self.requests.min(4096).saturating_sub(self.log.len()));
+    }
+
+    /// Nothing in its window, nobody waiting or asking, no pause: a fresh
+    /// limit would decide exactly the same, so forgetting it is safe.
+    fn is_idle(&mut self, now: Instant) -> bool {
+        self.forget_expired(now);
+        self.waiting == 0
+            && self.pins == 0
+            && !self.shared_asking
+            && self.log.is_empty()
+            && self.tat <= now
+            && self.shared_retry_at <= now
+    }
+
+    /// When it will be idle if nothing more is admitted.
+    fn idle_at(&self, now: Instant) -> Instant {
+        let last = self.log.back().map_or(now, |&t| t + self.window);
+        last.max(self.tat).max(self.shared_retry_at)
     }
 
     /// Takes the new numbers and keeps the history: the admissions already
@@ -143,8 +191,6 @@ impl Limit {
         while self.log.len() > requests {
             self.log.pop_front();
         }
-        self.log
-            .reserve(requests.min(4096).saturating_sub(self.log.len()));
     }
 
     fn forget_expired(&mut self, now: Instant) {
@@ -282,13 +328,149 @@ struct QueuedAsk {
     still_waiting: Option<Priority>,
 }
 
+/// The limiter slots a request's limits resolved to: the route's own, or
+/// with a keyed limit among them, its value's slot in that one's place.
+#[derive(Debug)]
+pub enum Grant<'a> {
+    Route(&'a [usize]),
+    Keyed {
+        slots: Vec<usize>,
+        /// Each slot's generation when admitted (see `Limit::generation`).
+        generations: Vec<u64>,
+    },
+}
+
+impl Grant<'_> {
+    fn slots(&self) -> &[usize] {
+        match self {
+            Grant::Route(slots) => slots,
+            Grant::Keyed { slots, .. } => slots,
+        }
+    }
+}
+
+/// A keyed limit had no room for another value.
+struct TableFull {
+    limit: Name,
+    retry_after: Duration,
+}
+
 struct State {
     limits: Vec<Limit>,
     waiters: BTreeMap<WaiterKey, Waiter>,
     next_seq: u64,
+    /// The values of each keyed limit, by the slot of the limit as configured.
+    tables: HashMap<usize, KeyTable>,
+    /// Slots of forgotten values, to reuse.
+    free: Vec<usize>,
+    /// Slots of values whose keyed limit was removed or lost its key: they
+    /// admit everything and are reused once nobody waits on them.
+    draining: Vec<usize>,
+    next_generation: u64,
 }
 
 impl State {
+    /// The slots `limits` resolve to for this request: a keyed limit's value's
+    /// slot, made (and a least recently used idle value forgotten) if new.
+    fn resolve<'a>(
+        &mut self,
+        limits: &'a [usize],
+        source: KeySource<'_>,
+        now: Instant,
+    ) -> Result<Grant<'a>, TableFull> {
+        if !limits.iter().any(|&i| self.limits[i].keyed) {
+            return Ok(Grant::Route(limits));
+        }
+        let mut slots = Vec::with_capacity(limits.len());
+        let mut generations = Vec::with_capacity(limits.len());
+        for &i in limits {
+            let slot = if self.limits[i].keyed {
+                self.value_slot(i, source, now)?
+            } else {
+                i
+            };
+            slots.push(slot);
+            generations.push(self.limits[slot].generation);
+        }
+        Ok(Grant::Keyed { slots, generations })
+    }
+
+    /// The slot of this request's value of the keyed limit at `template`.
+    fn value_slot(
+        &mut self,
+        template: usize,
+        source: KeySource<'_>,
+        now: Instant,
+    ) -> Result<usize, TableFull> {
+        let Self {
+            limits,
+            tables,
+            free,
+            draining,
+            next_generation,
+            ..
+        } = self;
+        let table = tables
+            .get_mut(&template)
+            .expect("a keyed limit has a table");
+        let value = StoredValue::of(source.value(table.key()));
+        let value = value.bytes();
+        let last_used = |slot: usize| limits[slot].value.as_ref().map_or(0, |(_, t)| *t);
+        if let Some((slot, tick)) = table.touch(value, last_used) {
+            if let Some((_, used)) = &mut limits[slot].value {
+                *used = tick;
+            }
+            return Ok(slot);
+        }
+        if table.is_full() {
+            let idle = table
+                .least_recent()
+                .find(|&(_, slot)| limits[slot].is_idle(now));
+            let Some((tick, slot)) = idle else {
+                let retry_after = table
+                    .least_recent()
+                    .map(|(_, slot)| limits[slot].idle_at(now))
+                    .min()
+                    .unwrap_or(now)
+                    .saturating_duration_since(now);
+                return Err(TableFull {
+                    limit: limits[template].name.clone(),
+                    retry_after,
+                });
+            };
+            let (forgotten, _) = limits[slot].value.take().expect("a value's slot");
+            table.forget(&forgotten, tick);
+            free.push(slot);
+        }
+        // Values of a removed keyed limit go back once nobody waits on them.
+        draining.retain(|&slot| {
+            let limit = &limits[slot];
+            let done = limit.waiting == 0 && limit.pins == 0;
+            if done {
+                free.push(slot);
+            }
+            !done
+        });
+        let template_limit = &limits[template];
+        let mut limit = Limit::new(
+            &table.config,
+            template_limit.shared.as_ref().map(|s| Arc::new(s.for_value(value))),
+            template_limit.depth_gauge.clone(),
+            template_limit.fallbacks.clone(),
+        );
+        *next_generation += 1;
+        limit.generation = *next_generation;
+        let slot = free.pop().unwrap_or(limits.len());
+        let tick = table.insert(value, slot);
+        limit.value = Some((value.into(), tick));
+        if slot == limits.len() {
+            limits.push(limit);
+        } else {
+            limits[slot] = limit;
+        }
+        Ok(slot)
+    }
+
     /// Takes a slot of every limit if all have room and nobody waits ahead
     /// (a waiter would otherwise be overtaken); shared limits are left to
     /// ask about.
@@ -314,7 +496,10 @@ impl State {
         for &i in limits {
             let limit = &mut self.limits[i];
             match &limit.shared {
-                Some(s) if limit.is_remote(up, now) => shared.push((i, s.clone())),
+                Some(s) if limit.is_remote(up, now) => {
+                    limit.pins += 1;
+                    shared.push((i, s.clone()));
+                }
                 _ => {
                     limit.consume(now, up);
                     reserved.push(i);
@@ -332,7 +517,9 @@ impl State {
     fn settle(&mut self, ask: &SharedAsk, answer: &Result<Admission, SharedStateError>) -> bool {
         let now = Instant::now();
         for &(i, _) in &ask.shared {
-            self.limits[i].shared_asking = false;
+            let limit = &mut self.limits[i];
+            limit.shared_asking = false;
+            limit.pins -= 1;
         }
         match answer {
             Ok(Admission::Admitted) => {
@@ -369,7 +556,8 @@ impl State {
         for &i in &waiter.limits {
             let limit = &mut self.limits[i];
             limit.waiting -= 1;
-            limit.depth_gauge.set(limit.waiting as i64);
+            // The gauge is the limit's, summed over its values.
+            limit.depth_gauge.dec();
         }
         Some(waiter)
     }
@@ -481,6 +669,10 @@ impl RateLimiter {
                 limits: Vec::new(),
                 waiters: BTreeMap::new(),
                 next_seq: 0,
+                tables: HashMap::new(),
+                free: Vec::new(),
+                draining: Vec::new(),
+                next_generation: 0,
             }),
             wake_dispatcher: Arc::new(Notify::new()),
             integration,
@@ -537,7 +729,7 @@ impl RateLimiter {
             self.metrics
                 .ratelimit_queue_capacity
                 .get_or_create(&labels)
-                .set(config.queue.max_depth as i64);
+                .set(queue_capacity(config));
             for &reason in Rejection::ALL {
                 self.metrics
                     .ratelimit_rejected
@@ -548,9 +740,16 @@ impl RateLimiter {
                     });
             }
             let shared = self.shared_limit(config);
-            match state.limits.iter().position(|l| *l.name == *config.name) {
+            // Values' slots come after their limit's: never a configured name.
+            let configured = state
+                .limits
+                .iter()
+                .position(|l| l.value.is_none() && *l.name == *config.name);
+            match configured {
                 Some(slot) => {
                     state.limits[slot].configure(config, shared);
+                    state.limits[slot].reserve_log();
+                    self.rekey(&mut state, slot, config, &labels);
                     slots.insert(Name::from(config.name.as_str()), slot);
                 }
                 None => {
@@ -568,21 +767,65 @@ impl RateLimiter {
                             .clone(),
                         None => Counter::default(),
                     };
-                    state
-                        .limits
-                        .push(Limit::new(config, shared, gauge, fallbacks));
-                    slots.insert(Name::from(config.name.as_str()), state.limits.len() - 1);
+                    let mut limit = Limit::new(config, shared, gauge, fallbacks);
+                    limit.reserve_log();
+                    state.limits.push(limit);
+                    let slot = state.limits.len() - 1;
+                    self.rekey(&mut state, slot, config, &labels);
+                    slots.insert(Name::from(config.name.as_str()), slot);
                 }
             }
         }
-        for (slot, limit) in state.limits.iter_mut().enumerate() {
-            if !slots.values().any(|&s| s == slot) {
-                limit.retired = true;
-            }
+        let retired: Vec<usize> = (0..state.limits.len())
+            .filter(|&slot| {
+                state.limits[slot].value.is_none() && !slots.values().any(|&s| s == slot)
+            })
+            .collect();
+        for slot in retired {
+            state.limits[slot].retired = true;
+            drain_values(&mut state, slot);
         }
         drop(state);
         self.wake_dispatcher.notify_one();
         slots
+    }
+
+    /// Gives the limit at `slot` its values' table when `config` has a key
+    /// (the values' limits take the new numbers and keep their history), or
+    /// lets its values go when it no longer has one.
+    fn rekey(&self, state: &mut State, slot: usize, config: &RateLimitConfig, labels: &LimitLabels) {
+        let Some(key) = &config.key else {
+            drain_values(state, slot);
+            return;
+        };
+        let State { limits, tables, .. } = state;
+        let table = tables.entry(slot).or_insert_with(|| {
+            let tracked = self.metrics.ratelimit_keys.get_or_create(labels).clone();
+            KeyTable::new(config.clone(), tracked)
+        });
+        if table.key() != key {
+            // Other values now: the old ones are forgotten as they idle.
+            tracing::info!(integration = %self.integration, limit = %config.name, "a rate limit is keyed by something else now; its values start anew");
+        }
+        table.config = config.clone();
+        let shared = limits[slot].shared.clone();
+        for value_slot in table.slots().collect::<Vec<_>>() {
+            let limit = &mut limits[value_slot];
+            let shared = match (&shared, &limit.value) {
+                (Some(s), Some((value, _))) => Some(Arc::new(s.for_value(value))),
+                _ => None,
+            };
+            limit.configure(config, shared);
+        }
+        limits[slot].keyed = true;
+    }
+
+    fn table_full(&self, full: TableFull) -> ProxyError {
+        self.reject(&full.limit, Rejection::KeysFull);
+        ProxyError::QueueFull {
+            limit: full.limit.to_string(),
+            retry_after: full.retry_after,
+        }
     }
 
     fn reject(&self, limit: &Name, reason: Rejection) {
@@ -614,14 +857,20 @@ impl RateLimiter {
     /// every sidecar before this returns, so once the app sees the 429 no
     /// other sidecar admits under them (one round trip, bounded by the call
     /// timeout; a failure is logged and each sidecar learns from its own).
-    pub async fn pause(&self, limits: &[usize], wait: Duration) {
+    pub async fn pause(&self, grant: &Grant<'_>, wait: Duration) {
         let now = Instant::now();
         let until = now + wait;
         let up = self.shared_up();
         let mut shared = Vec::new();
         {
             let mut state = self.state.lock().expect("rate limiter lock poisoned");
-            for &i in limits {
+            for (k, &i) in grant.slots().iter().enumerate() {
+                if let Grant::Keyed { generations, .. } = grant
+                    && state.limits[i].generation != generations[k]
+                {
+                    // The value went idle and was forgotten meanwhile.
+                    continue;
+                }
                 let limit = &mut state.limits[i];
                 // Admission needs tat <= now + tolerance, so this holds until `until`.
                 limit.tat = limit.tat.max(until + limit.tolerance);
@@ -643,16 +892,19 @@ impl RateLimiter {
     /// Admits the request at once if every limit in `limits` has room here
     /// and nobody waits ahead of it: the common case, decided without a
     /// future. A shared limit is never decided here.
-    pub fn admit_now(&self, limits: &[usize]) -> bool {
+    pub fn admit_now<'a>(&self, limits: &'a [usize], source: KeySource<'_>) -> Option<Grant<'a>> {
         if limits.is_empty() {
-            return true;
+            return Some(Grant::Route(limits));
         }
         let (now, up) = (Instant::now(), self.shared_up());
         let mut state = self.state.lock().expect("rate limiter lock poisoned");
-        if up && limits.iter().any(|&i| state.limits[i].is_remote(up, now)) {
-            return false;
+        // A full table is reported by `acquire`.
+        let grant = state.resolve(limits, source, now).ok()?;
+        let slots = grant.slots();
+        if up && slots.iter().any(|&i| state.limits[i].is_remote(up, now)) {
+            return None;
         }
-        matches!(state.admit_if_free(limits, now, up), Free::Admitted)
+        matches!(state.admit_if_free(slots, now, up), Free::Admitted).then_some(grant)
     }
 
     async fn ask_shared(
@@ -674,49 +926,68 @@ impl RateLimiter {
     /// Waits until every limit in `limits` admits the request, or fails with
     /// 429 when a `Reject` limit is full, the queue is full, or the wait would
     /// pass `maxWait` or `deadline`.
-    pub async fn acquire(
+    pub async fn acquire<'a>(
         &self,
-        limits: &[usize],
+        limits: &'a [usize],
+        source: KeySource<'_>,
         priority: Priority,
         deadline: Instant,
-    ) -> Result<(), ProxyError> {
+    ) -> Result<Grant<'a>, ProxyError> {
         if limits.is_empty() {
-            return Ok(());
+            return Ok(Grant::Route(limits));
         }
         let started = Instant::now();
         // Nobody waits ahead: ask the shared state straight away. A second
         // or third try follows only a failed call (then decided here) or a
         // refusal that came back with no wait at all.
         for _ in 0..3 {
-            let ask = {
+            let (grant, ask) = {
                 let mut state = self.state.lock().expect("rate limiter lock poisoned");
-                match state.admit_if_free(limits, Instant::now(), self.shared_up()) {
-                    Free::Admitted => return Ok(()),
-                    Free::AskShared(ask) => ask,
+                let now = Instant::now();
+                let grant = match state.resolve(limits, source, now) {
+                    Ok(grant) => grant,
+                    Err(full) => {
+                        drop(state);
+                        return Err(self.table_full(full));
+                    }
+                };
+                match state.admit_if_free(grant.slots(), now, self.shared_up()) {
+                    Free::Admitted => return Ok(grant),
+                    Free::AskShared(ask) => (grant, ask),
                     Free::Busy => break,
                 }
             };
             let answer = self.ask_shared(&ask, priority, None).await;
             let mut state = self.state.lock().expect("rate limiter lock poisoned");
             if state.settle(&ask, &answer) {
-                return Ok(());
+                return Ok(grant);
             }
         }
-        self.queue(limits, priority, deadline, started).await
+        self.queue(limits, source, priority, deadline, started)
+            .await
     }
 
     /// Queues the request behind the ones already waiting, or refuses it.
-    async fn queue(
+    async fn queue<'a>(
         &self,
-        limits: &[usize],
+        route_limits: &'a [usize],
+        source: KeySource<'_>,
         priority: Priority,
         deadline: Instant,
         started: Instant,
-    ) -> Result<(), ProxyError> {
+    ) -> Result<Grant<'a>, ProxyError> {
         let now = Instant::now();
         let up = self.shared_up();
-        let (key, admitted, give_up_at, names) = {
+        let (key, admitted, give_up_at, names, grant) = {
             let mut state = self.state.lock().expect("rate limiter lock poisoned");
+            let grant = match state.resolve(route_limits, source, now) {
+                Ok(grant) => grant,
+                Err(full) => {
+                    drop(state);
+                    return Err(self.table_full(full));
+                }
+            };
+            let limits = grant.slots();
             let mut give_up_at = deadline;
             let mut expected = now;
             for &i in limits {
@@ -762,7 +1033,7 @@ impl RateLimiter {
             for &i in limits {
                 let limit = &mut state.limits[i];
                 limit.waiting += 1;
-                limit.depth_gauge.set(limit.waiting as i64);
+                limit.depth_gauge.inc();
             }
             let names: Vec<Name> = limits
                 .iter()
@@ -775,15 +1046,16 @@ impl RateLimiter {
                     admit,
                 },
             );
-            (key, admitted, give_up_at, names)
+            (key, admitted, give_up_at, names, grant)
         };
         self.wake_dispatcher.notify_one();
 
+        let limits = grant.slots();
         let mut admitted = admitted;
         match tokio::time::timeout_at(give_up_at, &mut admitted).await {
             Ok(Ok(())) => {
                 self.observe_wait(&names, started.elapsed());
-                Ok(())
+                Ok(grant)
             }
             Ok(Err(_)) => unreachable!("the dispatcher never drops an admission unsent"),
             Err(_elapsed) => {
@@ -792,7 +1064,7 @@ impl RateLimiter {
                     // Admitted in the same instant the wait ran out: go ahead.
                     drop(state);
                     self.observe_wait(&names, started.elapsed());
-                    return Ok(());
+                    return Ok(grant);
                 }
                 let (name, retry_after) = slowest(&state, limits, Instant::now(), self.shared_up());
                 drop(state);
@@ -804,6 +1076,34 @@ impl RateLimiter {
                 })
             }
         }
+    }
+}
+
+/// How many may wait on a limit: a keyed limit's queues are per value, and
+/// its depth gauge sums them.
+fn queue_capacity(config: &RateLimitConfig) -> i64 {
+    let values = if config.key.is_some() {
+        i64::from(config.max_keys)
+    } else {
+        1
+    };
+    i64::from(config.queue.max_depth).saturating_mul(values)
+}
+
+/// Lets the values of the keyed limit at `slot` go: they admit everything
+/// (their waiters leave when their other limits allow) and their slots are
+/// reused once nobody waits on them.
+fn drain_values(state: &mut State, slot: usize) {
+    state.limits[slot].keyed = false;
+    let Some(table) = state.tables.remove(&slot) else {
+        return;
+    };
+    table.clear_gauge();
+    for value_slot in table.slots() {
+        let limit = &mut state.limits[value_slot];
+        limit.retired = true;
+        limit.value = None;
+        state.draining.push(value_slot);
     }
 }
 
@@ -898,12 +1198,14 @@ impl Step for RateLimitStep {
     ) -> impl Future<Output = PipelineResult> + Send {
         let limiter = &self.limiter;
         let limits = &ctx.route.limits;
-        if limiter.admit_now(limits) {
-            return Either::Left(self.heed_429(next.call(request, ctx), ctx));
+        if let Some(grant) = limiter.admit_now(limits, KeySource::of(&request)) {
+            return Either::Left(self.heed_429(next.call(request, ctx), ctx, grant));
         }
         Either::Right(Box::pin(async move {
-            limiter.acquire(limits, ctx.priority, ctx.deadline).await?;
-            self.heed_429(next.call(request, ctx), ctx).await
+            let grant = limiter
+                .acquire(limits, KeySource::of(&request), ctx.priority, ctx.deadline)
+                .await?;
+            self.heed_429(next.call(request, ctx), ctx, grant).await
         }))
     }
 }
@@ -914,289 +1216,21 @@ impl RateLimitStep {
         &self,
         attempt: impl Future<Output = PipelineResult>,
         ctx: &RequestContext,
+        grant: Grant<'_>,
     ) -> PipelineResult {
         let response = attempt.await?;
-        let limits = &ctx.route.limits;
         if response.status() == http::StatusCode::TOO_MANY_REQUESTS
-            && !limits.is_empty()
+            && !grant.slots().is_empty()
             && let Some(wait) = provider_wait(response.headers(), SystemTime::now())
         {
             let wait = wait.min(MAX_PROVIDER_PAUSE);
             tracing::warn!(request_id = super::observe::id_str(&ctx.request_id), integration = %self.limiter.integration, wait_ms = wait.as_millis() as u64, "the provider answered 429; holding this endpoint's queue until it said to come back");
             // Boxed: rare, and it would otherwise enlarge every request's future.
-            Box::pin(self.limiter.pause(limits, wait)).await;
+            Box::pin(self.limiter.pause(&grant, wait)).await;
         }
         Ok(response)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{Duration as ConfigDuration, QueueConfig, RequestMatch};
-
-    fn limit(
-        name: &str,
-        requests: u32,
-        per_ms: u64,
-        burst: u32,
-        mode: WhenExceeded,
-    ) -> RateLimitConfig {
-        RateLimitConfig {
-            name: name.into(),
-            matches: RequestMatch::default(),
-            requests,
-            per: ConfigDuration::from_millis(per_ms),
-            burst,
-            scope: Default::default(),
-            cluster: None,
-            when_exceeded: mode,
-            queue: QueueConfig {
-                max_wait: ConfigDuration::from_secs(60),
-                max_depth: 100,
-            },
-        }
-    }
-
-    fn far() -> Instant {
-        Instant::now() + Duration::from_secs(3600)
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn burst_then_spacing() {
-        let limiter = RateLimiter::new(
-            "t".into(),
-            &[limit("l", 10, 1000, 3, WhenExceeded::Queue)],
-            Metrics::new(),
-            None,
-        )
-        .0;
-        let start = Instant::now();
-        let mut times = Vec::new();
-        for _ in 0..6 {
-            limiter
-                .acquire(&[0], Priority::Normal, far())
-                .await
-                .unwrap();
-            times.push(start.elapsed());
-        }
-        // Three back to back, then one per 100 ms.
-        assert_eq!(times[..3], [Duration::ZERO; 3]);
-        assert_eq!(times[3], Duration::from_millis(100));
-        assert_eq!(times[5], Duration::from_millis(300));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn never_more_than_requests_per_window() {
-        // burst == requests: the sliding window is the binding rule.
-        let limiter = RateLimiter::new(
-            "t".into(),
-            &[limit("l", 5, 1000, 5, WhenExceeded::Queue)],
-            Metrics::new(),
-            None,
-        )
-        .0;
-        let start = Instant::now();
-        let mut times = Vec::new();
-        for _ in 0..12 {
-            limiter
-                .acquire(&[0], Priority::Normal, far())
-                .await
-                .unwrap();
-            times.push(start.elapsed());
-        }
-        for (i, t) in times.iter().enumerate() {
-            let in_window = times
-                .iter()
-                .filter(|u| **u >= *t && **u < *t + Duration::from_secs(1))
-                .count();
-            assert!(
-                in_window <= 5,
-                "window starting at admission {i} holds {in_window}: {times:?}"
-            );
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn reject_mode_answers_at_once_with_retry_after() {
-        let limiter = RateLimiter::new(
-            "t".into(),
-            &[limit("l", 2, 1000, 2, WhenExceeded::Reject)],
-            Metrics::new(),
-            None,
-        )
-        .0;
-        limiter
-            .acquire(&[0], Priority::Normal, far())
-            .await
-            .unwrap();
-        limiter
-            .acquire(&[0], Priority::Normal, far())
-            .await
-            .unwrap();
-        match limiter.acquire(&[0], Priority::Normal, far()).await {
-            Err(ProxyError::RateLimited { retry_after, .. }) => {
-                assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_millis(1020))
-            }
-            other => panic!("expected RateLimited, got {other:?}"),
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn wait_past_deadline_is_refused_up_front() {
-        let limiter = RateLimiter::new(
-            "t".into(),
-            &[limit("l", 1, 10_000, 1, WhenExceeded::Queue)],
-            Metrics::new(),
-            None,
-        )
-        .0;
-        limiter
-            .acquire(&[0], Priority::Normal, far())
-            .await
-            .unwrap();
-        let soon = Instant::now() + Duration::from_secs(1);
-        let before = Instant::now();
-        let result = limiter.acquire(&[0], Priority::Normal, soon).await;
-        assert!(
-            matches!(result, Err(ProxyError::QueueFull { .. })),
-            "{result:?}"
-        );
-        assert_eq!(before.elapsed(), Duration::ZERO);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn queue_depth_is_bounded() {
-        let mut config = limit("l", 1, 1000, 1, WhenExceeded::Queue);
-        config.queue.max_depth = 2;
-        let limiter = RateLimiter::new("t".into(), &[config], Metrics::new(), None).0;
-        limiter
-            .acquire(&[0], Priority::Normal, far())
-            .await
-            .unwrap();
-        let a = tokio::spawn({
-            let l = limiter.clone();
-            async move { l.acquire(&[0], Priority::Normal, far()).await }
-        });
-        let b = tokio::spawn({
-            let l = limiter.clone();
-            async move { l.acquire(&[0], Priority::Normal, far()).await }
-        });
-        tokio::task::yield_now().await;
-        tokio::task::yield_now().await;
-        let third = limiter.acquire(&[0], Priority::Normal, far()).await;
-        assert!(
-            matches!(third, Err(ProxyError::QueueFull { .. })),
-            "{third:?}"
-        );
-        a.await.unwrap().unwrap();
-        b.await.unwrap().unwrap();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn high_priority_goes_first() {
-        let limiter = RateLimiter::new(
-            "t".into(),
-            &[limit("l", 1, 100, 1, WhenExceeded::Queue)],
-            Metrics::new(),
-            None,
-        )
-        .0;
-        limiter
-            .acquire(&[0], Priority::Normal, far())
-            .await
-            .unwrap();
-        let order = Arc::new(Mutex::new(Vec::new()));
-        let mut tasks = Vec::new();
-        for (label, priority) in [
-            ("low", Priority::Low),
-            ("normal", Priority::Normal),
-            ("high", Priority::High),
-        ] {
-            let (l, order) = (limiter.clone(), order.clone());
-            tasks.push(tokio::spawn(async move {
-                l.acquire(&[0], priority, far()).await.unwrap();
-                order.lock().unwrap().push(label);
-            }));
-            tokio::task::yield_now().await;
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-        assert_eq!(*order.lock().unwrap(), ["high", "normal", "low"]);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn waiting_on_one_limit_holds_no_slot_of_another() {
-        // Limit 0 (slow) is exhausted; limit 1 (fast) has room. A request
-        // needing both must wait without keeping a request that needs only
-        // limit 1 from going.
-        let limiter = RateLimiter::new(
-            "t".into(),
-            &[
-                limit("slow", 1, 10_000, 1, WhenExceeded::Queue),
-                limit("fast", 1, 1000, 1, WhenExceeded::Queue),
-            ],
-            Metrics::new(),
-            None,
-        )
-        .0;
-        limiter
-            .acquire(&[0], Priority::Normal, far())
-            .await
-            .unwrap();
-        let both = tokio::spawn({
-            let l = limiter.clone();
-            async move {
-                l.acquire(&[0, 1], Priority::Normal, far())
-                    .await
-                    .map(|_| Instant::now())
-            }
-        });
-        tokio::task::yield_now().await;
-        let start = Instant::now();
-        limiter
-            .acquire(&[1], Priority::Normal, far())
-            .await
-            .unwrap();
-        assert_eq!(
-            start.elapsed(),
-            Duration::ZERO,
-            "fast-only request was held back"
-        );
-        let admitted_at = both.await.unwrap().unwrap();
-        assert!(admitted_at >= start + Duration::from_secs(9));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn cancelled_waiters_free_their_place() {
-        let limiter = RateLimiter::new(
-            "t".into(),
-            &[limit("l", 1, 1000, 1, WhenExceeded::Queue)],
-            Metrics::new(),
-            None,
-        )
-        .0;
-        limiter
-            .acquire(&[0], Priority::Normal, far())
-            .await
-            .unwrap();
-        let waiting = tokio::spawn({
-            let l = limiter.clone();
-            async move { l.acquire(&[0], Priority::Normal, far()).await }
-        });
-        tokio::task::yield_now().await;
-        waiting.abort();
-        let _ = waiting.await;
-        let start = Instant::now();
-        limiter
-            .acquire(&[0], Priority::Normal, far())
-            .await
-            .unwrap();
-        // The aborted waiter did not take the next slot (window plus its guard).
-        assert_eq!(
-            start.elapsed(),
-            Duration::from_secs(1) + window_guard(Duration::from_secs(1))
-        );
-    }
-}
+mod tests;
