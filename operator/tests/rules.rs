@@ -66,6 +66,57 @@ const CORPUS: &[(&str, &str, bool)] = &[
         "  rateLimits: [{name: a, rate: {requests: 10, per: 24h}}]\n",
         true,
     ),
+    // Keyed limits.
+    (
+        "a limit keyed by a header",
+        "  rateLimits: [{name: a, rate: {requests: 10, per: 1s}, key: {header: X-Account-Id}, maxKeys: 500}]\n",
+        true,
+    ),
+    (
+        "a limit keyed by a query parameter and by a path segment",
+        "  rateLimits: [{name: a, rate: {requests: 10, per: 1s}, key: {query: account}}, {name: b, rate: {requests: 10, per: 1s}, key: {pathSegment: 3}}]\n",
+        true,
+    ),
+    (
+        "a key naming two parts",
+        "  rateLimits: [{name: a, rate: {requests: 10, per: 1s}, key: {header: X-Shop, query: shop}}]\n",
+        false,
+    ),
+    (
+        "a key naming nothing",
+        "  rateLimits: [{name: a, rate: {requests: 10, per: 1s}, key: {}}]\n",
+        false,
+    ),
+    (
+        "a key header that is no header name",
+        "  rateLimits: [{name: a, rate: {requests: 10, per: 1s}, key: {header: 'X Account'}}]\n",
+        false,
+    ),
+    (
+        "a key query with '='",
+        "  rateLimits: [{name: a, rate: {requests: 10, per: 1s}, key: {query: 'a=b'}}]\n",
+        false,
+    ),
+    (
+        "path segment 0",
+        "  rateLimits: [{name: a, rate: {requests: 10, per: 1s}, key: {pathSegment: 0}}]\n",
+        false,
+    ),
+    (
+        "path segment 33",
+        "  rateLimits: [{name: a, rate: {requests: 10, per: 1s}, key: {pathSegment: 33}}]\n",
+        false,
+    ),
+    (
+        "maxKeys without a key",
+        "  rateLimits: [{name: a, rate: {requests: 10, per: 1s}, maxKeys: 5}]\n",
+        false,
+    ),
+    (
+        "maxKeys 0",
+        "  rateLimits: [{name: a, rate: {requests: 10, per: 1s}, key: {header: X-Shop}, maxKeys: 0}]\n",
+        false,
+    ),
     (
         "timeout over 1h",
         "  endpoints: [{name: slow, timeout: 61m, totalTimeout: 2h}]\n",

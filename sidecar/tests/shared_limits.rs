@@ -326,6 +326,81 @@ async fn a_provider_429_through_one_sidecar_pauses_the_other() {
     );
 }
 
+/// Requests for `account` sent back to back by `workers` tasks through
+/// `app` until `until`.
+async fn load_account(app: &App, account: &str, workers: usize, until: Instant) {
+    let worker = || async {
+        while Instant::now() < until {
+            app.send("GET", "/v1/rates", &[("x-account-id", account)], "")
+                .await;
+        }
+    };
+    futures_util::future::join_all((0..workers).map(|_| worker())).await;
+}
+
+/// A Cluster limit kept per account: each account's whole 10/s is shared by
+/// both sidecars (one sidecar alone uses all of it for `acct_a`, twice its
+/// pod share), no account gets more, and each account's state has its own
+/// Redis keys, named by a digest (no account id in the key space).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_cluster_limit_is_shared_per_value() {
+    let cluster = Cluster::start(
+        2,
+        "{name: account, match: {}, requests: 5, per: 1s, burst: 5, scope: Cluster, cluster: {requests: 10, burst: 10}, key: {header: X-Account-Id}, queue: {maxWait: 20s, maxDepth: 1000}}",
+        ok_upstream().await,
+    )
+    .await;
+    let (one, two) = (&cluster.sidecars[0], &cluster.sidecars[1]);
+    let until = Instant::now() + Duration::from_secs(4);
+    tokio::join!(
+        load_account(&one.app, "acct_a", 3, until),
+        load_account(&one.app, "acct_b", 2, until),
+        load_account(&two.app, "acct_b", 2, until),
+    );
+
+    let seen = cluster.upstream.requests();
+    for account in ["acct_a", "acct_b"] {
+        let arrivals: Vec<Instant> = seen
+            .iter()
+            .filter(|s| s.headers["x-account-id"] == account)
+            .map(|s| s.at)
+            .collect();
+        let most = most_in_any_window(&arrivals, Duration::from_secs(1));
+        let first = *arrivals.first().expect("requests arrived");
+        let offsets: Vec<u128> = arrivals.iter().map(|t| (*t - first).as_millis()).collect();
+        assert!(
+            most <= 10,
+            "{account}: {most} within one second; its limit is 10 (arrivals, ms: {offsets:?})"
+        );
+        // Past the first burst: 3 s at 10/s is 30.
+        let steady = arrivals
+            .iter()
+            .filter(|t| {
+                **t >= first + Duration::from_secs(1) && **t < first + Duration::from_secs(4)
+            })
+            .count();
+        assert!(
+            steady >= 27,
+            "{account}: {steady} of the 30 its limit allowed in 3 s (one sidecar alone on its share would send 15)"
+        );
+    }
+    let keys = cluster
+        .redis
+        .cli(&["--scan", "--pattern", "sluice:*:limit:account:*"]);
+    let keys: Vec<&str> = keys.lines().collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(keys.iter().all(|k| !k.contains("acct_")), "{keys:?}");
+    // Every admission was the shared state's; each sidecar tracks the
+    // accounts it sent for.
+    for (sidecar, accounts) in [(one, 2.0), (two, 1.0)] {
+        assert_eq!(
+            sidecar.metric("sluice_shared_state_fallbacks_total{").await,
+            0.0
+        );
+        assert_eq!(sidecar.metric("sluice_ratelimit_keys{").await, accounts);
+    }
+}
+
 /// A high-priority request at one sidecar goes before low-priority ones
 /// queued at another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

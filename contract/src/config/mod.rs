@@ -360,30 +360,58 @@ pub struct RateLimitConfig {
     pub max_keys: u32,
 }
 
-/// The part of a request a keyed limit is kept per.
+/// The part of a request a keyed limit is kept per. Written as a map with
+/// one of `header`, `query`, `pathSegment`, as in the CRD.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(try_from = "LimitKeyFields", into = "LimitKeyFields")]
 pub enum LimitKey {
     /// A request header's value (`X-Account-Id`).
-    Header(#[serde(with = "header_name")] http::HeaderName),
+    Header(http::HeaderName),
     /// A query parameter's value, as sent (not percent-decoded).
     Query(String),
     /// The Nth segment of the app's path, 1-based (`/v1/shops/{2}/orders`).
     PathSegment(u32),
 }
 
-/// A header name in the config, checked when read.
-mod header_name {
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct LimitKeyFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    header: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    query: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    path_segment: Option<u32>,
+}
 
-    pub fn serialize<S: Serializer>(name: &http::HeaderName, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(name.as_str())
+impl TryFrom<LimitKeyFields> for LimitKey {
+    type Error = String;
+
+    fn try_from(f: LimitKeyFields) -> Result<Self, String> {
+        match (f.header, f.query, f.path_segment) {
+            (Some(h), None, None) => http::HeaderName::from_bytes(h.as_bytes())
+                .map(LimitKey::Header)
+                .map_err(|_| format!("header: {h:?} is not a header name")),
+            (None, Some(q), None) => Ok(LimitKey::Query(q)),
+            (None, None, Some(n)) => Ok(LimitKey::PathSegment(n)),
+            _ => Err("set exactly one of header, query, pathSegment".into()),
+        }
     }
+}
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<http::HeaderName, D::Error> {
-        let text = String::deserialize(d)?;
-        http::HeaderName::from_bytes(text.as_bytes())
-            .map_err(|_| D::Error::custom(format!("{text:?} is not a header name")))
+impl From<LimitKey> for LimitKeyFields {
+    fn from(key: LimitKey) -> Self {
+        let mut f = LimitKeyFields {
+            header: None,
+            query: None,
+            path_segment: None,
+        };
+        match key {
+            LimitKey::Header(h) => f.header = Some(h.as_str().to_owned()),
+            LimitKey::Query(q) => f.query = Some(q),
+            LimitKey::PathSegment(n) => f.path_segment = Some(n),
+        }
+        f
     }
 }
 

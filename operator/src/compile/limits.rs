@@ -2,7 +2,8 @@
 //! `scope: Cluster` ones.
 
 use sluice_contract::config::{
-    ClusterRate, Duration, IntegrationConfig, LimitKey, LimitScope, QueueConfig, RateLimitConfig, defaults,
+    ClusterRate, Duration, IntegrationConfig, LimitKey, LimitScope, QueueConfig, RateLimitConfig,
+    defaults,
 };
 
 use super::routes::request_match;

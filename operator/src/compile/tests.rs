@@ -143,3 +143,61 @@ fn same_port_in_two_namespaces_is_fine() {
     let clash = check_together(&[at("shop"), at("shop")]);
     assert_eq!(clash.len(), 1);
 }
+
+#[test]
+fn keyed_limits_compile_to_their_key_and_table_size() {
+    use sluice_contract::config::LimitKey;
+    let config = compile(
+        &pi("  upstream: {baseUrl: 'https://x.example'}
+  rateLimits:
+    - {name: per-account, rate: {requests: 5, per: 1s}, key: {header: X-Account-Id}, maxKeys: 500}
+    - {name: per-shop, rate: {requests: 2, per: 1s}, key: {pathSegment: 3}}
+    - {name: per-query, rate: {requests: 2, per: 1s}, key: {query: account}}
+    - {name: all, rate: {requests: 50, per: 1s}}
+"),
+        &mounted(),
+    )
+    .unwrap();
+    let keys: Vec<_> = config
+        .rate_limits
+        .iter()
+        .map(|l| (l.key.clone(), l.max_keys))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            (
+                Some(LimitKey::Header(http::HeaderName::from_static(
+                    "x-account-id"
+                ))),
+                500
+            ),
+            (Some(LimitKey::PathSegment(3)), 10_000),
+            (Some(LimitKey::Query("account".into())), 10_000),
+            (None, 10_000),
+        ]
+    );
+    // The sidecar's own check reads it back.
+    let yaml = serde_yaml_ng::to_string(&config).unwrap();
+    assert!(yaml.contains("key:\n    header: x-account-id"), "{yaml}");
+    let again: sluice_contract::config::IntegrationConfig = serde_yaml_ng::from_str(&yaml).unwrap();
+    assert_eq!(again.rate_limits, config.rate_limits);
+}
+
+#[test]
+fn a_key_naming_two_parts_is_refused_with_its_path() {
+    let error = compile(
+        &pi("  upstream: {baseUrl: 'https://x.example'}
+  rateLimits:
+    - {name: a, rate: {requests: 5, per: 1s}, key: {header: X-Shop, pathSegment: 2}}
+"),
+        &mounted(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("spec.rateLimits[0].key")
+            && error.contains("exactly one of header, query, pathSegment"),
+        "{error}"
+    );
+}

@@ -132,7 +132,11 @@ impl KeyTable {
 
     /// The slot of `value` if it is tracked, marked as just used; `last_used`
     /// is the slot's previous mark, which it replaces.
-    pub fn touch(&mut self, value: &[u8], last_used: impl FnOnce(usize) -> u64) -> Option<(usize, u64)> {
+    pub fn touch(
+        &mut self,
+        value: &[u8],
+        last_used: impl FnOnce(usize) -> u64,
+    ) -> Option<(usize, u64)> {
         let slot = *self.slots.get(value)?;
         self.recency.remove(&last_used(slot));
         let tick = self.tick();
@@ -203,7 +207,10 @@ mod tests {
         assert_eq!(source_value("/v1/x", None, &header), b"");
 
         let query = LimitKey::Query("account".into());
-        assert_eq!(source_value("/v1/x?a=1&account=b%20c&account=z", None, &query), b"b%20c");
+        assert_eq!(
+            source_value("/v1/x?a=1&account=b%20c&account=z", None, &query),
+            b"b%20c"
+        );
         assert_eq!(source_value("/v1/x?accounts=1", None, &query), b"");
         assert_eq!(source_value("/v1/x?account", None, &query), b"");
 

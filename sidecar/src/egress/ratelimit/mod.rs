@@ -112,8 +112,10 @@ impl Limit {
         shared: Option<Arc<SharedLimit>>,
         depth_gauge: Gauge,
         fallbacks: Counter,
+        // The caller's now: a limit made while admitting must not start
+        // after the instant the admission is decided at.
+        now: Instant,
     ) -> Self {
-        let now = Instant::now();
         let mut limit = Limit {
             depth_gauge,
             fallbacks,
@@ -454,9 +456,13 @@ impl State {
         let template_limit = &limits[template];
         let mut limit = Limit::new(
             &table.config,
-            template_limit.shared.as_ref().map(|s| Arc::new(s.for_value(value))),
+            template_limit
+                .shared
+                .as_ref()
+                .map(|s| Arc::new(s.for_value(value))),
             template_limit.depth_gauge.clone(),
             template_limit.fallbacks.clone(),
+            now,
         );
         *next_generation += 1;
         limit.generation = *next_generation;
@@ -767,7 +773,7 @@ impl RateLimiter {
                             .clone(),
                         None => Counter::default(),
                     };
-                    let mut limit = Limit::new(config, shared, gauge, fallbacks);
+                    let mut limit = Limit::new(config, shared, gauge, fallbacks, Instant::now());
                     limit.reserve_log();
                     state.limits.push(limit);
                     let slot = state.limits.len() - 1;
@@ -793,7 +799,13 @@ impl RateLimiter {
     /// Gives the limit at `slot` its values' table when `config` has a key
     /// (the values' limits take the new numbers and keep their history), or
     /// lets its values go when it no longer has one.
-    fn rekey(&self, state: &mut State, slot: usize, config: &RateLimitConfig, labels: &LimitLabels) {
+    fn rekey(
+        &self,
+        state: &mut State,
+        slot: usize,
+        config: &RateLimitConfig,
+        labels: &LimitLabels,
+    ) {
         let Some(key) = &config.key else {
             drain_values(state, slot);
             return;

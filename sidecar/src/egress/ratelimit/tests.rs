@@ -109,7 +109,10 @@ async fn reject_mode_answers_at_once_with_retry_after() {
         .acquire(&[0], plain(), Priority::Normal, far())
         .await
         .unwrap();
-    match limiter.acquire(&[0], plain(), Priority::Normal, far()).await {
+    match limiter
+        .acquire(&[0], plain(), Priority::Normal, far())
+        .await
+    {
         Err(ProxyError::RateLimited { retry_after, .. }) => {
             assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_millis(1020))
         }
@@ -159,7 +162,9 @@ async fn queue_depth_is_bounded() {
     });
     tokio::task::yield_now().await;
     tokio::task::yield_now().await;
-    let third = limiter.acquire(&[0], plain(), Priority::Normal, far()).await;
+    let third = limiter
+        .acquire(&[0], plain(), Priority::Normal, far())
+        .await;
     assert!(
         matches!(third, Err(ProxyError::QueueFull { .. })),
         "{third:?}"
@@ -277,9 +282,9 @@ async fn cancelled_waiters_free_their_place() {
 
 fn keyed(name: &str, requests: u32, per_ms: u64, max_keys: u32) -> RateLimitConfig {
     RateLimitConfig {
-        key: Some(crate::config::LimitKey::Header(http::HeaderName::from_static(
-            "x-account-id",
-        ))),
+        key: Some(crate::config::LimitKey::Header(
+            http::HeaderName::from_static("x-account-id"),
+        )),
         max_keys,
         ..limit(name, requests, per_ms, requests, WhenExceeded::Queue)
     }
@@ -297,7 +302,9 @@ fn account(id: &str) -> Request<()> {
 
 /// Admits one request of `id` now or says it would have to wait.
 fn admits_now(limiter: &RateLimiter, id: &str) -> bool {
-    limiter.admit_now(&[0], KeySource::of(&account(id))).is_some()
+    limiter
+        .admit_now(&[0], KeySource::of(&account(id)))
+        .is_some()
 }
 
 fn window_of(per: Duration) -> Duration {
@@ -306,7 +313,13 @@ fn window_of(per: Duration) -> Duration {
 
 #[tokio::test(start_paused = true)]
 async fn each_value_has_the_whole_limit() {
-    let limiter = RateLimiter::new("t".into(), &[keyed("l", 1, 1000, 100)], Metrics::new(), None).0;
+    let limiter = RateLimiter::new(
+        "t".into(),
+        &[keyed("l", 1, 1000, 100)],
+        Metrics::new(),
+        None,
+    )
+    .0;
     assert!(admits_now(&limiter, "a"));
     assert!(admits_now(&limiter, "b"), "b waited for a");
     assert!(!admits_now(&limiter, "a"), "a went twice in one window");
@@ -349,7 +362,9 @@ async fn a_full_table_forgets_an_idle_value_and_never_a_counting_one() {
         .await
     {
         Err(ProxyError::QueueFull { retry_after, .. }) => {
-            assert!(retry_after > Duration::ZERO && retry_after <= window_of(Duration::from_secs(1)))
+            assert!(
+                retry_after > Duration::ZERO && retry_after <= window_of(Duration::from_secs(1))
+            )
         }
         other => panic!("expected QueueFull, got {other:?}"),
     }
@@ -367,7 +382,10 @@ async fn a_full_table_forgets_an_idle_value_and_never_a_counting_one() {
     // b is used again after a window; a is the least recently used idle one.
     tokio::time::advance(window_of(Duration::from_secs(1))).await;
     assert!(admits_now(&limiter, "b"));
-    assert!(admits_now(&limiter, "c"), "no idle value was forgotten for c");
+    assert!(
+        admits_now(&limiter, "c"),
+        "no idle value was forgotten for c"
+    );
     assert_eq!(tracked(), 2);
     assert!(!admits_now(&limiter, "b"), "b was forgotten instead of a");
     assert!(!admits_now(&limiter, "c"));
@@ -376,7 +394,13 @@ async fn a_full_table_forgets_an_idle_value_and_never_a_counting_one() {
 #[tokio::test(start_paused = true)]
 async fn a_new_config_keeps_each_values_history() {
     let config = keyed("l", 1, 1000, 100);
-    let limiter = RateLimiter::new("t".into(), std::slice::from_ref(&config), Metrics::new(), None).0;
+    let limiter = RateLimiter::new(
+        "t".into(),
+        std::slice::from_ref(&config),
+        Metrics::new(),
+        None,
+    )
+    .0;
     assert!(admits_now(&limiter, "a"));
     let slots = limiter.reconfigure(&[RateLimitConfig {
         max_keys: 50,
@@ -390,7 +414,13 @@ async fn a_new_config_keeps_each_values_history() {
 #[tokio::test(start_paused = true)]
 async fn a_limit_losing_its_key_lets_its_values_waiters_go() {
     let config = keyed("l", 1, 10_000, 100);
-    let limiter = RateLimiter::new("t".into(), std::slice::from_ref(&config), Metrics::new(), None).0;
+    let limiter = RateLimiter::new(
+        "t".into(),
+        std::slice::from_ref(&config),
+        Metrics::new(),
+        None,
+    )
+    .0;
     assert!(admits_now(&limiter, "a"));
     let waiting = tokio::spawn({
         let l = limiter.clone();
@@ -408,7 +438,11 @@ async fn a_limit_losing_its_key_lets_its_values_waiters_go() {
         ..config
     }]);
     waiting.await.unwrap().unwrap();
-    assert_eq!(start.elapsed(), Duration::ZERO, "a's waiter was held by a retired value");
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "a's waiter was held by a retired value"
+    );
     // The limit itself now counts every request, from an empty window.
     assert!(admits_now(&limiter, "z"));
     assert!(!admits_now(&limiter, "y"));
@@ -416,7 +450,13 @@ async fn a_limit_losing_its_key_lets_its_values_waiters_go() {
 
 #[tokio::test(start_paused = true)]
 async fn a_providers_429_holds_only_that_value() {
-    let limiter = RateLimiter::new("t".into(), &[keyed("l", 10, 1000, 100)], Metrics::new(), None).0;
+    let limiter = RateLimiter::new(
+        "t".into(),
+        &[keyed("l", 10, 1000, 100)],
+        Metrics::new(),
+        None,
+    )
+    .0;
     let request = account("a");
     let grant = limiter
         .admit_now(&[0], KeySource::of(&request))
