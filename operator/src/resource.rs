@@ -8,7 +8,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sluice_contract::config::{
-    ClientAuthMethod, Duration, HttpUrl, LimitScope, Method, PathPattern, RetryOn,
+    ClientAuthMethod, Duration, HttpUrl, LimitScope, Method, PathPattern, ProviderLimits, RetryOn,
     SignatureEncoding, Timestamp, WebhookScheme, WhenExceeded,
 };
 
@@ -213,6 +213,13 @@ pub struct UpstreamSpec {
     /// them (default 1048576, 1 MiB); larger ones are sent once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_buffered_body_bytes: Option<u64>,
+    /// `Auto` (default): read the provider's rate-limit headers on every
+    /// response (`RateLimit`/`RateLimit-Policy`, `RateLimit-*`,
+    /// `X-RateLimit-*`, `X-Shopify-Shop-Api-Call-Limit`) and, when it has
+    /// fewer requests left until its reset than the request's rate limit
+    /// would send, spread the rest until the reset. `None`: ignore them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_limits: Option<ProviderLimits>,
 }
 
 /// The egress listener.

@@ -269,6 +269,9 @@ pub struct Families {
     pub ratelimit_queue_depth: Family<LimitLabels, Gauge>,
     pub ratelimit_queue_capacity: Family<LimitLabels, Gauge>,
     pub ratelimit_keys: Family<LimitLabels, Gauge>,
+    pub provider_remaining: Family<LimitLabels, Gauge>,
+    pub provider_limit: Family<LimitLabels, Gauge>,
+    pub provider_reset: Family<LimitLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub ratelimit_wait: Family<LimitLabels, Histogram, fn() -> Histogram>,
     pub ratelimit_rejected: Family<LimitReasonLabels, Counter>,
     pub retry_budget_exhausted: Family<IntegrationLabels, Counter>,
@@ -337,6 +340,24 @@ impl Metrics {
             "sluice_ratelimit_keys",
             "Values a keyed rate limit tracks (at most its maxKeys)",
             ratelimit_keys.clone(),
+        );
+        let provider_remaining = Family::default();
+        registry.register(
+            "sluice_provider_ratelimit_remaining",
+            "Requests the provider said remain in its window, at its last response with rate-limit headers",
+            provider_remaining.clone(),
+        );
+        let provider_limit = Family::default();
+        registry.register(
+            "sluice_provider_ratelimit_limit",
+            "The provider's quota for its window, as it last said",
+            provider_limit.clone(),
+        );
+        let provider_reset = Family::default();
+        registry.register(
+            "sluice_provider_ratelimit_reset_seconds",
+            "Seconds until the provider's window resets, as of its last response with rate-limit headers",
+            provider_reset.clone(),
         );
         let ratelimit_queue_depth = Family::default();
         registry.register(
@@ -517,6 +538,9 @@ impl Metrics {
             ratelimit_queue_depth,
             ratelimit_queue_capacity,
             ratelimit_keys,
+            provider_remaining,
+            provider_limit,
+            provider_reset,
             ratelimit_wait,
             ratelimit_rejected,
             retry_budget_exhausted,

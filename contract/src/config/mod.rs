@@ -298,6 +298,22 @@ pub struct UpstreamConfig {
     /// Request bodies up to this size are kept so a retry can resend them.
     #[serde(default = "defaults::max_buffered_body")]
     pub max_buffered_body_bytes: u64,
+    /// Whether the provider's own rate-limit headers slow the limits down.
+    #[serde(default)]
+    pub provider_limits: ProviderLimits,
+}
+
+/// What Sluice does with the rate-limit headers a provider sends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum ProviderLimits {
+    /// Read `RateLimit`/`RateLimit-Policy`, `RateLimit-*`, `X-RateLimit-*`
+    /// and Shopify's call limit on every response, and slow the request's
+    /// limit down when the provider has fewer left than it would send.
+    #[default]
+    Auto,
+    /// Ignore them.
+    None,
 }
 
 /// Which requests a rule applies to. Empty matches everything.

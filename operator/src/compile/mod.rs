@@ -108,6 +108,7 @@ pub fn compile(
         max_buffered_body_bytes: up
             .max_buffered_body_bytes
             .unwrap_or_else(defaults::max_buffered_body),
+        provider_limits: up.provider_limits.unwrap_or_default(),
     };
     let port = spec
         .egress

@@ -13,6 +13,7 @@ pub mod error;
 pub mod http1;
 pub mod observe;
 pub mod pool;
+pub mod provider_limits;
 pub mod ratelimit;
 pub mod replay;
 pub mod retry;
@@ -42,7 +43,7 @@ use self::retry::{RetryRules, RetryRulesError, RetryStep};
 use self::route::Router;
 use self::step::StepLayer;
 use self::timeout::AttemptTimeoutStep;
-use crate::config::IntegrationConfig;
+use crate::config::{IntegrationConfig, ProviderLimits};
 use crate::metrics::{Metrics, Name};
 use crate::secrets::SecretStore;
 use crate::shared::SharedState;
@@ -249,7 +250,10 @@ pub fn build(
         ))
         .layer(StepLayer::active_if(
             !config.rate_limits.is_empty(),
-            RateLimitStep::new(limiter.clone()),
+            RateLimitStep::new(
+                limiter.clone(),
+                config.upstream.provider_limits == ProviderLimits::Auto,
+            ),
         ))
         .layer(StepLayer::new(AttemptTimeoutStep))
         .layer(StepLayer::active_if(

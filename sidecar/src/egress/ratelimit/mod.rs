@@ -36,6 +36,7 @@ use tokio::time::Instant;
 
 use super::body::ProxyBody;
 use super::error::ProxyError;
+use super::provider_limits::{self, Report};
 use super::retry::provider_wait;
 use super::route::{Priority, RequestContext};
 use super::step::{Next, PipelineResult, Step};
@@ -45,8 +46,10 @@ use crate::shared::limits::{Admission, SharedLimit};
 use crate::shared::{SharedState, SharedStateError};
 
 mod keys;
+mod provider;
 pub use keys::KeySource;
 use keys::{KeyTable, StoredValue};
+use provider::ProviderBudget;
 
 /// The longest a request queued on a shared limit goes without asking the
 /// shared state again, whatever its last answer said: the ask also renews
@@ -104,6 +107,11 @@ struct Limit {
     /// Which value's limit this slot holds: a value's slot is reused once
     /// it is forgotten, and a later `pause` must not hold the next value.
     generation: u64,
+    /// The provider's last report, while it binds (`provider.rs`).
+    provider: Option<ProviderBudget>,
+    /// `requests` of the whole limit (a Cluster limit's, before division):
+    /// what a provider's stated quota is compared with.
+    whole_requests: u32,
 }
 
 impl Limit {
@@ -139,6 +147,8 @@ impl Limit {
             value: None,
             pins: 0,
             generation: 0,
+            provider: None,
+            whole_requests: 0,
         };
         limit.configure(config, shared);
         limit
@@ -161,12 +171,62 @@ impl Limit {
             && self.log.is_empty()
             && self.tat <= now
             && self.shared_retry_at <= now
+            && !self.provider.is_some_and(|b| b.binds(now))
     }
 
     /// When it will be idle if nothing more is admitted.
     fn idle_at(&self, now: Instant) -> Instant {
         let last = self.log.back().map_or(now, |&t| t + self.window);
-        last.max(self.tat).max(self.shared_retry_at)
+        last.max(self.tat).max(self.shared_retry_at).max(
+            self.provider
+                .map_or(now, |b| b.available_at(now, usize::MAX)),
+        )
+    }
+
+    /// The provider's budget lets one more go now (or has lapsed).
+    fn provider_allows(&mut self, now: Instant) -> bool {
+        match self.provider {
+            Some(b) if b.binds(now) => b.allows(now),
+            Some(_) => {
+                self.provider = None;
+                true
+            }
+            None => true,
+        }
+    }
+
+    fn spend_provider(&mut self, now: Instant) {
+        if let Some(b) = &mut self.provider
+            && b.binds(now)
+        {
+            b.spend(now);
+        }
+    }
+
+    /// Applies a provider's report (`admitted_at`: when the request it
+    /// answers was admitted here): binds when the configured limit alone
+    /// would send more than it leaves before its reset, else lifts any
+    /// earlier one.
+    fn follow(&mut self, report: &Report, admitted_at: Instant, now: Instant, up: bool) {
+        let share = f64::from(self.requests as u32) / f64::from(self.whole_requests.max(1));
+        let since = self
+            .log
+            .iter()
+            .rev()
+            .take_while(|&&t| t > admitted_at)
+            .count();
+        let budget = ProviderBudget::new(report, share, since as u64, now);
+        // Past what any limit may send in a window: nothing to follow.
+        let plenty = budget.capacity()
+            >= u64::from(
+                sluice_contract::bounds::RATE_REQUESTS
+                    .max
+                    .unwrap_or(u32::MAX),
+            );
+        let binds = !plenty
+            && self.configured_available_at(now, budget.capacity() as usize, up)
+                < now + report.reset;
+        self.provider = binds.then_some(budget);
     }
 
     /// Takes the new numbers and keeps the history: the admissions already
@@ -189,6 +249,7 @@ impl Limit {
         self.when_exceeded = c.when_exceeded;
         self.max_wait = c.queue.max_wait.get();
         self.max_depth = c.queue.max_depth as usize;
+        self.whole_requests = c.cluster.map_or(c.requests, |whole| whole.requests);
         self.retired = false;
         while self.log.len() > requests {
             self.log.pop_front();
@@ -210,6 +271,9 @@ impl Limit {
         if self.retired {
             return true;
         }
+        if !self.provider_allows(now) {
+            return false;
+        }
         if self.is_remote(up, now) {
             return !self.shared_asking && self.shared_retry_at <= now;
         }
@@ -228,6 +292,7 @@ impl Limit {
         }
         self.tat = self.tat.max(now) + self.interval;
         self.log.push_back(now);
+        self.spend_provider(now);
     }
 
     /// Gives back the slot `consume` took at `at`: the request it was for
@@ -239,6 +304,9 @@ impl Limit {
         if let Some(i) = self.log.iter().rposition(|&t| t == at) {
             self.log.remove(i);
             self.tat = self.tat.checked_sub(self.interval).unwrap_or(at).max(at);
+            if let Some(b) = &mut self.provider {
+                b.refund();
+            }
         }
     }
 
@@ -252,6 +320,7 @@ impl Limit {
         }
         self.log.push_back(now);
         self.tat = (self.tat.max(now) + self.interval).min(now + self.tolerance + self.interval);
+        self.spend_provider(now);
     }
 
     /// The shared state said to ask again after `wait`.
@@ -265,6 +334,15 @@ impl Limit {
         if self.retired {
             return now;
         }
+        let provider = match self.provider {
+            Some(b) if b.binds(now) => b.available_at(now, ahead),
+            _ => now,
+        };
+        self.configured_available_at(now, ahead, up).max(provider)
+    }
+
+    /// `available_at` by the configured limit alone.
+    fn configured_available_at(&self, now: Instant, ahead: usize, up: bool) -> Instant {
         if self.is_remote(up, now) {
             // Other sidecars draw from it too: the share is the best guess
             // of this pod's pace.
@@ -901,6 +979,46 @@ impl RateLimiter {
         }
     }
 
+    /// Follows the provider's `report` on the response to a request admitted
+    /// under `grant` at `admitted_at`: on the one limit of the request it is
+    /// about (see [`reported_limit`]), and exports what it said.
+    pub fn follow_provider(&self, grant: &Grant<'_>, admitted_at: Instant, report: &Report) {
+        let now = Instant::now();
+        let up = self.shared_up();
+        let mut state = self.state.lock().expect("rate limiter lock poisoned");
+        let Some(slot) = reported_limit(&state, grant, report) else {
+            return;
+        };
+        let limit = &mut state.limits[slot];
+        let was_binding = limit.provider.is_some_and(|b| b.binds(now));
+        limit.follow(report, admitted_at, now, up);
+        let binds = limit.provider.is_some_and(|b| b.binds(now));
+        let labels = LimitLabels {
+            integration: self.integration.clone(),
+            limit: limit.name.clone(),
+        };
+        drop(state);
+        let saturating = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.metrics
+            .provider_remaining
+            .get_or_create(&labels)
+            .set(saturating(report.remaining));
+        if let Some(quota) = report.limit {
+            self.metrics
+                .provider_limit
+                .get_or_create(&labels)
+                .set(saturating(quota));
+        }
+        self.metrics
+            .provider_reset
+            .get_or_create(&labels)
+            .set(report.reset.as_secs_f64());
+        if was_binding && !binds {
+            // Lifted: whoever waits on it may go now.
+            self.wake_dispatcher.notify_one();
+        }
+    }
+
     /// Admits the request at once if every limit in `limits` has room here
     /// and nobody waits ahead of it: the common case, decided without a
     /// future. A shared limit is never decided here.
@@ -1119,6 +1237,32 @@ fn drain_values(state: &mut State, slot: usize) {
     }
 }
 
+/// The slot of the request's limit a provider's report is about: the one
+/// whose whole `requests` is nearest the quota the provider states (a
+/// search API's 30 a minute, not the account's 5000 an hour), else the
+/// request's strictest. A value's slot forgotten since is skipped.
+fn reported_limit(state: &State, grant: &Grant<'_>, report: &Report) -> Option<usize> {
+    let live = grant.slots().iter().enumerate().filter_map(|(k, &slot)| {
+        let limit = &state.limits[slot];
+        let same = match grant {
+            Grant::Keyed { generations, .. } => limit.generation == generations[k],
+            Grant::Route(_) => true,
+        };
+        (same && !limit.retired).then_some((slot, limit))
+    });
+    let distance = |l: &Limit| -> f64 {
+        match report.limit {
+            Some(quota) => (f64::from(l.whole_requests.max(1)) / quota.max(1) as f64)
+                .ln()
+                .abs(),
+            // Requests per second: the strictest binds first.
+            None => f64::from(l.requests as u32) / l.window.as_secs_f64().max(1e-3),
+        }
+    };
+    live.min_by(|(_, a), (_, b)| distance(a).total_cmp(&distance(b)))
+        .map(|(slot, _)| slot)
+}
+
 /// The limit among `limits` that will have room last, and how long until then.
 fn slowest(state: &State, limits: &[usize], now: Instant, up: bool) -> (Name, Duration) {
     limits
@@ -1190,11 +1334,16 @@ impl Drop for RateLimiter {
 #[derive(Clone)]
 pub struct RateLimitStep {
     limiter: Arc<RateLimiter>,
+    /// `upstream.providerLimits: Auto`.
+    follow_provider: bool,
 }
 
 impl RateLimitStep {
-    pub fn new(limiter: Arc<RateLimiter>) -> Self {
-        Self { limiter }
+    pub fn new(limiter: Arc<RateLimiter>, follow_provider: bool) -> Self {
+        Self {
+            limiter,
+            follow_provider,
+        }
     }
 }
 
@@ -1211,26 +1360,35 @@ impl Step for RateLimitStep {
         let limiter = &self.limiter;
         let limits = &ctx.route.limits;
         if let Some(grant) = limiter.admit_now(limits, KeySource::of(&request)) {
-            return Either::Left(self.heed_429(next.call(request, ctx), ctx, grant));
+            return Either::Left(self.heed_provider(next.call(request, ctx), ctx, grant));
         }
         Either::Right(Box::pin(async move {
             let grant = limiter
                 .acquire(limits, KeySource::of(&request), ctx.priority, ctx.deadline)
                 .await?;
-            self.heed_429(next.call(request, ctx), ctx, grant).await
+            self.heed_provider(next.call(request, ctx), ctx, grant)
+                .await
         }))
     }
 }
 
 impl RateLimitStep {
-    /// A 429 with a time to come back pauses the request's limits until then.
-    async fn heed_429(
+    /// A 429 with a time to come back pauses the request's limits until
+    /// then; the provider's rate-limit headers slow the limit they are about.
+    async fn heed_provider(
         &self,
         attempt: impl Future<Output = PipelineResult>,
         ctx: &RequestContext,
         grant: Grant<'_>,
     ) -> PipelineResult {
+        let admitted_at = Instant::now();
         let response = attempt.await?;
+        if self.follow_provider
+            && !grant.slots().is_empty()
+            && let Some(report) = provider_limits::read(response.headers(), SystemTime::now())
+        {
+            self.limiter.follow_provider(&grant, admitted_at, &report);
+        }
         if response.status() == http::StatusCode::TOO_MANY_REQUESTS
             && !grant.slots().is_empty()
             && let Some(wait) = provider_wait(response.headers(), SystemTime::now())
