@@ -303,7 +303,12 @@ pub struct UpstreamConfig {
     pub provider_limits: ProviderLimits,
 }
 
-/// What Sluice does with the rate-limit headers a provider sends.
+/// What Sluice does with the rate-limit headers a provider sends. `Auto`
+/// (default): read `RateLimit`/`RateLimit-Policy`, `RateLimit-*`,
+/// `X-RateLimit-*` and `X-Shopify-Shop-Api-Call-Limit` on every response
+/// and, when the provider has fewer requests left until its reset than the
+/// request's rate limit would send, spread the rest until the reset.
+/// `None`: ignore them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum ProviderLimits {
