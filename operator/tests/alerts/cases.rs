@@ -124,6 +124,8 @@ pub fn groups(s: &Scrapes) -> Vec<Group> {
         &[("reason", "queue-full")],
     );
     let budget = payments("sluice_retry_budget_exhausted_total", &[]);
+    let provider_remaining = payments("sluice_provider_ratelimit_remaining", &[]);
+    let provider_limit = payments("sluice_provider_ratelimit_limit", &[]);
     let fallback_active = payments("sluice_credential_fallback_active", &[]);
     let shared_up = sidecar.pick("sluice_shared_state_up", &[]);
     let shared_fallbacks = payments("sluice_shared_state_fallbacks_total", &[]);
@@ -220,6 +222,30 @@ pub fn groups(s: &Scrapes) -> Vec<Group> {
             name: "the rate limit queue at 20 %",
             input: vec![(depth, steady(10.0, 6)), (capacity, steady(50.0, 6))],
             tests: vec![silent(4, "SluiceQueueNearlyFull")],
+        },
+        Group {
+            name: "the provider says 2 % of its limit is left",
+            input: vec![
+                (provider_remaining.clone(), steady(100.0, 10)),
+                (provider_limit.clone(), steady(5000.0, 10)),
+            ],
+            tests: vec![
+                silent(3, "SluiceProviderLimitLow"),
+                fires(
+                    7,
+                    "SluiceProviderLimitLow",
+                    limit_labels.clone(),
+                    format!("{name}/{limit}: the provider says 2% of its rate limit is left"),
+                ),
+            ],
+        },
+        Group {
+            name: "the provider says half of its limit is left",
+            input: vec![
+                (provider_remaining, steady(2500.0, 10)),
+                (provider_limit, steady(5000.0, 10)),
+            ],
+            tests: vec![silent(7, "SluiceProviderLimitLow")],
         },
         Group {
             name: "the first refused retry and the first client-side 429s",

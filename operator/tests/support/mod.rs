@@ -268,10 +268,16 @@ impl Upstream {
                             buffer.drain(..end + 4);
                             counted.fetch_add(1, Ordering::SeqCst);
                             let path = head.split(' ').nth(1).unwrap_or("/");
+                            let status = status_for(path);
+                            // A provider that says how much of its limit is left.
+                            let limit = if status == 200 {
+                                "x-ratelimit-limit: 5000\r\nx-ratelimit-remaining: 4990\r\nx-ratelimit-reset: 60\r\n"
+                            } else {
+                                ""
+                            };
                             let _ = write!(
                                 stream,
-                                "HTTP/1.1 {} X\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok",
-                                status_for(path)
+                                "HTTP/1.1 {status} X\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n{limit}\r\nok",
                             );
                         }
                     }
