@@ -151,6 +151,15 @@ async fn load(app: &App, workers: usize, until: Instant) -> usize {
     answered.into_inner()
 }
 
+/// Requests sent back to back through `app` until `until`; their statuses.
+async fn statuses_until(app: &App, until: Instant) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    while Instant::now() < until {
+        statuses.push(app.get("/v1/rates").await.status);
+    }
+    statuses
+}
+
 /// The first test: a Cluster limit of 20/s shared by two sidecars,
 /// 90 % of the load on one: never more than 20 in any second at the
 /// upstream, at least 95 % of the limit used, and the quiet sidecar served.
@@ -399,6 +408,54 @@ async fn a_keyed_cluster_limit_is_shared_per_value() {
         );
         assert_eq!(sidecar.metric("sluice_ratelimit_keys{").await, accounts);
     }
+}
+
+/// The provider's headers, read by one sidecar, hold the other too: the
+/// provider's first window allows 4 in 2 s while the Cluster limit is
+/// 100/s; two sidecars together stay within it (no 429), then go at full
+/// speed after its reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_providers_headers_hold_every_sidecar() {
+    use support::provider::{Dialect, FIRST, WINDOW, windowed_upstream};
+    let upstream = TestUpstream::plain(windowed_upstream(Dialect::XRateLimitEpoch)).await;
+    let cluster = Cluster::start(
+        2,
+        "{name: account, match: {}, requests: 50, per: 1s, burst: 50, scope: Cluster, cluster: {requests: 100, burst: 100}, queue: {maxWait: 20s, maxDepth: 1000}}",
+        upstream,
+    )
+    .await;
+    let until = Instant::now() + Duration::from_millis(3500);
+    let (one, two) = tokio::join!(
+        statuses_until(&cluster.sidecars[0].app, until),
+        statuses_until(&cluster.sidecars[1].app, until)
+    );
+    let statuses: Vec<u16> = one.into_iter().chain(two).collect();
+    let seen = cluster.upstream.requests();
+    let first = seen[0].at;
+    let early: Vec<u128> = seen
+        .iter()
+        .map(|s| (s.at - first).as_millis())
+        .filter(|ms| *ms < 2500)
+        .collect();
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "the provider refused some (arrivals in its first window and after, ms: {early:?})"
+    );
+    let before_reset = seen.iter().filter(|s| s.at < first + WINDOW).count();
+    assert!(
+        before_reset as u64 <= FIRST,
+        "{before_reset} requests in the first window, which allowed {FIRST}"
+    );
+    let after_reset = seen.iter().filter(|s| s.at >= first + WINDOW).count();
+    assert!(after_reset >= 50, "only {after_reset} after the reset");
+    // The budget went through the shared state.
+    let mut follows = 0.0;
+    for sidecar in &cluster.sidecars {
+        follows += sidecar
+            .metric("sluice_shared_state_calls_total{op=\"follow\",outcome=\"ok\"}")
+            .await;
+    }
+    assert!(follows >= 1.0, "no budget was shared");
 }
 
 /// A high-priority request at one sidecar goes before low-priority ones

@@ -10,6 +10,9 @@
 --   b:<k>      admissions in bucket k, times [k*bw, (k+1)*bw); an admission
 --              is remembered until its bucket's end plus the window, never
 --              less than exactly
+--   pu, pr, pd, pi, pn   the provider's budget (follow.lua), until pu: pr
+--              more admissions, pd of them at once, the rest one per pi
+--              from pn
 -- and KEYS[2i], who waits (a hash): <id> -> "<priority>:<expires>", sidecars
 -- with requests queued at that priority; lower priorities elsewhere wait.
 --
@@ -40,7 +43,7 @@ for i = 1, #KEYS / 2 do
     bucket = tonumber(ARGV[a + 3]), interval = tonumber(ARGV[a + 4]),
     tolerance = tonumber(ARGV[a + 5]),
   }
-  local f = redis.call('HMGET', key, 'tat', 'bw', 'n', 'o')
+  local f = redis.call('HMGET', key, 'tat', 'bw', 'n', 'o', 'pu', 'pr', 'pd', 'pi', 'pn')
   l.tat = tonumber(f[1]) or now
   local width, count, oldest = tonumber(f[2]), tonumber(f[3]) or 0, tonumber(f[4])
   -- The bucket ids at or below this one are forgotten.
@@ -95,6 +98,17 @@ for i = 1, #KEYS / 2 do
     end
   end
   if l.tat > now + l.tolerance then at = math.max(at, l.tat - l.tolerance) end
+  -- The provider's budget, while it binds.
+  local pu = tonumber(f[5])
+  if pu and pu > now then
+    l.pu, l.pr, l.pd = pu, tonumber(f[6]), tonumber(f[7])
+    l.pi, l.pn = tonumber(f[8]), tonumber(f[9])
+    if l.pr <= 0 then
+      at = math.max(at, pu)
+    elseif l.pd <= 0 and l.pn > now then
+      at = math.max(at, l.pn)
+    end
+  end
   if at <= now then
     -- Room, unless a higher priority waits at another sidecar: it goes first.
     local others = redis.call('HGETALL', waiting)
@@ -128,7 +142,16 @@ if admit then
     redis.call('HINCRBY', l.key, 'b:' .. int(current), 1)
     redis.call('HSET', l.key, 'tat', int(tat), 'bw', int(l.bucket), 'n', l.count + 1,
       'o', int(l.oldest or current))
-    redis.call('PEXPIRE', l.key, math.ceil((tat - now + l.window + l.bucket) / 1000))
+    if l.pr then
+      if l.pd > 0 then
+        redis.call('HSET', l.key, 'pr', l.pr - 1, 'pd', l.pd - 1)
+      else
+        redis.call('HSET', l.key, 'pr', l.pr - 1, 'pn', int(math.max(l.pn, now) + l.pi))
+      end
+    end
+    local keep = tat - now + l.window + l.bucket
+    if l.pu then keep = math.max(keep, l.pu - now) end
+    redis.call('PEXPIRE', l.key, math.ceil(keep / 1000))
     register(l, still)
   end
   return {1}

@@ -13,6 +13,19 @@ use super::{SharedState, SharedStateError, key};
 
 static ADMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("admit.lua")));
 static PAUSE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("pause.lua")));
+static FOLLOW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("follow.lua")));
+
+/// The provider's budget as every sidecar enforces it (see `follow.lua`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SharedBudget {
+    pub remaining: u64,
+    pub ready: u64,
+    pub reset: Duration,
+    pub interval: Duration,
+    /// How long ago the request the provider answered was admitted: what
+    /// any sidecar admitted since comes off `remaining`.
+    pub age: Duration,
+}
 
 /// How many buckets one window is counted in: an admission is remembered
 /// up to one bucket longer than exactly (1 % of the window), and a limit
@@ -134,6 +147,32 @@ impl SharedState {
                 format!("unexpected answer {answer:?}"),
             )),
         }
+    }
+
+    /// Sets the provider's budget on `limit` for every sidecar, or lifts
+    /// it (`None`): the provider's headers said how much is left.
+    pub async fn follow(
+        &self,
+        limit: &SharedLimit,
+        budget: Option<SharedBudget>,
+    ) -> Result<(), SharedStateError> {
+        let mut invocation = FOLLOW.prepare_invoke();
+        invocation.key(&limit.key);
+        match budget {
+            Some(b) => invocation
+                .arg(b.remaining.min(i64::MAX as u64))
+                .arg(b.ready.min(i64::MAX as u64))
+                .arg(micros(b.reset))
+                .arg(micros(b.interval))
+                .arg(micros(b.age)),
+            None => invocation.arg(-1).arg(0).arg(0).arg(0).arg(0),
+        };
+        let _: i64 = self
+            .call("follow", |mut c| async move {
+                invocation.invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(())
     }
 
     /// Holds `limits` for `wait` at every sidecar: the provider said when

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod provider;
 pub mod redis_server;
 pub mod toxiproxy;
 

@@ -112,6 +112,10 @@ struct Limit {
     /// `requests` of the whole limit (a Cluster limit's, before division):
     /// what a provider's stated quota is compared with.
     whole_requests: u32,
+    /// When this pod last gave the shared state the provider's budget.
+    provider_shared_at: Option<Instant>,
+    /// It is giving it now: nothing is admitted under the limit meanwhile.
+    provider_sharing: bool,
 }
 
 impl Limit {
@@ -149,6 +153,8 @@ impl Limit {
             generation: 0,
             provider: None,
             whole_requests: 0,
+            provider_shared_at: None,
+            provider_sharing: false,
         };
         limit.configure(config, shared);
         limit
@@ -208,7 +214,12 @@ impl Limit {
     /// would send more than it leaves before its reset, else lifts any
     /// earlier one.
     fn follow(&mut self, report: &Report, admitted_at: Instant, now: Instant, up: bool) {
-        let share = f64::from(self.requests as u32) / f64::from(self.whole_requests.max(1));
+        // A remote limit's budget is the shared state's, for every pod.
+        let share = if self.is_remote(up, now) {
+            1.0
+        } else {
+            f64::from(self.requests as u32) / f64::from(self.whole_requests.max(1))
+        };
         let since = self
             .log
             .iter()
@@ -275,7 +286,7 @@ impl Limit {
             return false;
         }
         if self.is_remote(up, now) {
-            return !self.shared_asking && self.shared_retry_at <= now;
+            return !self.shared_asking && !self.provider_sharing && self.shared_retry_at <= now;
         }
         self.forget_expired(now);
         self.log.len() < self.requests && self.tat <= now + self.tolerance
@@ -366,6 +377,10 @@ impl Limit {
         gcra.max(window)
     }
 }
+
+/// While the provider's budget binds, how often a pod gives the shared
+/// state the newest one.
+const PROVIDER_SHARE_EVERY: Duration = Duration::from_millis(100);
 
 /// Longest a provider's 429 may hold a queue; longer asks are treated as this.
 pub const MAX_PROVIDER_PAUSE: Duration = Duration::from_secs(300);
@@ -981,14 +996,21 @@ impl RateLimiter {
 
     /// Follows the provider's `report` on the response to a request admitted
     /// under `grant` at `admitted_at`: on the one limit of the request it is
-    /// about (see [`reported_limit`]), and exports what it said.
-    pub fn follow_provider(&self, grant: &Grant<'_>, admitted_at: Instant, report: &Report) {
+    /// about (see [`reported_limit`]), and exports what it said. For a
+    /// remote limit, returns the call that gives the shared state the new
+    /// budget: this pod admits nothing more under the limit until it is
+    /// done, and the response waits for it, so the app's next request is
+    /// decided by the new budget.
+    pub fn follow_provider(
+        self: &Arc<Self>,
+        grant: &Grant<'_>,
+        admitted_at: Instant,
+        report: &Report,
+    ) -> Option<impl Future<Output = ()> + Send + 'static> {
         let now = Instant::now();
         let up = self.shared_up();
         let mut state = self.state.lock().expect("rate limiter lock poisoned");
-        let Some(slot) = reported_limit(&state, grant, report) else {
-            return;
-        };
+        let slot = reported_limit(&state, grant, report)?;
         let limit = &mut state.limits[slot];
         let was_binding = limit.provider.is_some_and(|b| b.binds(now));
         limit.follow(report, admitted_at, now, up);
@@ -996,6 +1018,29 @@ impl RateLimiter {
         let labels = LimitLabels {
             integration: self.integration.clone(),
             limit: limit.name.clone(),
+        };
+        // Every pod of a remote limit follows the budget the shared state
+        // keeps: tell it when the budget starts or lifts, and while it binds
+        // at most every PROVIDER_SHARE_EVERY (each response would be a call).
+        let share = match (&limit.shared, &self.shared) {
+            (Some(shared), Some(engine))
+                if limit.is_remote(up, now)
+                    && (was_binding != binds
+                        || (binds
+                            && limit
+                                .provider_shared_at
+                                .is_none_or(|at| now >= at + PROVIDER_SHARE_EVERY))) =>
+            {
+                limit.provider_shared_at = Some(now);
+                limit.provider_sharing = true;
+                limit.pins += 1;
+                // The shared state takes off what every pod admitted since.
+                let budget = binds.then(|| {
+                    ProviderBudget::new(report, 1.0, 0, now).shared(now, now - admitted_at)
+                });
+                Some((engine.clone(), shared.clone(), budget))
+            }
+            _ => None,
         };
         drop(state);
         let saturating = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
@@ -1017,6 +1062,19 @@ impl RateLimiter {
             // Lifted: whoever waits on it may go now.
             self.wake_dispatcher.notify_one();
         }
+        let (engine, shared, budget) = share?;
+        let limiter = self.clone();
+        Some(async move {
+            if let Err(error) = engine.follow(&shared, budget).await {
+                tracing::warn!(integration = %limiter.integration, %error, "the other sidecars were not told of the provider's rate-limit headers; each follows its own responses");
+            }
+            let mut state = limiter.state.lock().expect("rate limiter lock poisoned");
+            let limit = &mut state.limits[slot];
+            limit.provider_sharing = false;
+            limit.pins -= 1;
+            drop(state);
+            limiter.wake_dispatcher.notify_one();
+        })
     }
 
     /// Admits the request at once if every limit in `limits` has room here
@@ -1386,8 +1444,11 @@ impl RateLimitStep {
         if self.follow_provider
             && !grant.slots().is_empty()
             && let Some(report) = provider_limits::read(response.headers(), SystemTime::now())
+            && let Some(sharing) = self.limiter.follow_provider(&grant, admitted_at, &report)
         {
-            self.limiter.follow_provider(&grant, admitted_at, &report);
+            // Rare (a budget starting, lifting, or renewed at most every
+            // PROVIDER_SHARE_EVERY): boxed, not in every request's future.
+            Box::pin(sharing).await;
         }
         if response.status() == http::StatusCode::TOO_MANY_REQUESTS
             && !grant.slots().is_empty()

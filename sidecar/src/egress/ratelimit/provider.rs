@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::egress::provider_limits::Report;
+use crate::shared::limits::SharedBudget;
 
 /// At most `remaining` more admissions before `until`: `ready` of them at
 /// once, the rest one per `interval` from `next`.
@@ -64,6 +65,18 @@ impl ProviderBudget {
                     next: now + interval,
                 }
             }
+        }
+    }
+
+    /// The budget as the shared state keeps it, from `now`, for a request
+    /// admitted `age` ago.
+    pub fn shared(&self, now: Instant, age: Duration) -> SharedBudget {
+        SharedBudget {
+            remaining: self.remaining,
+            ready: self.ready,
+            reset: self.until.saturating_duration_since(now),
+            interval: self.interval,
+            age,
         }
     }
 
