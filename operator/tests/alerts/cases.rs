@@ -77,6 +77,9 @@ fn silent(minute: u32, alert: &'static str) -> AlertTest {
 
 const ENDPOINT_KEYS: &[&str] = &["namespace", "integration", "endpoint"];
 
+/// A week in minutes: the usage baseline's reach.
+const WEEK: u32 = 7 * 24 * 60;
+
 pub fn groups(s: &Scrapes) -> Vec<Group> {
     let sidecar = &s.sidecar;
     // The scrape has a second integration (OAuth2, for the dashboard's
@@ -222,6 +225,33 @@ pub fn groups(s: &Scrapes) -> Vec<Group> {
             name: "the rate limit queue at 20 %",
             input: vec![(depth, steady(10.0, 6)), (capacity, steady(50.0, 6))],
             tests: vec![silent(4, "SluiceQueueNearlyFull")],
+        },
+        Group {
+            name: "five times the same hour's traffic of the last 7 days",
+            // A week at 1/s, then 5/s.
+            input: vec![(
+                attempts.clone(),
+                format!("0+60x{WEEK} {}+300x120", 60 * WEEK),
+            )],
+            tests: vec![
+                silent(WEEK + 20, "SluiceUsageAnomaly"),
+                fires(
+                    WEEK + 90,
+                    "SluiceUsageAnomaly",
+                    integration.clone(),
+                    format!("{name}: 5 requests/s to the provider, over 3x the same hour's average of the last 7 days"),
+                ),
+            ],
+        },
+        Group {
+            name: "a week of the same traffic",
+            input: vec![(attempts.clone(), format!("0+60x{}", WEEK + 120))],
+            tests: vec![silent(WEEK + 90, "SluiceUsageAnomaly")],
+        },
+        Group {
+            name: "busy from its first hour: no baseline yet",
+            input: vec![(attempts.clone(), "0+300x180".to_owned())],
+            tests: vec![silent(150, "SluiceUsageAnomaly")],
         },
         Group {
             name: "the provider says 2 % of its limit is left",
