@@ -4,6 +4,9 @@
 //! `bench_upstream 127.0.0.1:PORT [ARRIVALS_FILE]`: with a file, it also
 //! records when each request arrived (microseconds since it started, one per
 //! line), written when it gets SIGTERM, to check rate-limit accuracy.
+//! With `BENCH_RATELIMIT_HEADERS=1` every response also says how much of a
+//! (generous) rate limit is left, as GitHub does: `x-ratelimit-limit`,
+//! `-remaining`, `-reset`, for the cost of reading them.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -21,6 +24,7 @@ fn main() -> std::io::Result<()> {
     let arrivals_file = std::env::args().nth(2);
     let started = Instant::now();
     let arrivals: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let ratelimit_headers = std::env::var_os("BENCH_RATELIMIT_HEADERS").is_some_and(|v| v == "1");
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
@@ -43,10 +47,16 @@ fn main() -> std::io::Result<()> {
                             let at = started.elapsed().as_micros() as u64;
                             arrivals.lock().expect("arrivals lock").push(at);
                         }
-                        async {
-                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
-                                b"{\"ok\":true}",
-                            ))))
+                        async move {
+                            let mut response =
+                                Response::new(Full::new(Bytes::from_static(b"{\"ok\":true}")));
+                            if ratelimit_headers {
+                                let h = response.headers_mut();
+                                h.insert("x-ratelimit-limit", "1000000".parse().unwrap());
+                                h.insert("x-ratelimit-remaining", "999999".parse().unwrap());
+                                h.insert("x-ratelimit-reset", "60".parse().unwrap());
+                            }
+                            Ok::<_, Infallible>(response)
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
