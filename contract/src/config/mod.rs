@@ -1210,6 +1210,46 @@ mod tests {
     }
 
     #[test]
+    fn a_hand_written_key_is_checked() {
+        let file = |limit: &str| {
+            SidecarConfig::from_yaml(&format!(
+                "integrations:\n- name: a\n  listen: 127.0.0.1:1\n  upstream: {{baseUrl: 'https://x'}}\n  rateLimits:\n  - {{name: l, requests: 5, per: 1s, burst: 5, {limit}}}\n"
+            ))
+        };
+        let config = file("key: {header: X-Account-Id}, maxKeys: 50").unwrap();
+        let limit = &config.integrations[0].rate_limits[0];
+        assert_eq!(
+            limit.key,
+            Some(LimitKey::Header(http::HeaderName::from_static(
+                "x-account-id"
+            )))
+        );
+        assert_eq!(limit.max_keys, 50);
+        for (bad, says) in [
+            ("key: {header: 'X Account'}", "is not a header name"),
+            (
+                "key: {header: a, query: b}",
+                "exactly one of header, query, pathSegment",
+            ),
+            (
+                "key: {pathSegment: 0}",
+                "integrations[0].rateLimits[0].key.pathSegment",
+            ),
+            (
+                "key: {query: ''}",
+                "integrations[0].rateLimits[0].key.query",
+            ),
+            (
+                "key: {query: a}, maxKeys: 0",
+                "integrations[0].rateLimits[0].maxKeys",
+            ),
+        ] {
+            let err = file(bad).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn auth_round_trips() {
         let auth = AuthConfig::Header {
             name: "X-Api-Key".into(),

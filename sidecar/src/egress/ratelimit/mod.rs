@@ -116,6 +116,40 @@ struct Limit {
     provider_shared_at: Option<Instant>,
     /// It is giving it now: nothing is admitted under the limit meanwhile.
     provider_sharing: bool,
+    /// What the provider said, exported; made at its first report (a limit
+    /// whose provider says nothing has no such series).
+    provider_gauges: Option<ProviderGauges>,
+}
+
+/// `sluice_provider_ratelimit_*` of one limit (its values share them).
+#[derive(Clone)]
+struct ProviderGauges {
+    remaining: Gauge,
+    limit: Gauge,
+    reset: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+impl ProviderGauges {
+    fn new(metrics: &Metrics, integration: &Name, limit: &Name) -> Self {
+        let labels = LimitLabels {
+            integration: integration.clone(),
+            limit: limit.clone(),
+        };
+        ProviderGauges {
+            remaining: metrics.provider_remaining.get_or_create(&labels).clone(),
+            limit: metrics.provider_limit.get_or_create(&labels).clone(),
+            reset: metrics.provider_reset.get_or_create(&labels).clone(),
+        }
+    }
+
+    fn show(&self, report: &Report) {
+        let saturating = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.remaining.set(saturating(report.remaining));
+        if let Some(quota) = report.limit {
+            self.limit.set(saturating(quota));
+        }
+        self.reset.set(report.reset.as_secs_f64());
+    }
 }
 
 impl Limit {
@@ -155,6 +189,7 @@ impl Limit {
             whole_requests: 0,
             provider_shared_at: None,
             provider_sharing: false,
+            provider_gauges: None,
         };
         limit.configure(config, shared);
         limit
@@ -1015,10 +1050,10 @@ impl RateLimiter {
         let was_binding = limit.provider.is_some_and(|b| b.binds(now));
         limit.follow(report, admitted_at, now, up);
         let binds = limit.provider.is_some_and(|b| b.binds(now));
-        let labels = LimitLabels {
-            integration: self.integration.clone(),
-            limit: limit.name.clone(),
-        };
+        let gauges = limit.provider_gauges.get_or_insert_with(|| {
+            ProviderGauges::new(&self.metrics, &self.integration, &limit.name)
+        });
+        gauges.show(report);
         // Every pod of a remote limit follows the budget the shared state
         // keeps: tell it when the budget starts or lifts, and while it binds
         // at most every PROVIDER_SHARE_EVERY (each response would be a call).
@@ -1043,21 +1078,6 @@ impl RateLimiter {
             _ => None,
         };
         drop(state);
-        let saturating = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        self.metrics
-            .provider_remaining
-            .get_or_create(&labels)
-            .set(saturating(report.remaining));
-        if let Some(quota) = report.limit {
-            self.metrics
-                .provider_limit
-                .get_or_create(&labels)
-                .set(saturating(quota));
-        }
-        self.metrics
-            .provider_reset
-            .get_or_create(&labels)
-            .set(report.reset.as_secs_f64());
         if was_binding && !binds {
             // Lifted: whoever waits on it may go now.
             self.wake_dispatcher.notify_one();
