@@ -106,6 +106,21 @@ pub const BURST: Bound<u32> = between(1, 1_000_000);
 pub const QUEUE_MAX_WAIT: Bound<Duration> =
     between(Duration::from_secs(0), Duration::from_secs(2 * 3600));
 pub const QUEUE_MAX_DEPTH: Bound<u32> = between(1, 1_000_000);
+/// Disk one webhook's queue may take (`ingress.maxQueueBytes`, the
+/// sidecar's `--max-queue-bytes`, the chart's `sidecar.webhookQueueBytes`):
+/// below a MiB one large event would fill it.
+pub const MAX_QUEUE_BYTES: Bound<u64> = at_least(1 << 20);
+
+/// A byte count given as a flag, within `MAX_QUEUE_BYTES` (for clap's
+/// `value_parser`, in both binaries).
+pub fn queue_bytes_flag(text: &str) -> Result<u64, String> {
+    let bytes: u64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of bytes"))?;
+    MAX_QUEUE_BYTES.check(bytes)?;
+    Ok(bytes)
+}
+
 /// Values a keyed limit tracks at once.
 pub const LIMIT_MAX_KEYS: Bound<u32> = between(1, 1_000_000);
 /// The path segment a limit may be keyed by (1-based).

@@ -161,7 +161,11 @@ struct SidecarArgs {
     sidecar_ephemeral_storage_limit: String,
     /// Disk each webhook's queue of accepted, undelivered events may take
     /// (the sidecar's --max-queue-bytes); sizes the state volume's limit.
-    #[arg(long, default_value_t = sluice_contract::config::defaults::max_queue_bytes())]
+    #[arg(
+        long,
+        default_value_t = sluice_contract::config::defaults::max_queue_bytes(),
+        value_parser = sluice_contract::bounds::queue_bytes_flag
+    )]
     sidecar_webhook_queue_bytes: u64,
     /// Worker threads per sidecar: match its CPU limit.
     #[arg(long, default_value_t = 1)]

@@ -265,6 +265,27 @@ fn every_chart_value_is_described() {
     );
 }
 
+/// One bound for a webhook queue's size: the chart's schema, the operator's
+/// flag and the sidecar's (through the contract) agree.
+#[test]
+fn the_webhook_queue_bound_is_the_contracts() {
+    let bound = sluice_contract::bounds::MAX_QUEUE_BYTES;
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("charts/sluice/values.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let chart = &schema["properties"]["sidecar"]["properties"]["webhookQueueBytes"];
+    assert_eq!(chart["minimum"].as_u64(), Some(bound.min), "{chart}");
+    let below = (bound.min - 1).to_string();
+    let out = sluice(&["operator", "--sidecar-webhook-queue-bytes", &below]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--sidecar-webhook-queue-bytes") && stderr.contains(&bound.to_string()),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn webhook_errors_name_the_field() {
     let webhook = |verify: &str, extra: &str| {

@@ -981,6 +981,12 @@ impl SidecarConfig {
                     message,
                 })?;
         }
+        bounds::MAX_QUEUE_BYTES
+            .check(self.ingress.max_queue_bytes)
+            .map_err(|message| ConfigError::Invalid {
+                path: "ingress.maxQueueBytes".into(),
+                message,
+            })?;
         Ok(())
     }
 }
@@ -1207,6 +1213,22 @@ mod tests {
                 "{text:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_webhook_queue_under_a_mib_is_refused() {
+        let err = SidecarConfig::from_yaml(
+            "ingress: {listen: '127.0.0.1:0', stateDir: /tmp/q, maxQueueBytes: 1000}\nintegrations: []\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("ingress.maxQueueBytes") && err.contains("at least 1048576"),
+            "{err}"
+        );
+        assert_eq!(crate::bounds::queue_bytes_flag("1048576"), Ok(1 << 20));
+        assert!(crate::bounds::queue_bytes_flag("1048575").is_err());
+        assert!(crate::bounds::queue_bytes_flag("1MiB").is_err());
     }
 
     #[test]

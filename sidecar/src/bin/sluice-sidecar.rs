@@ -47,7 +47,11 @@ struct Args {
     state_dir: PathBuf,
     /// With --config-dir: disk each webhook's queue of accepted, undelivered
     /// events may take; past it providers get 503 and send again later.
-    #[arg(long, default_value_t = sluice_contract::config::defaults::max_queue_bytes())]
+    #[arg(
+        long,
+        default_value_t = sluice_contract::config::defaults::max_queue_bytes(),
+        value_parser = sluice_contract::bounds::queue_bytes_flag
+    )]
     max_queue_bytes: u64,
     /// With --config-dir: how long in-flight requests may finish at shutdown.
     #[arg(long, default_value = "30s")]
