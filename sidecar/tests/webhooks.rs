@@ -493,7 +493,8 @@ async fn delivery_keeps_to_its_rate() {
 
 #[tokio::test]
 async fn a_full_queue_answers_503_with_retry_after_and_claims_nothing() {
-    // The app is down, so nothing drains; the queue holds ~1 KiB.
+    // The app is down, so nothing drains; the queue holds the least it may
+    // (1 MiB): three of these 300 KiB events.
     let app = TestUpstream::plain(handler(|_, _| async { respond(503, "") })).await;
     let dir = Dir::new("full");
     let secret = dir.secret("gh", "s");
@@ -506,9 +507,10 @@ async fn a_full_queue_answers_503_with_retry_after_and_claims_nothing() {
         vec![provider(vec![hook])],
         "127.0.0.1:0",
     );
-    config.ingress.max_queue_bytes = 1024;
+    config.ingress.max_queue_bytes = sluice_contract::bounds::MAX_QUEUE_BYTES.min;
+    config.ingress.max_body_bytes = 512 << 10;
     let sidecar = sluice_sidecar::Sidecar::start(config).await.unwrap();
-    let body = "x".repeat(300);
+    let body = "x".repeat(300 << 10);
     let signed = sign(&(0..6).map(|i| serde_json::json!({"scheme": "GitHub", "secret": "s", "body": body, "id": format!("f{i}")})).collect::<Vec<_>>());
     let mut statuses = Vec::new();
     for headers in &signed {
