@@ -381,6 +381,17 @@ pub struct RateLimitConfig {
     pub max_keys: u32,
 }
 
+impl RateLimitConfig {
+    /// The limit as a whole: a divided Cluster limit's `cluster`, else
+    /// this pod's own numbers (nothing was divided).
+    pub fn whole(&self) -> ClusterRate {
+        self.cluster.unwrap_or(ClusterRate {
+            requests: self.requests,
+            burst: self.burst,
+        })
+    }
+}
+
 /// The part of a request a keyed limit is kept per. Written as a map with
 /// one of `header`, `query`, `pathSegment`, as in the CRD.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

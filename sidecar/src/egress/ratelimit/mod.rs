@@ -40,7 +40,7 @@ use super::provider_limits::{self, Report};
 use super::retry::provider_wait;
 use super::route::{Priority, RequestContext};
 use super::step::{Next, PipelineResult, Step};
-use crate::config::{ClusterRate, LimitScope, RateLimitConfig, WhenExceeded};
+use crate::config::{LimitScope, RateLimitConfig, WhenExceeded};
 use crate::metrics::{LimitLabels, LimitReasonLabels, Metrics, Name, Rejection};
 use crate::shared::limits::{Admission, SharedLimit};
 use crate::shared::{SharedState, SharedStateError};
@@ -295,7 +295,7 @@ impl Limit {
         self.when_exceeded = c.when_exceeded;
         self.max_wait = c.queue.max_wait.get();
         self.max_depth = c.queue.max_depth as usize;
-        self.whole_requests = c.cluster.map_or(c.requests, |whole| whole.requests);
+        self.whole_requests = c.whole().requests;
         self.retired = false;
         while self.log.len() > requests {
             self.log.pop_front();
@@ -826,10 +826,7 @@ impl RateLimiter {
         if self.shared.is_none() || c.scope != LimitScope::Cluster {
             return None;
         }
-        let whole = c.cluster.unwrap_or(ClusterRate {
-            requests: c.requests,
-            burst: c.burst,
-        });
+        let whole = c.whole();
         let requests = whole.requests.max(1);
         let per = c.per.get();
         let interval = per / requests;
@@ -1459,10 +1456,10 @@ impl RateLimitStep {
         ctx: &RequestContext,
         grant: Grant<'_>,
     ) -> PipelineResult {
-        let admitted_at = Instant::now();
+        // Read only when the provider's headers will be followed.
+        let admitted_at = (self.follow_provider && !grant.slots().is_empty()).then(Instant::now);
         let response = attempt.await?;
-        if self.follow_provider
-            && !grant.slots().is_empty()
+        if let Some(admitted_at) = admitted_at
             && let Some(report) = provider_limits::read(response.headers(), SystemTime::now())
             && let Some(sharing) = self.limiter.follow_provider(&grant, admitted_at, &report)
         {
