@@ -126,6 +126,20 @@ pub const LIMIT_MAX_KEYS: Bound<u32> = between(1, 1_000_000);
 /// The path segment a limit may be keyed by (1-based).
 pub const LIMIT_KEY_PATH_SEGMENT: Bound<u32> = between(1, 32);
 
+// Quotas.
+pub const QUOTA_LIMIT: Bound<u64> = between(1, 1_000_000_000_000);
+/// A quota's period, when it is a duration (else `calendarMonth`).
+pub const QUOTA_PER: Bound<Duration> = between(
+    Duration::from_secs(60),
+    Duration::from_secs(366 * 24 * 3600),
+);
+/// A percentage of the quota an alert fires at.
+pub const QUOTA_WARN_AT: Bound<u32> = between(1, 100);
+pub const MAX_QUOTAS: usize = 16;
+pub const MAX_WARN_AT: usize = 8;
+/// Query parameters a cost may multiply.
+pub const MAX_COST_PARAMS: usize = 4;
+
 // Retries.
 pub const MAX_ATTEMPTS: Bound<u32> = between(1, 10);
 pub const BACKOFF_INITIAL: Bound<Duration> = positive(hours(1));

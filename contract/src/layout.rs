@@ -59,6 +59,14 @@ pub fn queue_dir(state_dir: &Path, integration: &str, webhook: &str) -> PathBuf 
         .join(format!("{integration}.{webhook}"))
 }
 
+/// Where a quota's usage is kept under the state directory (without
+/// shared state).
+pub fn quota_file(state_dir: &Path, integration: &str, quota: &str) -> PathBuf {
+    state_dir
+        .join("quotas")
+        .join(format!("{integration}.{quota}.json"))
+}
+
 /// Every webhook queue under the state directory, as
 /// (integration, webhook, directory), in name order.
 pub fn queue_dirs(state_dir: &Path) -> std::io::Result<Vec<(String, String, PathBuf)>> {

@@ -57,6 +57,21 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// The calendar month (UTC) holding the instant `unix_seconds`: the Unix
+/// seconds of its first midnight and of the next month's.
+pub(crate) fn month_around(unix_seconds: i64) -> (i64, i64) {
+    let (year, month, _) = civil_from_days(unix_seconds.div_euclid(86_400));
+    let (next_year, next_month) = if month == 12 {
+        (year + 1, 1)
+    } else {
+        (year, month + 1)
+    };
+    (
+        days_from_civil(year, month, 1) * 86_400,
+        days_from_civil(next_year, next_month, 1) * 86_400,
+    )
+}
+
 fn days_in_month(year: i64, month: u32) -> u32 {
     match month {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,

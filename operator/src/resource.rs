@@ -8,8 +8,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sluice_contract::config::{
-    ClientAuthMethod, Duration, HttpUrl, LimitScope, Method, PathPattern, ProviderLimits, RetryOn,
-    SignatureEncoding, Timestamp, WebhookScheme, WhenExceeded,
+    ClientAuthMethod, Duration, HttpUrl, LimitScope, Method, PathPattern, ProviderLimits,
+    QuotaPeriod, RetryOn, SignatureEncoding, Timestamp, WebhookScheme, WhenExceeded, WhenExhausted,
 };
 
 /// One third-party API as the pods that call it should see it: where it is,
@@ -55,6 +55,13 @@ pub struct ProviderIntegrationSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub rate_limits: Vec<RateLimitSpec>,
+    /// Spend quotas: at most `limit` units of cost per day, month or other
+    /// period for the requests each matches (every matching quota counts).
+    /// Usage survives restarts (the pod's state volume) and, with shared
+    /// state, is one count for every pod. At most 16.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub quotas: Vec<QuotaSpec>,
     /// When and how failed attempts are retried (default: 3 attempts in all,
     /// for idempotent methods, on 429, 5xx, connect errors, resets and timeouts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -444,6 +451,58 @@ pub struct LimitKeySpec {
     /// A segment of the app's path, 1-based: 3 in `/v1/shops/acme/orders` is `acme`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_segment: Option<u32>,
+}
+
+/// One spend quota.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct QuotaSpec {
+    /// The `quota` metric label: a DNS label, unique.
+    #[schemars(length(max = 63))]
+    pub name: String,
+    /// The requests this quota counts (default: all).
+    #[serde(rename = "match", default)]
+    pub matches: MatchSpec,
+    /// Units of cost per period.
+    pub limit: u64,
+    /// `calendarMonth` (the first of the month, 00:00 UTC, to the next), or
+    /// a duration from 1m to 8784h counted in fixed windows from the Unix
+    /// epoch (`24h` starts at midnight UTC).
+    pub per: QuotaPeriod,
+    /// What one request costs (default 1): `queryProduct` for an element
+    /// count such as a distance matrix's origins × destinations, or
+    /// `header` for a number the app sends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<QuotaCostSpec>,
+    /// Percentages of `limit` the SluiceQuotaWarning alert fires at
+    /// (default [50, 80]); SluiceQuotaExhausted fires at 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warn_at: Option<Vec<u32>>,
+    /// `Reject` (default): a request that would pass the limit gets 429
+    /// `quota-exhausted` with `Retry-After` at the period's end. `Warn`:
+    /// send it, count it, and let the alerts say so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when_exhausted: Option<WhenExhausted>,
+}
+
+/// Where a request's cost comes from: set one of `queryProduct`, `header`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct QuotaCostSpec {
+    /// Query parameters whose element counts multiply, e.g. `[origins,
+    /// destinations]`: each value is split at `separator`; a parameter
+    /// absent or empty counts 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_product: Option<Vec<String>>,
+    /// With `queryProduct`: what separates elements in a value (default `|`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 8))]
+    pub separator: Option<String>,
+    /// A request header holding the cost as a whole number, e.g. `X-Units`;
+    /// absent, the request costs 1; anything else gets 400.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub header: Option<String>,
 }
 
 /// The wait between attempts.

@@ -14,7 +14,7 @@ use std::sync::LazyLock;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sluice_contract::bounds::{self, Bound};
-use sluice_contract::config::{Duration, RetryOn, defaults};
+use sluice_contract::config::{CALENDAR_MONTH, Duration, RetryOn, defaults};
 use sluice_contract::layout;
 
 use crate::field_error::FieldError;
@@ -513,6 +513,52 @@ fn rows() -> Vec<Rule> {
                     .collect()
             },
         ),
+        // spec.quotas
+        pattern("spec.quotas[]", "name", &DNS_LABEL),
+        number("spec.quotas[]", "limit", QUOTA_LIMIT.map(|v| v as f64)),
+        cel(
+            "spec.quotas[]",
+            Some("per"),
+            format!(
+                "self.per == '{CALENDAR_MONTH}' || (duration(self.per) >= duration('{}') && duration(self.per) <= duration('{}'))",
+                QUOTA_PER.min,
+                QUOTA_PER.max.expect("bounded")
+            ),
+            format!("per must be {CALENDAR_MONTH} or a duration {QUOTA_PER}"),
+            |q| {
+                let broken = text(q, "per").is_some_and(|per| {
+                    per != CALENDAR_MONTH
+                        && per.parse::<Duration>().is_ok_and(|d| !QUOTA_PER.holds(d))
+                });
+                fails(broken, "per")
+            },
+        ),
+        cel(
+            "spec.quotas[].cost",
+            None,
+            "[has(self.queryProduct), has(self.header)].filter(x, x).size() == 1",
+            "set exactly one of queryProduct, header",
+            |c| {
+                let kinds = ["queryProduct", "header"];
+                fails(kinds.iter().filter(|f| has(c, f)).count() != 1, "")
+            },
+        ),
+        cel(
+            "spec.quotas[].cost",
+            Some("separator"),
+            "!has(self.separator) || has(self.queryProduct)",
+            "separator applies only with queryProduct",
+            |c| fails(has(c, "separator") && !has(c, "queryProduct"), "separator"),
+        ),
+        pattern("spec.quotas[].cost", "header", &HEADER_NAME),
+        pattern("spec.quotas[].cost", "queryProduct[]", &QUERY_NAME),
+        Rule::MinItems {
+            at: "spec.quotas[].cost",
+            field: "queryProduct",
+            min: 1,
+            message: "name the query parameters whose element counts multiply, e.g. [origins, destinations]",
+        },
+        number("spec.quotas[]", "warnAt[]", QUOTA_WARN_AT),
         // spec.retry
         number("spec.retry", "maxAttempts", MAX_ATTEMPTS),
         duration("spec.retry.backoff", "initial", BACKOFF_INITIAL),
@@ -728,6 +774,9 @@ fn rows() -> Vec<Rule> {
     for (at, field, max) in [
         ("spec", "endpoints", MAX_ENDPOINTS),
         ("spec", "rateLimits", MAX_RATE_LIMITS),
+        ("spec", "quotas", MAX_QUOTAS),
+        ("spec.quotas[]", "warnAt", MAX_WARN_AT),
+        ("spec.quotas[].cost", "queryProduct", MAX_COST_PARAMS),
         ("spec", "cache", MAX_CACHE_RULES),
         ("spec", "webhooks", MAX_WEBHOOKS),
         ("spec.retry", "retryOn", MAX_RETRY_ON),
@@ -754,9 +803,10 @@ fn rows() -> Vec<Rule> {
 }
 
 /// Every place a `MatchSpec` appears.
-const MATCHES: [At; 3] = [
+const MATCHES: [At; 4] = [
     "spec.endpoints[].match",
     "spec.rateLimits[].match",
+    "spec.quotas[].match",
     "spec.cache[].match",
 ];
 

@@ -107,6 +107,57 @@ const CORPUS: &[(&str, &str, bool)] = &[
         "  rateLimits: [{name: a, rate: {requests: 10, per: 1s}, key: {pathSegment: 33}}]\n",
         false,
     ),
+    // Quotas.
+    (
+        "a monthly quota with a cost from the query and a daily one from a header",
+        "  quotas: [{name: elements, limit: 100000, per: calendarMonth, cost: {queryProduct: [origins, destinations], separator: '|'}, warnAt: [50, 80, 95], whenExhausted: Reject}, {name: units, limit: 5000, per: 24h, cost: {header: X-Units}, whenExhausted: Warn, match: {methods: [POST], path: /v1/**}}]\n",
+        true,
+    ),
+    (
+        "a quota per 8784h (a leap year)",
+        "  quotas: [{name: q, limit: 1, per: 8784h}]\n",
+        true,
+    ),
+    (
+        "a quota per 30s",
+        "  quotas: [{name: q, limit: 10, per: 30s}]\n",
+        false,
+    ),
+    (
+        "a quota per month (not a period)",
+        "  quotas: [{name: q, limit: 10, per: month}]\n",
+        false,
+    ),
+    (
+        "a quota of 0",
+        "  quotas: [{name: q, limit: 0, per: 24h}]\n",
+        false,
+    ),
+    (
+        "a cost from a header and the query at once",
+        "  quotas: [{name: q, limit: 10, per: 24h, cost: {header: X-Units, queryProduct: [a]}}]\n",
+        false,
+    ),
+    (
+        "a separator without queryProduct",
+        "  quotas: [{name: q, limit: 10, per: 24h, cost: {header: X-Units, separator: ','}}]\n",
+        false,
+    ),
+    (
+        "an empty queryProduct",
+        "  quotas: [{name: q, limit: 10, per: 24h, cost: {queryProduct: []}}]\n",
+        false,
+    ),
+    (
+        "a cost header that is not a header name",
+        "  quotas: [{name: q, limit: 10, per: 24h, cost: {header: 'X Units'}}]\n",
+        false,
+    ),
+    (
+        "a warning at 120 %",
+        "  quotas: [{name: q, limit: 10, per: 24h, warnAt: [50, 120]}]\n",
+        false,
+    ),
     (
         "maxKeys without a key",
         "  rateLimits: [{name: a, rate: {requests: 10, per: 1s}, maxKeys: 5}]\n",

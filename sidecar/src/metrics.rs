@@ -136,6 +136,20 @@ pub struct LimitReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QuotaLabels {
+    pub integration: Name,
+    pub quota: Name,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QuotaWarnLabels {
+    pub integration: Name,
+    pub quota: Name,
+    /// One of the quota's `warnAt` percentages.
+    pub percent: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct IntegrationLabels {
     pub integration: Name,
 }
@@ -274,6 +288,12 @@ pub struct Families {
     pub provider_reset: Family<LimitLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub ratelimit_wait: Family<LimitLabels, Histogram, fn() -> Histogram>,
     pub ratelimit_rejected: Family<LimitReasonLabels, Counter>,
+    pub quota_used: Family<QuotaLabels, Gauge>,
+    pub quota_limit: Family<QuotaLabels, Gauge>,
+    pub quota_warn_ratio: Family<QuotaWarnLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub quota_spent: Family<QuotaLabels, Counter>,
+    pub quota_rejected: Family<QuotaLabels, Counter>,
+    pub quota_fallbacks: Family<QuotaLabels, Counter>,
     pub retry_budget_exhausted: Family<IntegrationLabels, Counter>,
     pub circuit_state: Family<IntegrationLabels, Gauge>,
     pub cache: Family<ResultLabels, Counter>,
@@ -500,6 +520,42 @@ impl Metrics {
             "Time of one round trip to the shared state",
             shared_state_call_duration.clone(),
         );
+        let quota_used = Family::default();
+        registry.register(
+            "sluice_quota_used",
+            "Units of a quota used in its current period (with shared state: by every sidecar, as last read)",
+            quota_used.clone(),
+        );
+        let quota_limit = Family::default();
+        registry.register(
+            "sluice_quota_limit",
+            "A quota's limit: units per period",
+            quota_limit.clone(),
+        );
+        let quota_warn_ratio = Family::default();
+        registry.register(
+            "sluice_quota_warn_ratio",
+            "A quota's warnAt percentages as ratios of its limit, one series each: the alerts compare used / limit with them",
+            quota_warn_ratio.clone(),
+        );
+        let quota_spent = Family::default();
+        registry.register(
+            "sluice_quota_spent",
+            "Units of cost this sidecar sent the provider under a quota (its rate is the spend rate)",
+            quota_spent.clone(),
+        );
+        let quota_rejected = Family::default();
+        registry.register(
+            "sluice_quota_rejected",
+            "Requests answered 429 quota-exhausted: the quota (whenExhausted: Reject) could not hold them",
+            quota_rejected.clone(),
+        );
+        let quota_fallbacks = Family::default();
+        registry.register(
+            "sluice_quota_fallbacks",
+            "Charges to a shared quota counted on this pod because the shared state was unreachable (added there when it answers again)",
+            quota_fallbacks.clone(),
+        );
         let shared_state_fallbacks = Family::default();
         registry.register(
             "sluice_shared_state_fallbacks",
@@ -543,6 +599,12 @@ impl Metrics {
             provider_reset,
             ratelimit_wait,
             ratelimit_rejected,
+            quota_used,
+            quota_limit,
+            quota_warn_ratio,
+            quota_spent,
+            quota_rejected,
+            quota_fallbacks,
             retry_budget_exhausted,
             circuit_state,
             cache,

@@ -335,6 +335,7 @@ impl Live {
             &self.metrics,
             existing.map(|slot| &slot.state),
             self.shared.as_ref(),
+            Some(&self.base.ingress.state_dir),
         )?;
         match (listener, slots.get_mut(&config.name)) {
             (None, Some(slot)) => {
@@ -406,6 +407,10 @@ impl Live {
         self.ingress.stop().await;
         self.tasks.close();
         self.tasks.wait().await;
+        // Nothing is in flight any more: what the quotas counted is final.
+        for slot in self.slots.lock().await.values() {
+            slot.state.flush();
+        }
         if let Some(watcher) = self.secret_watcher.lock().expect("watcher lock").take() {
             watcher.abort();
         }

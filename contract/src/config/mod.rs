@@ -7,6 +7,7 @@
 
 mod method;
 mod pattern;
+mod quota;
 mod url;
 
 use std::net::SocketAddr;
@@ -21,6 +22,10 @@ pub use crate::duration::{DURATION_PATTERN, Duration, ParseDurationError};
 pub use crate::timestamp::{ParseTimestampError, Timestamp};
 pub use method::{METHOD_PATTERN, Method, ParseMethodError};
 pub use pattern::{PATH_PATTERN, PathPattern, PatternError};
+pub use quota::{
+    CALENDAR_MONTH, DEFAULT_COST_SEPARATOR, ParseQuotaPeriodError, QuotaConfig, QuotaCost,
+    QuotaPeriod, QuotaWindow, WhenExhausted, quota_period_pattern,
+};
 pub use url::{HttpUrl, ParseUrlError, URL_PATTERN};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -117,6 +122,9 @@ pub struct IntegrationConfig {
     /// Every limit whose match fits a request applies to it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rate_limits: Vec<RateLimitConfig>,
+    /// Spend quotas: every quota whose match fits a request counts its cost.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quotas: Vec<QuotaConfig>,
     #[serde(default)]
     pub retry: RetryConfig,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -835,6 +843,10 @@ pub mod defaults {
     pub fn max_keys() -> u32 {
         10_000
     }
+    /// The percentages of a quota its alerts fire at.
+    pub fn warn_at() -> Vec<u32> {
+        vec![50, 80]
+    }
     pub fn max_attempts() -> u32 {
         3
     }
@@ -1073,6 +1085,30 @@ impl IntegrationConfig {
                     return Err((at("key.query"), "must name a query parameter".into()));
                 }
                 _ => {}
+            }
+        }
+        for (j, q) in self.quotas.iter().enumerate() {
+            let at = |f: &str| format!("quotas[{j}].{f}");
+            within(at("limit"), bounds::QUOTA_LIMIT, q.limit)?;
+            if let QuotaPeriod::Every(length) = q.per {
+                within(at("per"), bounds::QUOTA_PER, length)?;
+            }
+            for (k, percent) in q.warn_at.iter().enumerate() {
+                within(at(&format!("warnAt[{k}]")), bounds::QUOTA_WARN_AT, *percent)?;
+            }
+            if let QuotaCost::QueryProduct { params, separator } = &q.cost {
+                if params.is_empty()
+                    || params.len() > bounds::MAX_COST_PARAMS
+                    || params.iter().any(String::is_empty)
+                {
+                    return Err((
+                        at("cost.queryProduct"),
+                        format!("name 1 to {} query parameters", bounds::MAX_COST_PARAMS),
+                    ));
+                }
+                if separator.is_empty() {
+                    return Err((at("cost.separator"), "must not be empty".into()));
+                }
             }
         }
         let r = &self.retry;

@@ -8,6 +8,7 @@
 
 mod auth;
 mod limits;
+mod quotas;
 mod retry;
 mod routes;
 mod webhooks;
@@ -127,6 +128,7 @@ pub fn compile(
             .unwrap_or_else(defaults::rotation_grace),
         endpoints: routes::endpoints(&spec.endpoints),
         rate_limits: limits::compile(&spec.rate_limits, upstream.total_timeout),
+        quotas: quotas::compile(&spec.quotas),
         retry: retry::compile(spec.retry.as_ref()),
         circuit_breaker: spec.circuit_breaker.as_ref().map(retry::circuit_breaker),
         cache: routes::cache(&spec.cache),

@@ -201,3 +201,55 @@ fn a_key_naming_two_parts_is_refused_with_its_path() {
         "{error}"
     );
 }
+
+#[test]
+fn quotas_compile_with_their_defaults_and_checked_periods() {
+    use sluice_contract::config::{QuotaCost, QuotaPeriod, WhenExhausted};
+    let config = compile(
+        &pi("  upstream: {baseUrl: 'https://maps.example'}
+  quotas:
+    - {name: elements, limit: 100000, per: calendarMonth, warnAt: [95, 50, 80, 80],
+       cost: {queryProduct: [origins, destinations]}}
+    - {name: units, limit: 5000, per: 24h, cost: {header: X-Units}, whenExhausted: Warn}
+    - {name: calls, limit: 10, per: 720h}
+"),
+        &mounted(),
+    )
+    .unwrap();
+    let q = &config.quotas;
+    assert_eq!(q[0].per, QuotaPeriod::CalendarMonth);
+    assert_eq!(q[0].warn_at, [50, 80, 95], "sorted, once each");
+    assert_eq!(
+        q[0].cost,
+        QuotaCost::QueryProduct {
+            params: vec!["origins".into(), "destinations".into()],
+            separator: "|".into()
+        }
+    );
+    assert_eq!(
+        (q[1].cost.clone(), q[1].when_exhausted),
+        (
+            QuotaCost::Header(http::HeaderName::from_static("x-units")),
+            WhenExhausted::Warn
+        )
+    );
+    assert_eq!(
+        (q[2].cost.clone(), q[2].warn_at.clone(), q[2].when_exhausted),
+        (QuotaCost::One, vec![50, 80], WhenExhausted::Reject)
+    );
+    let yaml = serde_yaml_ng::to_string(&config).unwrap();
+    let again: sluice_contract::config::IntegrationConfig = serde_yaml_ng::from_str(&yaml).unwrap();
+    assert_eq!(again.quotas, config.quotas);
+
+    let error = compile(
+        &pi("  upstream: {baseUrl: 'https://maps.example'}
+  quotas: [{name: q, limit: 10, per: 30s, cost: {header: X-Units, separator: ','}}]
+"),
+        &mounted(),
+    )
+    .unwrap_err()
+    .to_string();
+    for wanted in ["spec.quotas[0].per", "spec.quotas[0].cost.separator"] {
+        assert!(error.contains(wanted), "{wanted} missing from {error}");
+    }
+}

@@ -27,6 +27,11 @@ pub enum ProxyError {
         limit: String,
         retry_after: Duration,
     },
+    #[error("quota {quota:?} is exhausted until its period ends")]
+    QuotaExhausted {
+        quota: String,
+        retry_after: Duration,
+    },
     #[error("the circuit breaker is open after repeated upstream failures")]
     CircuitOpen { retry_after: Duration },
     #[error("retry budget exhausted; last failure: {last}")]
@@ -61,6 +66,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad-request",
             ProxyError::RateLimited { .. } => "rate-limited",
             ProxyError::QueueFull { .. } => "queue-full",
+            ProxyError::QuotaExhausted { .. } => "quota-exhausted",
             ProxyError::CircuitOpen { .. } => "circuit-open",
             ProxyError::BudgetExhausted { .. } => "budget-exhausted",
             ProxyError::UpstreamTimeout(_) => "upstream-timeout",
@@ -77,9 +83,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::RateLimited { .. } | ProxyError::QueueFull { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            ProxyError::RateLimited { .. }
+            | ProxyError::QueueFull { .. }
+            | ProxyError::QuotaExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::CircuitOpen { .. }
             | ProxyError::BudgetExhausted { .. }
             | ProxyError::Credentials(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -98,9 +104,27 @@ impl ProxyError {
         match self {
             ProxyError::RateLimited { retry_after, .. }
             | ProxyError::QueueFull { retry_after, .. }
+            | ProxyError::QuotaExhausted { retry_after, .. }
             | ProxyError::CircuitOpen { retry_after } => Some(*retry_after),
             _ => None,
         }
+    }
+
+    /// The request never reached the provider: refused here, or no
+    /// connection (a reset or a timeout may have reached it).
+    pub fn never_sent(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::BadRequest(_)
+                | ProxyError::RateLimited { .. }
+                | ProxyError::QueueFull { .. }
+                | ProxyError::QuotaExhausted { .. }
+                | ProxyError::CircuitOpen { .. }
+                | ProxyError::Connect(_)
+                | ProxyError::Tls(_)
+                | ProxyError::Credentials(_)
+                | ProxyError::TokenRefresh(_)
+        )
     }
 
     /// Classifies a client error by the most specific cause in its chain.

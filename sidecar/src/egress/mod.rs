@@ -14,6 +14,7 @@ pub mod http1;
 pub mod observe;
 pub mod pool;
 pub mod provider_limits;
+pub mod quota;
 pub mod ratelimit;
 pub mod replay;
 pub mod retry;
@@ -26,6 +27,7 @@ pub mod timeout;
 pub mod trailers;
 
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -38,6 +40,7 @@ use self::cache::{CacheStep, ResponseCache};
 use self::circuit::{CircuitBreaker, CircuitStep};
 use self::client::{ClientBuildError, Upstream, UpstreamClient, UpstreamService};
 use self::observe::ObserveLayer;
+use self::quota::{QuotaStep, Quotas, TallyError};
 use self::ratelimit::{RateLimitStep, RateLimiter};
 use self::retry::{RetryRules, RetryRulesError, RetryStep};
 use self::route::Router;
@@ -77,16 +80,22 @@ pub enum PipelineError {
         integration: String,
         source: RetryRulesError,
     },
+    #[error("integration {integration}: {source}")]
+    Quota {
+        integration: String,
+        source: TallyError,
+    },
 }
 
 /// The parts of an integration's pipeline that hold state: kept across a
 /// config change wherever their own config did not change, so a reload does
-/// not reset limiter history, open circuits, retry budgets, OAuth2 tokens,
-/// cached responses or pooled connections.
+/// not reset limiter history, quota usage, open circuits, retry budgets,
+/// OAuth2 tokens, cached responses or pooled connections.
 #[derive(Clone)]
 pub struct PipelineState {
     config: IntegrationConfig,
     limiter: Arc<RateLimiter>,
+    quotas: Arc<Quotas>,
     breaker: Option<Arc<CircuitBreaker>>,
     retry: Arc<RetryRules>,
     cache: Arc<ResponseCache>,
@@ -98,15 +107,21 @@ impl PipelineState {
     pub fn config(&self) -> &IntegrationConfig {
         &self.config
     }
+
+    /// Writes what the quotas counted to the state directory (a clean stop).
+    pub fn flush(&self) {
+        self.quotas.flush();
+    }
 }
 
-/// Builds the whole egress pipeline of one integration; see [`build`].
+/// Builds the whole egress pipeline of one integration, its quotas kept
+/// in memory only; see [`build`].
 pub fn pipeline(
     config: &IntegrationConfig,
     secrets: &SecretStore,
     metrics: &Metrics,
 ) -> Result<EgressService, PipelineError> {
-    build(config, secrets, metrics, None, None).map(|(service, _)| service)
+    build(config, secrets, metrics, None, None, None).map(|(service, _)| service)
 }
 
 /// Builds the whole egress pipeline of one integration, outermost first:
@@ -114,24 +129,28 @@ pub fn pipeline(
 /// ```text
 /// observe (route, request id, deadline, errors → responses, metrics, log)
 ///   → cache → circuit breaker → retry
-///   → rate limit (every attempt) → attempt timeout → credentials → upstream client
+///   → quota → rate limit (every attempt) → attempt timeout → credentials → upstream client
 /// ```
 ///
 /// The cache sits above the breaker so cached answers still flow while the
-/// provider is down; the limiter sits below retry so retries spend rate too.
+/// provider is down; quotas and the limiter sit below retry so retries spend
+/// them too, and the quota above the limiter so a request it cannot hold
+/// is refused before it queues.
 /// The request's total deadline is checked wherever it can wait (see
 /// [`timeout`]).
 ///
 /// With `previous` (the same integration's running pipeline) the stateful
 /// parts are carried over as [`PipelineState`] explains; nothing of the
 /// previous pipeline changes unless the whole build succeeds. With `shared`
-/// (`--shared-state`) the `scope: Cluster` limits are decided by it.
+/// (`--shared-state`) the `scope: Cluster` limits are decided by it and
+/// quotas are counted on it; without, quotas are kept in `state_dir`.
 pub fn build(
     config: &IntegrationConfig,
     secrets: &SecretStore,
     metrics: &Metrics,
     previous: Option<&PipelineState>,
     shared: Option<&SharedState>,
+    state_dir: Option<&Path>,
 ) -> Result<(EgressService, PipelineState), PipelineError> {
     let name: Name = Arc::from(config.name.as_str());
     let integration = || config.name.clone();
@@ -215,6 +234,21 @@ pub fn build(
         Some(p) if same(&|a, b| a.cache == b.cache) => p.cache.clone(),
         _ => ResponseCache::new(&config.cache, name.clone(), metrics.clone()),
     };
+    let quotas = match previous {
+        Some(p) if same(&|a, b| a.quotas == b.quotas) => p.quotas.clone(),
+        _ => Quotas::new(
+            &name,
+            &config.quotas,
+            state_dir,
+            shared,
+            metrics,
+            previous.map(|p| &*p.quotas),
+        )
+        .map_err(|source| PipelineError::Quota {
+            integration: integration(),
+            source,
+        })?,
+    };
     // Last, as it changes the running limiter: everything above succeeded.
     let (limiter, slots) = match previous {
         Some(p) => (
@@ -249,6 +283,10 @@ pub fn build(
             RetryStep::new(retry.clone()),
         ))
         .layer(StepLayer::active_if(
+            !config.quotas.is_empty(),
+            QuotaStep::new(quotas.clone()),
+        ))
+        .layer(StepLayer::active_if(
             !config.rate_limits.is_empty(),
             RateLimitStep::new(
                 limiter.clone(),
@@ -264,6 +302,7 @@ pub fn build(
     let state = PipelineState {
         config: config.clone(),
         limiter,
+        quotas,
         breaker,
         retry,
         cache,

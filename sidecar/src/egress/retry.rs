@@ -179,9 +179,9 @@ pub fn provider_wait(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     }
 }
 
-/// A connect or TLS failure: the upstream never saw the request.
+/// Refused here, or a connect or TLS failure: the upstream never saw the request.
 fn never_reached_upstream(result: &Result<Response<ProxyBody>, ProxyError>) -> bool {
-    matches!(result, Err(ProxyError::Connect(_) | ProxyError::Tls(_)))
+    result.as_ref().is_err_and(ProxyError::never_sent)
 }
 
 /// A fresh idempotency key: 128 random bits, hex.

@@ -1,4 +1,4 @@
-//! Which endpoint, limits and cache rule a request falls under: a pure
+//! Which endpoint, limits, quotas and cache rule a request falls under: a pure
 //! function of its method and path, computed once at the edge of the pipeline.
 
 use std::collections::HashMap;
@@ -46,6 +46,8 @@ pub struct Route {
     pub series: Arc<EndpointSeries>,
     /// The limiter slots of the rate limits that apply; all must admit.
     pub limits: Vec<usize>,
+    /// The quotas that count the request (indices in the config's order).
+    pub quotas: Vec<usize>,
     pub cache_ttl: Option<Duration>,
     pub attempt_timeout: Duration,
     pub total_timeout: Duration,
@@ -62,11 +64,11 @@ struct Endpoint {
     total_timeout: Option<Duration>,
 }
 
-/// Which rules a request matched: the endpoint, the limits and the cache
-/// rule. Requests that match the same rules share one [`Route`].
-type Matched = (Option<usize>, LimitSet, Option<usize>);
+/// Which rules a request matched: the endpoint, the limits, the quotas and
+/// the cache rule. Requests that match the same rules share one [`Route`].
+type Matched = (Option<usize>, LimitSet, LimitSet, Option<usize>);
 
-/// The rate limits a request matched, a bit per limit in config order:
+/// The rate limits (or quotas) a request matched, a bit per rule in config order:
 /// inline up to 64 limits (the CRD allows 32), on the heap past that.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum LimitSet {
@@ -108,6 +110,7 @@ pub struct Router {
     /// Name, matcher and the limiter slot of each rate limit (set by name,
     /// [`Router::with_limit_slots`]).
     limits: Vec<(Arc<str>, Matcher, usize)>,
+    quotas: Vec<Matcher>,
     cache: Vec<(Matcher, Duration)>,
     attempt_timeout: Duration,
     total_timeout: Duration,
@@ -143,6 +146,11 @@ impl Router {
                         usize::MAX,
                     )
                 })
+                .collect(),
+            quotas: config
+                .quotas
+                .iter()
+                .map(|q| Matcher::compile(&q.matches))
                 .collect(),
             cache: config
                 .cache
@@ -206,6 +214,10 @@ impl Router {
                 self.limits.iter().map(|(_, m, _)| m.matches(method, path)),
                 self.limits.len(),
             ),
+            LimitSet::of(
+                self.quotas.iter().map(|m| m.matches(method, path)),
+                self.quotas.len(),
+            ),
             cacheable
                 .then(|| self.cache.iter().position(|(m, _)| m.matches(method, path)))
                 .flatten(),
@@ -221,7 +233,7 @@ impl Router {
         route
     }
 
-    fn build(&self, (endpoint, limits, cache): &Matched) -> Route {
+    fn build(&self, (endpoint, limits, quotas, cache): &Matched) -> Route {
         let endpoint = endpoint.map(|i| &self.endpoints[i]);
         let matched: Vec<&(Arc<str>, Matcher, usize)> = self
             .limits
@@ -239,6 +251,9 @@ impl Router {
             series: self.series[&name].clone(),
             endpoint: name,
             limits: matched.iter().map(|(_, _, slot)| *slot).collect(),
+            quotas: (0..self.quotas.len())
+                .filter(|i| quotas.contains(*i))
+                .collect(),
             cache_ttl: cache.map(|i| self.cache[i].1),
             attempt_timeout: endpoint
                 .and_then(|e| e.timeout)
