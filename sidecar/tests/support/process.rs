@@ -112,6 +112,23 @@ impl SidecarProcess {
         }
     }
 
+    /// SIGTERM, as the kubelet stops a pod, and waits (at most 15 s) for
+    /// the drain to end.
+    pub fn terminate(&mut self) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {pid}");
+        let until = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < until {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                assert!(status.success(), "the sidecar stopped with {status}");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the sidecar did not stop within 15 s of SIGTERM");
+    }
+
     pub fn kill_9(&mut self) {
         let _ = self.child.kill(); // SIGKILL
         let _ = self.child.wait();
