@@ -83,6 +83,11 @@ spec:
       rate: {requests: 100, per: 1s}
       scope: Cluster
       queue: {maxDepth: 50}
+  quotas:
+    - name: monthly
+      limit: 1000
+      per: calendarMonth
+      warnAt: [50, 80]
   retry:
     maxAttempts: 2
     backoff: {initial: 10ms, max: 20ms}

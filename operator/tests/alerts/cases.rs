@@ -137,6 +137,21 @@ pub fn groups(s: &Scrapes) -> Vec<Group> {
         &[("endpoint", "charges"), ("reason", "429")],
     );
     let attempts = payments("sluice_egress_attempts_total", &[("endpoint", "charges")]);
+    let quota_used = payments("sluice_quota_used", &[]);
+    let quota_limit = payments("sluice_quota_limit", &[]);
+    let warn_at = |percent: &str| payments("sluice_quota_warn_ratio", &[("percent", percent)]);
+    let (warn_50, warn_80) = (warn_at("50"), warn_at("80"));
+    let quota_spent = payments("sluice_quota_spent_total", &[]);
+    let quota_labels = keep(&quota_used, &["namespace", "integration", "quota"]);
+    let quota = quota_used.label("quota").to_owned();
+    let warned = |percent: &str| Expected {
+        labels: {
+            let mut labels = quota_labels.clone();
+            labels.insert("percent".into(), percent.into());
+            labels
+        },
+        summary: format!("{name}/{quota}: over {percent} % of the quota is used"),
+    };
     let missed = s
         .operator
         .pick("sluice_operator_injections_missed_total", &[]);
@@ -242,6 +257,69 @@ pub fn groups(s: &Scrapes) -> Vec<Group> {
                     format!("{name}: 5 requests/s to the provider, over 3x the same hour's average of the last 7 days"),
                 ),
             ],
+        },
+        Group {
+            name: "five times the same hour's spend of the last 7 days",
+            input: vec![(
+                quota_spent.clone(),
+                format!("0+60x{WEEK} {}+300x120", 60 * WEEK),
+            )],
+            tests: vec![
+                silent(WEEK + 20, "SluiceUsageAnomaly"),
+                fires(
+                    WEEK + 90,
+                    "SluiceUsageAnomaly",
+                    quota_labels.clone(),
+                    format!("{name}: 5 units/s of quota {quota}, over 3x the same hour's average of the last 7 days"),
+                ),
+            ],
+        },
+        Group {
+            name: "a week of the same spend",
+            input: vec![(quota_spent, format!("0+60x{}", WEEK + 120))],
+            tests: vec![silent(WEEK + 90, "SluiceUsageAnomaly")],
+        },
+        Group {
+            name: "85 % of a quota used",
+            input: vec![
+                (quota_used.clone(), steady(850.0, 5)),
+                (quota_limit.clone(), steady(1000.0, 5)),
+                (warn_50.clone(), steady(0.5, 5)),
+                (warn_80.clone(), steady(0.8, 5)),
+            ],
+            tests: vec![
+                AlertTest {
+                    minute: 2,
+                    alert: "SluiceQuotaWarning",
+                    firing: vec![warned("50"), warned("80")],
+                },
+                silent(2, "SluiceQuotaExhausted"),
+            ],
+        },
+        Group {
+            name: "30 % of a quota used",
+            input: vec![
+                (quota_used.clone(), steady(300.0, 5)),
+                (quota_limit.clone(), steady(1000.0, 5)),
+                (warn_50.clone(), steady(0.5, 5)),
+                (warn_80.clone(), steady(0.8, 5)),
+            ],
+            tests: vec![silent(2, "SluiceQuotaWarning")],
+        },
+        Group {
+            name: "a quota used up",
+            input: vec![
+                (quota_used, steady(1000.0, 5)),
+                (quota_limit, steady(1000.0, 5)),
+                (warn_50, steady(0.5, 5)),
+                (warn_80, steady(0.8, 5)),
+            ],
+            tests: vec![fires(
+                2,
+                "SluiceQuotaExhausted",
+                quota_labels.clone(),
+                format!("{name}/{quota}: the quota is used up (100%)"),
+            )],
         },
         Group {
             name: "a week of the same traffic",
