@@ -140,6 +140,13 @@ pub const MAX_WARN_AT: usize = 8;
 /// Query parameters a cost may multiply.
 pub const MAX_COST_PARAMS: usize = 4;
 
+// Response contracts.
+pub const CONTRACT_SAMPLE: Bound<f64> = between(0.0, 1.0);
+pub const CONTRACT_MAX_BODY_BYTES: Bound<u64> = between(1, 16 << 20);
+pub const CONTRACT_STATUS: Bound<u16> = between(100, 599);
+pub const MAX_CONTRACTS: usize = 16;
+pub const MAX_CONTRACT_STATUSES: usize = 16;
+
 // Retries.
 pub const MAX_ATTEMPTS: Bound<u32> = between(1, 10);
 pub const BACKOFF_INITIAL: Bound<Duration> = positive(hours(1));

@@ -55,6 +55,13 @@ pub struct ProviderIntegrationSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub rate_limits: Vec<RateLimitSpec>,
+    /// JSON Schemas the provider's answers are expected to keep: matched
+    /// JSON responses are checked on a copy (the app's response is never
+    /// changed or delayed) and what they break is counted by kind and
+    /// schema location (`sluice_contract_violations_total`). At most 16.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub contracts: Vec<ContractSpec>,
     /// Spend quotas: at most `limit` units of cost per day, month or other
     /// period for the requests each matches (every matching quota counts).
     /// Usage survives restarts (the pod's state volume) and, with shared
@@ -451,6 +458,42 @@ pub struct LimitKeySpec {
     /// A segment of the app's path, 1-based: 3 in `/v1/shops/acme/orders` is `acme`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_segment: Option<u32>,
+}
+
+/// One response contract.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContractSpec {
+    /// The `contract` metric label: a DNS label, unique.
+    #[schemars(length(max = 63))]
+    pub name: String,
+    /// The requests whose responses are checked (default: all).
+    #[serde(rename = "match", default)]
+    pub matches: MatchSpec,
+    /// A JSON Schema (draft 2020-12 unless `$schema` names another), written
+    /// as YAML: `enum` lists the values the app handles, `required` the
+    /// fields it reads, `additionalProperties: false` where new fields
+    /// matter. Remote `$ref`s are not fetched.
+    #[schemars(schema_with = "any_object")]
+    pub schema: serde_json::Value,
+    /// The statuses whose responses are checked (default: every 2xx).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub statuses: Vec<u16>,
+    /// The share of matched responses checked, 0 to 1 (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample: Option<f64>,
+    /// Larger bodies are not checked, only counted (default 262144, 256 KiB;
+    /// at most 16 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u64>,
+}
+
+/// Any JSON object, kept as written (a JSON Schema inside the CRD).
+fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
 }
 
 /// One spend quota.

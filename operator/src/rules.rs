@@ -513,6 +513,15 @@ fn rows() -> Vec<Rule> {
                     .collect()
             },
         ),
+        // spec.contracts
+        pattern("spec.contracts[]", "name", &DNS_LABEL),
+        number("spec.contracts[]", "sample", CONTRACT_SAMPLE),
+        number(
+            "spec.contracts[]",
+            "maxBodyBytes",
+            CONTRACT_MAX_BODY_BYTES.map(|v| v as f64),
+        ),
+        number("spec.contracts[]", "statuses[]", CONTRACT_STATUS),
         // spec.quotas
         pattern("spec.quotas[]", "name", &DNS_LABEL),
         number("spec.quotas[]", "limit", QUOTA_LIMIT.map(|v| v as f64)),
@@ -775,6 +784,8 @@ fn rows() -> Vec<Rule> {
         ("spec", "endpoints", MAX_ENDPOINTS),
         ("spec", "rateLimits", MAX_RATE_LIMITS),
         ("spec", "quotas", MAX_QUOTAS),
+        ("spec", "contracts", MAX_CONTRACTS),
+        ("spec.contracts[]", "statuses", MAX_CONTRACT_STATUSES),
         ("spec.quotas[]", "warnAt", MAX_WARN_AT),
         ("spec.quotas[].cost", "queryProduct", MAX_COST_PARAMS),
         ("spec", "cache", MAX_CACHE_RULES),
@@ -803,10 +814,11 @@ fn rows() -> Vec<Rule> {
 }
 
 /// Every place a `MatchSpec` appears.
-const MATCHES: [At; 4] = [
+const MATCHES: [At; 5] = [
     "spec.endpoints[].match",
     "spec.rateLimits[].match",
     "spec.quotas[].match",
+    "spec.contracts[].match",
     "spec.cache[].match",
 ];
 

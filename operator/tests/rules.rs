@@ -107,6 +107,27 @@ const CORPUS: &[(&str, &str, bool)] = &[
         "  rateLimits: [{name: a, rate: {requests: 10, per: 1s}, key: {pathSegment: 33}}]\n",
         false,
     ),
+    // Response contracts.
+    (
+        "a contract with an enum, sampled, for two statuses",
+        "  contracts: [{name: shipment, match: {methods: [GET], path: /v1/shipments/*}, schema: {type: object, required: [status], properties: {status: {enum: [CREATED, DELIVERED]}}}, statuses: [200, 203], sample: 0.5, maxBodyBytes: 65536}]\n",
+        true,
+    ),
+    (
+        "a contract sampled at 150 %",
+        "  contracts: [{name: shipment, schema: {type: object}, sample: 1.5}]\n",
+        false,
+    ),
+    (
+        "a contract for status 700",
+        "  contracts: [{name: shipment, schema: {type: object}, statuses: [700]}]\n",
+        false,
+    ),
+    (
+        "a contract without a schema",
+        "  contracts: [{name: shipment}]\n",
+        false,
+    ),
     // Quotas.
     (
         "a monthly quota with a cost from the query and a daily one from a header",

@@ -135,6 +135,51 @@ pub struct LimitReasonLabels {
     pub reason: Rejection,
 }
 
+label_values! {
+    /// `kind` of `sluice_contract_violations_total`: what a response broke.
+    Violation {
+        UnknownEnum => "unknown_enum",
+        MissingRequired => "missing_required",
+        Type => "type",
+        AdditionalProperty => "additional_property",
+        Format => "format",
+        Constraint => "constraint",
+    }
+}
+
+label_values! {
+    /// `reason` of `sluice_contract_skipped_total`: why a matched response
+    /// was not checked.
+    ContractSkip {
+        TooLarge => "too_large",
+        Unparsable => "unparsable",
+        Incomplete => "incomplete",
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ContractLabels {
+    pub integration: Name,
+    pub contract: Name,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ViolationLabels {
+    pub integration: Name,
+    pub contract: Name,
+    pub kind: Violation,
+    /// Where in the schema (a JSON pointer into it): bounded by the schema,
+    /// never an instance value or index.
+    pub pointer: Name,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ContractSkipLabels {
+    pub integration: Name,
+    pub contract: Name,
+    pub reason: ContractSkip,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QuotaLabels {
     pub integration: Name,
@@ -288,6 +333,9 @@ pub struct Families {
     pub provider_reset: Family<LimitLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub ratelimit_wait: Family<LimitLabels, Histogram, fn() -> Histogram>,
     pub ratelimit_rejected: Family<LimitReasonLabels, Counter>,
+    pub contract_checked: Family<ContractLabels, Counter>,
+    pub contract_violations: Family<ViolationLabels, Counter>,
+    pub contract_skipped: Family<ContractSkipLabels, Counter>,
     pub quota_used: Family<QuotaLabels, Gauge>,
     pub quota_limit: Family<QuotaLabels, Gauge>,
     pub quota_warn_ratio: Family<QuotaWarnLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -520,6 +568,24 @@ impl Metrics {
             "Time of one round trip to the shared state",
             shared_state_call_duration.clone(),
         );
+        let contract_checked = Family::default();
+        registry.register(
+            "sluice_contract_checked",
+            "Provider responses checked against a response contract's JSON Schema",
+            contract_checked.clone(),
+        );
+        let contract_violations = Family::default();
+        registry.register(
+            "sluice_contract_violations",
+            "What checked responses broke, by kind and schema location (unknown_enum, missing_required, type, additional_property, format, constraint)",
+            contract_violations.clone(),
+        );
+        let contract_skipped = Family::default();
+        registry.register(
+            "sluice_contract_skipped",
+            "Matched responses not checked: too_large (over maxBodyBytes), unparsable (not JSON), incomplete (cut short)",
+            contract_skipped.clone(),
+        );
         let quota_used = Family::default();
         registry.register(
             "sluice_quota_used",
@@ -599,6 +665,9 @@ impl Metrics {
             provider_reset,
             ratelimit_wait,
             ratelimit_rejected,
+            contract_checked,
+            contract_violations,
+            contract_skipped,
             quota_used,
             quota_limit,
             quota_warn_ratio,

@@ -8,6 +8,7 @@
 mod method;
 mod pattern;
 mod quota;
+mod response_contract;
 mod url;
 
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ pub use quota::{
     CALENDAR_MONTH, DEFAULT_COST_SEPARATOR, ParseQuotaPeriodError, QuotaConfig, QuotaCost,
     QuotaPeriod, QuotaWindow, WhenExhausted, quota_period_pattern,
 };
+pub use response_contract::{JsonSchema, JsonSchemaError, ResponseContractConfig};
 pub use url::{HttpUrl, ParseUrlError, URL_PATTERN};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -122,6 +124,9 @@ pub struct IntegrationConfig {
     /// Every limit whose match fits a request applies to it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rate_limits: Vec<RateLimitConfig>,
+    /// JSON Schemas the provider's matched responses are checked against.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contracts: Vec<ResponseContractConfig>,
     /// Spend quotas: every quota whose match fits a request counts its cost.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub quotas: Vec<QuotaConfig>,
@@ -843,6 +848,12 @@ pub mod defaults {
     pub fn max_keys() -> u32 {
         10_000
     }
+    pub fn contract_sample() -> f64 {
+        1.0
+    }
+    pub fn contract_max_body() -> u64 {
+        256 << 10
+    }
     /// The percentages of a quota its alerts fire at.
     pub fn warn_at() -> Vec<u32> {
         vec![50, 80]
@@ -1109,6 +1120,22 @@ impl IntegrationConfig {
                 if separator.is_empty() {
                     return Err((at("cost.separator"), "must not be empty".into()));
                 }
+            }
+        }
+        for (j, c) in self.contracts.iter().enumerate() {
+            let at = |f: &str| format!("contracts[{j}].{f}");
+            within(at("sample"), bounds::CONTRACT_SAMPLE, c.sample)?;
+            within(
+                at("maxBodyBytes"),
+                bounds::CONTRACT_MAX_BODY_BYTES,
+                c.max_body_bytes,
+            )?;
+            for (k, status) in c.statuses.iter().enumerate() {
+                within(
+                    at(&format!("statuses[{k}]")),
+                    bounds::CONTRACT_STATUS,
+                    *status,
+                )?;
             }
         }
         let r = &self.retry;

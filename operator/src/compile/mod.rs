@@ -7,6 +7,7 @@
 //! in the defaults, one concern per module. Every error names the field path.
 
 mod auth;
+mod contracts;
 mod limits;
 mod quotas;
 mod retry;
@@ -129,6 +130,7 @@ pub fn compile(
         endpoints: routes::endpoints(&spec.endpoints),
         rate_limits: limits::compile(&spec.rate_limits, upstream.total_timeout),
         quotas: quotas::compile(&spec.quotas),
+        contracts: contracts::compile(&mut c, &spec.contracts),
         retry: retry::compile(spec.retry.as_ref()),
         circuit_breaker: spec.circuit_breaker.as_ref().map(retry::circuit_breaker),
         cache: routes::cache(&spec.cache),

@@ -253,3 +253,39 @@ fn quotas_compile_with_their_defaults_and_checked_periods() {
         assert!(error.contains(wanted), "{wanted} missing from {error}");
     }
 }
+
+#[test]
+fn contracts_compile_and_a_broken_schema_is_reported_at_its_path() {
+    let config = compile(
+        &pi("  upstream: {baseUrl: 'https://api.carrier.example'}
+  contracts:
+    - name: shipment
+      match: {path: /v1/shipments/*}
+      schema:
+        type: object
+        required: [status]
+        properties: {status: {enum: [CREATED, DELIVERED]}}
+"),
+        &mounted(),
+    )
+    .unwrap();
+    let contract = &config.contracts[0];
+    assert_eq!((contract.sample, contract.max_body_bytes), (1.0, 262_144));
+    assert!(contract.statuses.is_empty() && contract.covers(201));
+    let yaml = serde_yaml_ng::to_string(&config).unwrap();
+    let again: sluice_contract::config::IntegrationConfig = serde_yaml_ng::from_str(&yaml).unwrap();
+    assert_eq!(again.contracts, config.contracts);
+
+    let error = compile(
+        &pi("  upstream: {baseUrl: 'https://api.carrier.example'}
+  contracts: [{name: shipment, schema: {type: shape}}]
+"),
+        &mounted(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("spec.contracts[0].schema: not a usable JSON Schema"),
+        "{error}"
+    );
+}

@@ -3,20 +3,19 @@
 //! the Accept headers; honours `Cache-Control: no-store` both ways.
 
 use std::collections::{HashMap, VecDeque};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body::{Body, Frame};
+use http_body::Body;
 use tokio::time::Instant;
 
-use super::body::{BoxError, ProxyBody};
+use super::body::ProxyBody;
 use super::route::RequestContext;
 use super::step::{Next, PipelineResult, Step};
+use super::tee::{Copied, TeeBody};
 use crate::config::CacheConfig;
 use crate::metrics::{Metrics, Name, ResultLabels};
 
@@ -195,65 +194,6 @@ impl ResponseCache {
     }
 }
 
-/// Passes a response body through while keeping a copy, and stores the copy
-/// when the body ends within the size limit.
-struct TeeBody {
-    inner: ProxyBody,
-    copy: BytesMut,
-    limit: u64,
-    on_complete: Option<Box<dyn FnOnce(Bytes) + Send>>,
-}
-
-impl Body for TeeBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let frame = Pin::new(&mut this.inner).poll_frame(cx);
-        match &frame {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    if this.copy.len() as u64 + data.len() as u64 > this.limit {
-                        this.on_complete = None;
-                    } else if this.on_complete.is_some() {
-                        this.copy.extend_from_slice(data);
-                    }
-                    // With a Content-Length, the server stops polling after
-                    // the last byte: store as soon as the body is known whole.
-                    if this.inner.is_end_stream()
-                        && let Some(done) = this.on_complete.take()
-                    {
-                        done(std::mem::take(&mut this.copy).freeze());
-                    }
-                } else {
-                    // Trailers are not cached: do not store a partial view.
-                    this.on_complete = None;
-                }
-            }
-            Poll::Ready(None) => {
-                if let Some(done) = this.on_complete.take() {
-                    done(std::mem::take(&mut this.copy).freeze());
-                }
-            }
-            Poll::Ready(Some(Err(_))) => this.on_complete = None,
-            Poll::Pending => {}
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.on_complete.is_none() && self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 /// Pipeline step: answers hits, stores cacheable misses on their way back.
 #[derive(Clone)]
 pub struct CacheStep {
@@ -318,11 +258,13 @@ impl Step for CacheStep {
         let (parts, body) = response.into_parts();
         let (status, stored_headers) = (parts.status, parts.headers.clone());
         let store = cache.clone();
-        let tee = TeeBody {
-            inner: body,
-            copy: BytesMut::new(),
-            limit: cache.max_entry_bytes,
-            on_complete: Some(Box::new(move |bytes| {
+        let tee = TeeBody::new(
+            body,
+            cache.max_entry_bytes,
+            Box::new(move |copied| {
+                let Copied::Whole(bytes) = copied else {
+                    return;
+                };
                 let now = Instant::now();
                 store.insert(
                     key,
@@ -335,8 +277,8 @@ impl Step for CacheStep {
                     },
                 );
                 store.count("store");
-            })),
-        };
+            }),
+        );
         Ok(Response::from_parts(parts, ProxyBody::boxed(tee)))
     }
 }

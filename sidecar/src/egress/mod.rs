@@ -8,6 +8,7 @@ pub mod body;
 pub mod cache;
 pub mod circuit;
 pub mod client;
+pub mod contracts;
 pub mod credential;
 pub mod error;
 pub mod http1;
@@ -23,6 +24,7 @@ pub mod route;
 pub mod server;
 pub mod step;
 pub mod target;
+pub mod tee;
 pub mod timeout;
 pub mod trailers;
 
@@ -39,6 +41,7 @@ use self::body::ProxyBody;
 use self::cache::{CacheStep, ResponseCache};
 use self::circuit::{CircuitBreaker, CircuitStep};
 use self::client::{ClientBuildError, Upstream, UpstreamClient, UpstreamService};
+use self::contracts::{ContractStep, Contracts};
 use self::observe::ObserveLayer;
 use self::quota::{QuotaStep, Quotas, TallyError};
 use self::ratelimit::{RateLimitStep, RateLimiter};
@@ -96,6 +99,7 @@ pub struct PipelineState {
     config: IntegrationConfig,
     limiter: Arc<RateLimiter>,
     quotas: Arc<Quotas>,
+    contracts: Arc<Contracts>,
     breaker: Option<Arc<CircuitBreaker>>,
     retry: Arc<RetryRules>,
     cache: Arc<ResponseCache>,
@@ -128,12 +132,13 @@ pub fn pipeline(
 ///
 /// ```text
 /// observe (route, request id, deadline, errors → responses, metrics, log)
-///   → cache → circuit breaker → retry
+///   → cache → response contracts → circuit breaker → retry
 ///   → quota → rate limit (every attempt) → attempt timeout → credentials → upstream client
 /// ```
 ///
 /// The cache sits above the breaker so cached answers still flow while the
-/// provider is down; quotas and the limiter sit below retry so retries spend
+/// provider is down; contracts below the cache check each answer the
+/// provider gave once (not every hit), after retries chose it; quotas and the limiter sit below retry so retries spend
 /// them too, and the quota above the limiter so a request it cannot hold
 /// is refused before it queues.
 /// The request's total deadline is checked wherever it can wait (see
@@ -234,6 +239,10 @@ pub fn build(
         Some(p) if same(&|a, b| a.cache == b.cache) => p.cache.clone(),
         _ => ResponseCache::new(&config.cache, name.clone(), metrics.clone()),
     };
+    let contracts = match previous {
+        Some(p) if same(&|a, b| a.contracts == b.contracts) => p.contracts.clone(),
+        _ => Arc::new(Contracts::new(&name, &config.contracts, metrics)),
+    };
     let quotas = match previous {
         Some(p) if same(&|a, b| a.quotas == b.quotas) => p.quotas.clone(),
         _ => Quotas::new(
@@ -275,6 +284,10 @@ pub fn build(
             CacheStep::new(cache.clone()),
         ))
         .layer(StepLayer::active_if(
+            !config.contracts.is_empty(),
+            ContractStep::new(contracts.clone()),
+        ))
+        .layer(StepLayer::active_if(
             breaker.is_some(),
             CircuitStep::new(breaker.clone()),
         ))
@@ -303,6 +316,7 @@ pub fn build(
         config: config.clone(),
         limiter,
         quotas,
+        contracts,
         breaker,
         retry,
         cache,

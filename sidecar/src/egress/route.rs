@@ -1,4 +1,4 @@
-//! Which endpoint, limits, quotas and cache rule a request falls under: a pure
+//! Which endpoint, limits, quotas, contracts and cache rule a request falls under: a pure
 //! function of its method and path, computed once at the edge of the pipeline.
 
 use std::collections::HashMap;
@@ -48,6 +48,8 @@ pub struct Route {
     pub limits: Vec<usize>,
     /// The quotas that count the request (indices in the config's order).
     pub quotas: Vec<usize>,
+    /// The response contracts its answer is checked against (indices).
+    pub contracts: Vec<usize>,
     pub cache_ttl: Option<Duration>,
     pub attempt_timeout: Duration,
     pub total_timeout: Duration,
@@ -64,9 +66,10 @@ struct Endpoint {
     total_timeout: Option<Duration>,
 }
 
-/// Which rules a request matched: the endpoint, the limits, the quotas and
-/// the cache rule. Requests that match the same rules share one [`Route`].
-type Matched = (Option<usize>, LimitSet, LimitSet, Option<usize>);
+/// Which rules a request matched: the endpoint, the limits, the quotas, the
+/// contracts and the cache rule. Requests that match the same rules share
+/// one [`Route`].
+type Matched = (Option<usize>, LimitSet, LimitSet, LimitSet, Option<usize>);
 
 /// The rate limits (or quotas) a request matched, a bit per rule in config order:
 /// inline up to 64 limits (the CRD allows 32), on the heap past that.
@@ -111,6 +114,7 @@ pub struct Router {
     /// [`Router::with_limit_slots`]).
     limits: Vec<(Arc<str>, Matcher, usize)>,
     quotas: Vec<Matcher>,
+    contracts: Vec<Matcher>,
     cache: Vec<(Matcher, Duration)>,
     attempt_timeout: Duration,
     total_timeout: Duration,
@@ -151,6 +155,11 @@ impl Router {
                 .quotas
                 .iter()
                 .map(|q| Matcher::compile(&q.matches))
+                .collect(),
+            contracts: config
+                .contracts
+                .iter()
+                .map(|c| Matcher::compile(&c.matches))
                 .collect(),
             cache: config
                 .cache
@@ -218,6 +227,10 @@ impl Router {
                 self.quotas.iter().map(|m| m.matches(method, path)),
                 self.quotas.len(),
             ),
+            LimitSet::of(
+                self.contracts.iter().map(|m| m.matches(method, path)),
+                self.contracts.len(),
+            ),
             cacheable
                 .then(|| self.cache.iter().position(|(m, _)| m.matches(method, path)))
                 .flatten(),
@@ -233,7 +246,7 @@ impl Router {
         route
     }
 
-    fn build(&self, (endpoint, limits, quotas, cache): &Matched) -> Route {
+    fn build(&self, (endpoint, limits, quotas, contracts, cache): &Matched) -> Route {
         let endpoint = endpoint.map(|i| &self.endpoints[i]);
         let matched: Vec<&(Arc<str>, Matcher, usize)> = self
             .limits
@@ -253,6 +266,9 @@ impl Router {
             limits: matched.iter().map(|(_, _, slot)| *slot).collect(),
             quotas: (0..self.quotas.len())
                 .filter(|i| quotas.contains(*i))
+                .collect(),
+            contracts: (0..self.contracts.len())
+                .filter(|i| contracts.contains(*i))
                 .collect(),
             cache_ttl: cache.map(|i| self.cache[i].1),
             attempt_timeout: endpoint
