@@ -83,6 +83,10 @@ spec:
       rate: {requests: 100, per: 1s}
       scope: Cluster
       queue: {maxDepth: 50}
+  contracts:
+    - name: charge
+      match: {path: '/v1/charges/**'}
+      schema: {type: object, required: [id]}
   quotas:
     - name: monthly
       limit: 1000
@@ -191,6 +195,7 @@ fn scrape_a_sidecar(dir: &Path) -> String {
         ("/v1/charges/throttled", 429),
         ("/v1/charges/invalid", 422),
         ("/v1/charges/broken", 500),
+        ("/v1/charges/drifted", 200),
     ] {
         let answer = http_get(&egress_addr, path).unwrap_or_default();
         assert!(
@@ -198,6 +203,11 @@ fn scrape_a_sidecar(dir: &Path) -> String {
             "{path}: {answer}"
         );
     }
+    // Contracts are checked after the answer: wait for the count.
+    wait("the contract's check", Duration::from_secs(10), || {
+        http_get(&admin_addr, "/metrics")
+            .is_some_and(|m| m.contains("sluice_contract_violations_total{"))
+    });
     let answer = http_get(&admin_addr, "/metrics").unwrap();
     let (head, body) = answer.split_once("\r\n\r\n").unwrap();
     assert!(

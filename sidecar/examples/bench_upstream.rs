@@ -6,7 +6,9 @@
 //! line), written when it gets SIGTERM, to check rate-limit accuracy.
 //! With `BENCH_RATELIMIT_HEADERS=1` every response also says how much of a
 //! (generous) rate limit is left, as GitHub does: `x-ratelimit-limit`,
-//! `-remaining`, `-reset`, for the cost of reading them.
+//! `-remaining`, `-reset`, for the cost of reading them. With
+//! `BENCH_JSON=1` the body is labelled `application/json`, as a response
+//! contract needs.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -25,6 +27,7 @@ fn main() -> std::io::Result<()> {
     let started = Instant::now();
     let arrivals: Arc<Mutex<Vec<u64>>> = Arc::default();
     let ratelimit_headers = std::env::var_os("BENCH_RATELIMIT_HEADERS").is_some_and(|v| v == "1");
+    let json = std::env::var_os("BENCH_JSON").is_some_and(|v| v == "1");
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
@@ -55,6 +58,11 @@ fn main() -> std::io::Result<()> {
                                 h.insert("x-ratelimit-limit", "1000000".parse().unwrap());
                                 h.insert("x-ratelimit-remaining", "999999".parse().unwrap());
                                 h.insert("x-ratelimit-reset", "60".parse().unwrap());
+                            }
+                            if json {
+                                response
+                                    .headers_mut()
+                                    .insert("content-type", "application/json".parse().unwrap());
                             }
                             Ok::<_, Infallible>(response)
                         }

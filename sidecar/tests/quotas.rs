@@ -111,17 +111,25 @@ async fn a_quota_of_ten_refuses_the_eleventh_and_still_does_after_a_restart() {
     let upstream = maps_upstream().await;
     let dir = SecretDir::new("quota-restart");
 
-    // Phase 1: ten pass, the eleventh is refused before it reaches the provider.
+    // Phase 1: five pass; a clean stop writes the exact usage (the file
+    // was a step ahead), so the restarted sidecar resumes from 5.
     let config = write_config(&dir.0, &upstream, &[TEN_A_DAY]);
     let mut pod = Pod::spawn(&config, &[]);
+    assert_eq!(pod.spend("/v1/geocode?address=x", 5).await.0, 5);
+    pod.process.terminate();
+    let mut pod = Pod::spawn(&config, &[]);
+    assert_eq!(pod.metric("sluice_quota_used{").await, 5.0);
+
+    // Phase 2: five more pass, the eleventh is refused before it reaches
+    // the provider.
     let (passed, refused) = pod.spend("/v1/geocode?address=x", 20).await;
-    assert_eq!(passed, 10);
+    assert_eq!(passed, 5);
     assert_exhausted(&refused.unwrap());
     assert_eq!(upstream.count(), 10);
     assert_eq!(pod.metric("sluice_quota_used{").await, 10.0);
     assert_eq!(pod.metric("sluice_quota_rejected_total{").await, 1.0);
 
-    // Phase 2: a clean restart with the same state: still exhausted.
+    // Phase 3: a clean restart with the same state: still exhausted.
     pod.process.terminate();
     let pod = Pod::spawn(&config, &[]);
     assert_eq!(pod.metric("sluice_quota_used{").await, 10.0);

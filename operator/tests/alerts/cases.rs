@@ -137,6 +137,17 @@ pub fn groups(s: &Scrapes) -> Vec<Group> {
         &[("endpoint", "charges"), ("reason", "429")],
     );
     let attempts = payments("sluice_egress_attempts_total", &[("endpoint", "charges")]);
+    let violated = payments("sluice_contract_violations_total", &[]);
+    let violation_labels = keep(
+        &violated,
+        &["namespace", "integration", "contract", "kind", "pointer"],
+    );
+    let drift = format!(
+        "{name}/{}: responses break their contract ({} at {})",
+        violated.label("contract"),
+        violated.label("kind"),
+        violated.label("pointer")
+    );
     let quota_used = payments("sluice_quota_used", &[]);
     let quota_limit = payments("sluice_quota_limit", &[]);
     let warn_at = |percent: &str| payments("sluice_quota_warn_ratio", &[("percent", percent)]);
@@ -278,6 +289,23 @@ pub fn groups(s: &Scrapes) -> Vec<Group> {
             name: "a week of the same spend",
             input: vec![(quota_spent, format!("0+60x{}", WEEK + 120))],
             tests: vec![silent(WEEK + 90, "SluiceUsageAnomaly")],
+        },
+        Group {
+            name: "a response breaks its contract for the first time",
+            // The series is born at the first violation.
+            input: vec![(violated.clone(), "_x5 1+0x10".into())],
+            tests: vec![
+                silent(3, "SluiceContractDrift"),
+                fires(7, "SluiceContractDrift", violation_labels.clone(), drift.clone()),
+            ],
+        },
+        Group {
+            name: "a contract broken an hour ago, not since",
+            input: vec![(violated.clone(), "3+0x90".into())],
+            tests: vec![
+                fires(10, "SluiceContractDrift", violation_labels.clone(), drift),
+                silent(75, "SluiceContractDrift"),
+            ],
         },
         Group {
             name: "85 % of a quota used",

@@ -275,9 +275,15 @@ impl Upstream {
                             } else {
                                 ""
                             };
+                            // A JSON answer that lacks what a contract requires.
+                            let (media, body) = if path.ends_with("/drifted") {
+                                ("application/json", "{}")
+                            } else {
+                                ("text/plain", "ok")
+                            };
                             let _ = write!(
                                 stream,
-                                "HTTP/1.1 {status} X\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n{limit}\r\nok",
+                                "HTTP/1.1 {status} X\r\ncontent-length: 2\r\ncontent-type: {media}\r\n{limit}\r\n{body}",
                             );
                         }
                     }
