@@ -171,6 +171,27 @@ pub fn groups(s: &Scrapes) -> Vec<Group> {
         &[("integration", "payments"), ("endpoint", "charges")],
     );
 
+    let anomaly = |what: &str| {
+        format!("{name}: 5 {what}, over 3x the same hour's average of the last 7 days")
+    };
+    let usage = usage_anomaly(
+        [
+            "five times the same hour's traffic of the last 7 days",
+            "a week of the same traffic",
+        ],
+        &attempts,
+        integration.clone(),
+        anomaly("requests/s to the provider"),
+    );
+    let spend = usage_anomaly(
+        [
+            "five times the same hour's spend of the last 7 days",
+            "a week of the same spend",
+        ],
+        &quota_spent,
+        quota_labels.clone(),
+        anomaly(&format!("units/s of quota {quota}")),
+    );
     let circuit_summary = format!("{name} in {ns}: the circuit has been open for 5 minutes");
     let failing = |percent: &str| format!("{name}/{ep}: {percent} of requests fail");
     vec![
@@ -253,44 +274,6 @@ pub fn groups(s: &Scrapes) -> Vec<Group> {
             tests: vec![silent(4, "SluiceQueueNearlyFull")],
         },
         Group {
-            name: "five times the same hour's traffic of the last 7 days",
-            // A week at 1/s, then 5/s.
-            input: vec![(
-                attempts.clone(),
-                format!("0+60x{WEEK} {}+300x120", 60 * WEEK),
-            )],
-            tests: vec![
-                silent(WEEK + 20, "SluiceUsageAnomaly"),
-                fires(
-                    WEEK + 90,
-                    "SluiceUsageAnomaly",
-                    integration.clone(),
-                    format!("{name}: 5 requests/s to the provider, over 3x the same hour's average of the last 7 days"),
-                ),
-            ],
-        },
-        Group {
-            name: "five times the same hour's spend of the last 7 days",
-            input: vec![(
-                quota_spent.clone(),
-                format!("0+60x{WEEK} {}+300x120", 60 * WEEK),
-            )],
-            tests: vec![
-                silent(WEEK + 20, "SluiceUsageAnomaly"),
-                fires(
-                    WEEK + 90,
-                    "SluiceUsageAnomaly",
-                    quota_labels.clone(),
-                    format!("{name}: 5 units/s of quota {quota}, over 3x the same hour's average of the last 7 days"),
-                ),
-            ],
-        },
-        Group {
-            name: "a week of the same spend",
-            input: vec![(quota_spent, format!("0+60x{}", WEEK + 120))],
-            tests: vec![silent(WEEK + 90, "SluiceUsageAnomaly")],
-        },
-        Group {
             name: "a response breaks its contract for the first time",
             // The series is born at the first violation.
             input: vec![(violated.clone(), "_x5 1+0x10".into())],
@@ -348,11 +331,6 @@ pub fn groups(s: &Scrapes) -> Vec<Group> {
                 quota_labels.clone(),
                 format!("{name}/{quota}: the quota is used up (100%)"),
             )],
-        },
-        Group {
-            name: "a week of the same traffic",
-            input: vec![(attempts.clone(), format!("0+60x{}", WEEK + 120))],
-            tests: vec![silent(WEEK + 90, "SluiceUsageAnomaly")],
         },
         Group {
             name: "busy from its first hour: no baseline yet",
@@ -555,6 +533,10 @@ pub fn groups(s: &Scrapes) -> Vec<Group> {
             tests: vec![silent(4, "SluiceSidecarNotInjected")],
         },
     ]
+    .into_iter()
+    .chain(usage)
+    .chain(spend)
+    .collect()
 }
 
 /// Requests that took about 10 ms until `slow_from`, then about 1 s: each
@@ -608,4 +590,30 @@ fn latency_group(
             ],
         }
     }
+}
+
+/// A week at 1/s of `series` then 5/s (SluiceUsageAnomaly fires with
+/// `labels` and `summary`), and a week at 1/s throughout (silent); `names`
+/// name the two groups.
+fn usage_anomaly(
+    names: [&'static str; 2],
+    series: &Series,
+    labels: BTreeMap<String, String>,
+    summary: String,
+) -> [Group; 2] {
+    [
+        Group {
+            name: names[0],
+            input: vec![(series.clone(), format!("0+60x{WEEK} {}+300x120", 60 * WEEK))],
+            tests: vec![
+                silent(WEEK + 20, "SluiceUsageAnomaly"),
+                fires(WEEK + 90, "SluiceUsageAnomaly", labels, summary),
+            ],
+        },
+        Group {
+            name: names[1],
+            input: vec![(series.clone(), format!("0+60x{}", WEEK + 120))],
+            tests: vec![silent(WEEK + 90, "SluiceUsageAnomaly")],
+        },
+    ]
 }
