@@ -293,3 +293,37 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn what_a_pod_counts_while_the_shared_state_is_down_is_added_when_it_returns() {
+    let upstream = maps_upstream().await;
+    let mut redis = RedisServer::start();
+    let config = write_config(&redis.dir, &upstream, &[TEN_A_DAY]);
+    let url = redis.url();
+    let pod = Pod::spawn(&config, &["--shared-state", &url]);
+    wait_until(|| pod.metric("sluice_shared_state_up{"), 1.0).await;
+
+    // Phase 1: three counted on the server, two on the pod while it is down.
+    assert_eq!(pod.spend("/v1/geocode", 3).await.0, 3);
+    redis.stop();
+    assert_eq!(pod.spend("/v1/geocode", 2).await.0, 2);
+    assert_eq!(pod.metric("sluice_quota_fallbacks_total{").await, 2.0);
+
+    // Phase 2: back up, the next charge brings the two along: the server
+    // holds all six, and the limit holds across the outage.
+    redis.resume();
+    wait_until(|| pod.metric("sluice_shared_state_up{"), 1.0).await;
+    assert_eq!(pod.spend("/v1/geocode", 1).await.0, 1);
+    let keys = redis.cli(&["--scan", "--pattern", "sluice:*:quota:calls:*"]);
+    let key = keys
+        .lines()
+        .next()
+        .expect("the window's key")
+        .trim()
+        .to_owned();
+    assert_eq!(redis.cli(&["GET", &key]).trim(), "6");
+    let (passed, refused) = pod.spend("/v1/geocode", 10).await;
+    assert_eq!(passed, 4);
+    assert_exhausted(&refused.unwrap());
+    assert_eq!(upstream.count(), 10);
+}
