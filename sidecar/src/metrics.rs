@@ -154,6 +154,7 @@ label_values! {
         TooLarge => "too_large",
         Unparsable => "unparsable",
         Incomplete => "incomplete",
+        Busy => "busy",
     }
 }
 
@@ -583,7 +584,7 @@ impl Metrics {
         let contract_skipped = Family::default();
         registry.register(
             "sluice_contract_skipped",
-            "Matched responses not checked: too_large (over maxBodyBytes), unparsable (not JSON), incomplete (cut short)",
+            "Matched responses not checked: too_large (over maxBodyBytes), unparsable (not JSON), incomplete (cut short), busy (the integration's checks all running)",
             contract_skipped.clone(),
         );
         let quota_used = Family::default();

@@ -32,6 +32,10 @@ const MAX_VIOLATIONS_PER_RESPONSE: usize = 64;
 const MAX_LOGGED_VALUES: usize = 1024;
 /// A logged value is cut to this many bytes.
 const MAX_LOGGED_VALUE_BYTES: usize = 64;
+/// Checks running at once for one integration; a response that finds them
+/// all busy is skipped (`busy`), so a burst of large answers never takes
+/// more CPU from the app than this.
+const MAX_CONCURRENT_CHECKS: usize = 2;
 
 struct Contract {
     config: ResponseContractConfig,
@@ -46,6 +50,7 @@ struct Contract {
 /// Every response contract of one integration, in config order.
 pub struct Contracts {
     contracts: Vec<Arc<Contract>>,
+    checks: Arc<tokio::sync::Semaphore>,
 }
 
 impl Contracts {
@@ -78,7 +83,10 @@ impl Contracts {
                 })
             })
             .collect();
-        Self { contracts }
+        Self {
+            contracts,
+            checks: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_CHECKS)),
+        }
     }
 
     /// The response, its body copied for the contracts in `matched` that
@@ -98,16 +106,22 @@ impl Contracts {
             return response;
         };
         let (parts, body) = response.into_parts();
+        let checks = self.checks.clone();
         let tee = TeeBody::new(
             body,
             limit,
             Box::new(move |copied| match copied {
                 Copied::Whole(bytes) => {
+                    let Ok(permit) = checks.try_acquire_owned() else {
+                        chosen.iter().for_each(|c| c.skip(ContractSkip::Busy));
+                        return;
+                    };
                     // Off the response's path: the app already has it.
                     tokio::task::spawn_blocking(move || {
                         for contract in &chosen {
                             contract.check(&bytes);
                         }
+                        drop(permit);
                     });
                 }
                 Copied::TooLarge => chosen.iter().for_each(|c| c.skip(ContractSkip::TooLarge)),
@@ -150,7 +164,6 @@ impl Contract {
             self.skip(ContractSkip::Unparsable);
             return;
         };
-        self.checked.inc();
         for error in self
             .validator
             .iter_errors(&instance)
@@ -171,6 +184,8 @@ impl Contract {
                 })
                 .inc();
         }
+        // Last: whoever sees the check counted sees what it found.
+        self.checked.inc();
     }
 
     fn log_unknown_value(&self, pointer: &str, value: &serde_json::Value) {
