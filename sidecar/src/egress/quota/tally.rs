@@ -243,23 +243,16 @@ impl Tally {
 
     fn charge_in_memory(&self, cost: u64, limit: Option<u64>, now: i64, pending: bool) -> Verdict {
         let mut usage = self.lock(now);
-        let window = usage.window;
-        if limit.is_some_and(|l| usage.used.saturating_add(cost) > l) {
-            return Verdict::Exhausted {
-                used: usage.used,
-                window,
-            };
-        }
-        usage.used = usage.used.saturating_add(cost);
-        if pending {
+        let verdict = charge_within(&mut usage, cost, limit, u64::MAX);
+        if pending && matches!(verdict, Some(Verdict::Charged { .. })) {
             usage.pending = usage.pending.saturating_add_unsigned(cost);
         }
-        Verdict::Charged {
-            used: usage.used,
-            window,
-        }
+        verdict.expect("no reservation to stay within")
     }
 
+    /// Counts within what the file reserves; past it, this request moves
+    /// the reservation (one writer at a time) and counts under it, so the
+    /// usage never passes what the file says.
     async fn charge_in_file(
         &self,
         path: &Path,
@@ -269,21 +262,22 @@ impl Tally {
     ) -> Verdict {
         for _ in 0..MAX_RESERVE_ROUNDS {
             {
-                let usage = self.lock(now);
-                let after = usage.used.saturating_add(cost);
-                if limit.is_some_and(|l| after > l) || after <= usage.reserved {
-                    drop(usage);
-                    return self.charge_in_memory(cost, limit, now, false);
+                let mut usage = self.lock(now);
+                let reserved = usage.reserved;
+                if let Some(verdict) = charge_within(&mut usage, cost, limit, reserved) {
+                    return verdict;
                 }
             }
             let _writer = self.writer.lock().await;
             let (window, target) = {
                 let usage = self.lock(now);
-                let after = usage.used.saturating_add(cost);
-                if after <= usage.reserved {
-                    continue;
-                }
-                (usage.window, after.saturating_add(self.step))
+                // Others count only within the reservation meanwhile: past
+                // both it and their usage, this cost always fits.
+                let base = usage.used.max(usage.reserved);
+                (
+                    usage.window,
+                    base.saturating_add(cost).saturating_add(self.step),
+                )
             };
             if let Err(error) = write_usage(path.to_owned(), window, target).await {
                 // Counted in memory all the same: the process still knows.
@@ -292,7 +286,12 @@ impl Tally {
             let mut usage = self.lock(now);
             if usage.window == window {
                 usage.reserved = usage.reserved.max(target);
+                let reserved = usage.reserved;
+                if let Some(verdict) = charge_within(&mut usage, cost, limit, reserved) {
+                    return verdict;
+                }
             }
+            // The window ended while the file was written: again, in the new one.
         }
         self.charge_in_memory(cost, limit, now, false)
     }
@@ -390,6 +389,32 @@ fn write_usage_now(path: &Path, window: QuotaWindow, used: u64) -> std::io::Resu
     file.sync_data()?;
     std::fs::rename(&tmp, path)?;
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// Counts `cost` if it fits under `limit` (else `Exhausted`) and under
+/// `reserved` (else `None`: the reservation must move first).
+fn charge_within(
+    usage: &mut Usage,
+    cost: u64,
+    limit: Option<u64>,
+    reserved: u64,
+) -> Option<Verdict> {
+    let window = usage.window;
+    let after = usage.used.saturating_add(cost);
+    if limit.is_some_and(|l| after > l) {
+        return Some(Verdict::Exhausted {
+            used: usage.used,
+            window,
+        });
+    }
+    if after > reserved {
+        return None;
+    }
+    usage.used = after;
+    Some(Verdict::Charged {
+        used: after,
+        window,
+    })
 }
 
 #[cfg(test)]

@@ -138,3 +138,24 @@ mod tempdir {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_charges_never_pass_what_the_file_says() {
+    let dir = tempdir::Dir::new();
+    let path = file_of(&dir);
+    let tally = std::sync::Arc::new(Tally::in_file(day(), 100_000, path.clone(), NOON).unwrap());
+    let charges: Vec<_> = (0..400u64)
+        .map(|i| {
+            let tally = tally.clone();
+            tokio::spawn(async move { tally.charge(1 + i % 7, Some(100_000), NOON).await })
+        })
+        .collect();
+    let mut total = 0;
+    for (i, charge) in charges.into_iter().enumerate() {
+        charged(charge.await.unwrap());
+        total += 1 + i as u64 % 7;
+    }
+    let usage = tally.usage.lock().unwrap();
+    assert_eq!(usage.used, total);
+    assert!(usage.used <= usage.reserved && usage.reserved == on_disk(&path).1);
+}
