@@ -1,7 +1,9 @@
 //! The Stripe Python SDK through the sidecar to stripe-mock (Stripe's own
 //! API mock, from its OpenAPI spec): requests Sluice rewrites and signs with
 //! its key still satisfy the real API's shapes, and the SDK's own
-//! idempotency key is kept, never replaced.
+//! idempotency key is kept, never replaced; and response contracts read
+//! stripe-mock's real answers: a schema they keep is never violated, one
+//! they break is counted where it says.
 
 mod support;
 
@@ -52,11 +54,21 @@ async fn the_stripe_sdk_works_through_sluice_against_stripe_mock() {
     std::fs::create_dir_all(&dir).unwrap();
     let key = dir.join("key");
     std::fs::write(&key, "sk_test_4eC39HqLyjWDarjtT1zdp7dc").unwrap();
-    let config = serde_yaml_ng::from_str(&format!(
+    let mut config: sluice_sidecar::config::IntegrationConfig = serde_yaml_ng::from_str(&format!(
         "name: stripe\nlisten: 127.0.0.1:0\nupstream: {{baseUrl: 'http://127.0.0.1:{port}'}}\nauth: {{type: bearer, secret: {{path: '{}'}}}}\nretry: {{idempotency: {{header: Idempotency-Key, methods: [POST]}}}}\n",
         key.display()
     ))
     .unwrap();
+    for contract in [
+        // What Stripe's customers answer.
+        "{name: customer, match: {methods: [GET], path: '/v1/customers/*'}, schema: {type: object, required: [id, object, livemode], properties: {id: {type: string}, object: {const: customer}, livemode: {type: boolean}, email: {type: [string, 'null'], format: email}}}}",
+        // A test key's objects are never live: this one cannot hold.
+        "{name: live-only, match: {methods: [GET], path: '/v1/customers/*'}, schema: {type: object, properties: {livemode: {const: true}}}}",
+    ] {
+        config
+            .contracts
+            .push(serde_yaml_ng::from_str(contract).unwrap());
+    }
     let sidecar = start(vec![config]).await;
     let url = format!("http://{}", sidecar.egress_addr("stripe").unwrap());
 
@@ -90,6 +102,33 @@ async fn the_stripe_sdk_works_through_sluice_against_stripe_mock() {
     let key = report["idempotency_key"].as_str().unwrap_or_default();
     assert_eq!(key.len(), 36, "the SDK's own key, not replaced: {report}");
     assert_eq!(key.matches('-').count(), 4, "{report}");
+
+    // Phase 4: the retrieved customer, checked against both contracts.
+    let until = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = admin(&sidecar, "/metrics").await.text();
+        if metric(&text, "sluice_contract_checked_total{") == 2.0 {
+            break text;
+        }
+        assert!(Instant::now() < until, "the checks did not finish: {text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        metric(
+            &text,
+            "sluice_contract_violations_total{integration=\"stripe\",contract=\"customer\""
+        ),
+        0.0,
+        "stripe-mock keeps Stripe's shape: {text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "sluice_contract_violations_total{integration=\"stripe\",contract=\"live-only\",kind=\"unknown_enum\",pointer=\"/properties/livemode/const\"}"
+        ),
+        1.0,
+        "{text}"
+    );
     sidecar.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
