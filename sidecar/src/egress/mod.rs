@@ -138,9 +138,10 @@ pub fn pipeline(
 ///
 /// The cache sits above the breaker so cached answers still flow while the
 /// provider is down; contracts below the cache check each answer the
-/// provider gave once (not every hit), after retries chose it; quotas and the limiter sit below retry so retries spend
-/// them too, and the quota above the limiter so a request it cannot hold
-/// is refused before it queues.
+/// provider gave once (not every hit), after retries chose it; quotas and
+/// the limiter sit below retry so retries spend them too, and the quota
+/// above the limiter so a request it cannot hold is refused before it
+/// queues.
 /// The request's total deadline is checked wherever it can wait (see
 /// [`timeout`]).
 ///

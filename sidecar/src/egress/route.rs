@@ -1,5 +1,6 @@
-//! Which endpoint, limits, quotas, contracts and cache rule a request falls under: a pure
-//! function of its method and path, computed once at the edge of the pipeline.
+//! Which endpoint, limits, quotas, contracts and cache rule a request falls
+//! under: a pure function of its method and path, computed once at the edge
+//! of the pipeline.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -69,20 +70,21 @@ struct Endpoint {
 /// Which rules a request matched: the endpoint, the limits, the quotas, the
 /// contracts and the cache rule. Requests that match the same rules share
 /// one [`Route`].
-type Matched = (Option<usize>, LimitSet, LimitSet, LimitSet, Option<usize>);
+type Matched = (Option<usize>, RuleSet, RuleSet, RuleSet, Option<usize>);
 
-/// The rate limits (or quotas) a request matched, a bit per rule in config order:
-/// inline up to 64 limits (the CRD allows 32), on the heap past that.
+/// The rules of one kind (rate limits, quotas, contracts) a request matched,
+/// a bit per rule in config order: inline up to 64 (the CRD allows at most
+/// 32 of a kind), on the heap past that.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum LimitSet {
+enum RuleSet {
     Inline(u64),
     Spilled(Box<[u64]>),
 }
 
-impl LimitSet {
+impl RuleSet {
     fn of(matches: impl Iterator<Item = bool>, count: usize) -> Self {
         if count <= 64 {
-            return LimitSet::Inline(
+            return RuleSet::Inline(
                 matches
                     .enumerate()
                     .fold(0, |bits, (i, hit)| bits | (u64::from(hit) << i)),
@@ -92,13 +94,18 @@ impl LimitSet {
         for (i, hit) in matches.enumerate() {
             words[i / 64] |= u64::from(hit) << (i % 64);
         }
-        LimitSet::Spilled(words.into_boxed_slice())
+        RuleSet::Spilled(words.into_boxed_slice())
+    }
+
+    /// The matched rules' indices, of `count` rules.
+    fn indices(&self, count: usize) -> Vec<usize> {
+        (0..count).filter(|&i| self.contains(i)).collect()
     }
 
     fn contains(&self, i: usize) -> bool {
         match self {
-            LimitSet::Inline(bits) => bits & (1 << i) != 0,
-            LimitSet::Spilled(words) => words[i / 64] & (1 << (i % 64)) != 0,
+            RuleSet::Inline(bits) => bits & (1 << i) != 0,
+            RuleSet::Spilled(words) => words[i / 64] & (1 << (i % 64)) != 0,
         }
     }
 }
@@ -219,15 +226,15 @@ impl Router {
             self.endpoints
                 .iter()
                 .position(|e| e.matcher.matches(method, path)),
-            LimitSet::of(
+            RuleSet::of(
                 self.limits.iter().map(|(_, m, _)| m.matches(method, path)),
                 self.limits.len(),
             ),
-            LimitSet::of(
+            RuleSet::of(
                 self.quotas.iter().map(|m| m.matches(method, path)),
                 self.quotas.len(),
             ),
-            LimitSet::of(
+            RuleSet::of(
                 self.contracts.iter().map(|m| m.matches(method, path)),
                 self.contracts.len(),
             ),
@@ -264,12 +271,8 @@ impl Router {
             series: self.series[&name].clone(),
             endpoint: name,
             limits: matched.iter().map(|(_, _, slot)| *slot).collect(),
-            quotas: (0..self.quotas.len())
-                .filter(|i| quotas.contains(*i))
-                .collect(),
-            contracts: (0..self.contracts.len())
-                .filter(|i| contracts.contains(*i))
-                .collect(),
+            quotas: quotas.indices(self.quotas.len()),
+            contracts: contracts.indices(self.contracts.len()),
             cache_ttl: cache.map(|i| self.cache[i].1),
             attempt_timeout: endpoint
                 .and_then(|e| e.timeout)
