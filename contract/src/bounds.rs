@@ -137,6 +137,8 @@ pub const QUOTA_PER: Bound<Duration> = between(
 pub const QUOTA_WARN_AT: Bound<u32> = between(1, 100);
 pub const MAX_QUOTAS: usize = 16;
 pub const MAX_WARN_AT: usize = 8;
+/// Characters of the separator a query product splits values at.
+pub const COST_SEPARATOR_CHARS: Bound<usize> = between(1, 8);
 /// Query parameters a cost may multiply.
 pub const MAX_COST_PARAMS: usize = 4;
 

@@ -537,9 +537,9 @@ pub struct QuotaCostSpec {
     /// absent or empty counts 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query_product: Option<Vec<String>>,
-    /// With `queryProduct`: what separates elements in a value (default `|`).
+    /// With `queryProduct`: what separates elements in a value (default
+    /// `|`; 1 to 8 characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 8))]
     pub separator: Option<String>,
     /// A request header holding the cost as a whole number, e.g. `X-Units`;
     /// absent, the request costs 1; anything else gets 400.

@@ -559,6 +559,23 @@ fn rows() -> Vec<Rule> {
             "separator applies only with queryProduct",
             |c| fails(has(c, "separator") && !has(c, "queryProduct"), "separator"),
         ),
+        cel(
+            "spec.quotas[].cost",
+            Some("separator"),
+            format!(
+                "!has(self.separator) || (size(self.separator) >= {} && size(self.separator) <= {})",
+                COST_SEPARATOR_CHARS.min,
+                COST_SEPARATOR_CHARS.max.expect("bounded")
+            ),
+            format!("separator must be {COST_SEPARATOR_CHARS} characters"),
+            |c| {
+                fails(
+                    text(c, "separator")
+                        .is_some_and(|s| !COST_SEPARATOR_CHARS.holds(s.chars().count())),
+                    "separator",
+                )
+            },
+        ),
         pattern("spec.quotas[].cost", "header", &HEADER_NAME),
         pattern("spec.quotas[].cost", "queryProduct[]", &QUERY_NAME),
         Rule::MinItems {

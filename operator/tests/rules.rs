@@ -165,6 +165,16 @@ const CORPUS: &[(&str, &str, bool)] = &[
         false,
     ),
     (
+        "a separator of nine characters",
+        "  quotas: [{name: q, limit: 10, per: 24h, cost: {queryProduct: [a], separator: '|||||||||'}}]\n",
+        false,
+    ),
+    (
+        "an empty separator",
+        "  quotas: [{name: q, limit: 10, per: 24h, cost: {queryProduct: [a], separator: ''}}]\n",
+        false,
+    ),
+    (
         "an empty queryProduct",
         "  quotas: [{name: q, limit: 10, per: 24h, cost: {queryProduct: []}}]\n",
         false,

@@ -1117,9 +1117,11 @@ impl IntegrationConfig {
                         format!("name 1 to {} query parameters", bounds::MAX_COST_PARAMS),
                     ));
                 }
-                if separator.is_empty() {
-                    return Err((at("cost.separator"), "must not be empty".into()));
-                }
+                within(
+                    at("cost.separator"),
+                    bounds::COST_SEPARATOR_CHARS,
+                    separator.chars().count(),
+                )?;
             }
         }
         for (j, c) in self.contracts.iter().enumerate() {
