@@ -186,6 +186,14 @@ pub const DELIVERY_RATE: Bound<f64> = Bound {
 };
 pub const DELIVERY_MAX_ATTEMPTS: Bound<u32> = between(1, 100);
 pub const DELIVERY_TIMEOUT: Bound<Duration> = positive(hours(1));
+/// Time between polls of the provider's events; a second at least (each
+/// poll goes through the integration's limits as well).
+pub const POLL_INTERVAL: Bound<Duration> =
+    between(Duration::from_secs(1), Duration::from_secs(24 * 3600));
+/// How far back a poll lists; it must also be within the webhook's dedup TTL.
+pub const POLL_LOOKBACK: Bound<Duration> = positive(hours(24 * 30));
+/// Fixed query parameters of a poll.
+pub const MAX_POLL_QUERY: usize = 16;
 
 // Egress listener.
 pub const EGRESS_PORT: Bound<u16> = between(crate::layout::MIN_EGRESS_PORT, u16::MAX);

@@ -67,6 +67,14 @@ pub fn quota_file(state_dir: &Path, integration: &str, quota: &str) -> PathBuf {
         .join(format!("{integration}.{quota}.json"))
 }
 
+/// Where a polled webhook's place in the provider's listing is kept under
+/// the state directory (without shared state).
+pub fn poll_file(state_dir: &Path, integration: &str, webhook: &str) -> PathBuf {
+    state_dir
+        .join("polls")
+        .join(format!("{integration}.{webhook}.json"))
+}
+
 /// Every webhook queue under the state directory, as
 /// (integration, webhook, directory), in name order.
 pub fn queue_dirs(state_dir: &Path) -> std::io::Result<Vec<(String, String, PathBuf)>> {

@@ -8,6 +8,7 @@ pub mod runtime;
 pub mod secrets;
 pub mod shared;
 pub mod source;
+pub mod state_file;
 
 /// The config model is the operator's and the sidecar's contract; it lives
 /// in `sluice-contract` and is re-exported where the data plane reads it.

@@ -67,6 +67,24 @@ label_values! {
 }
 
 label_values! {
+    /// `result` of `sluice_webhook_polled_total`: what became of each event
+    /// a poll listed.
+    Polled {
+        Recovered => "recovered",
+        Known => "known",
+        Unreadable => "unreadable",
+    }
+}
+
+label_values! {
+    /// `result` of `sluice_webhook_polls_total`.
+    Poll {
+        Complete => "complete",
+        Failed => "failed",
+    }
+}
+
+label_values! {
     /// `result` of `sluice_token_refresh_total`.
     TokenRefresh {
         Success => "success",
@@ -230,6 +248,20 @@ pub struct WebhookLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolledLabels {
+    pub integration: Name,
+    pub webhook: Name,
+    pub result: Polled,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PollLabels {
+    pub integration: Name,
+    pub webhook: Name,
+    pub result: Poll,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReceivedLabels {
     pub integration: Name,
     pub webhook: Name,
@@ -352,6 +384,8 @@ pub struct Families {
     pub webhook_received: Family<ReceivedLabels, Counter>,
     pub webhook_queue_depth: Family<WebhookLabels, Gauge>,
     pub webhook_deliveries: Family<DeliveryLabels, Counter>,
+    pub webhook_polled: Family<PolledLabels, Counter>,
+    pub webhook_polls: Family<PollLabels, Counter>,
     pub webhook_fsyncs: Family<WebhookLabels, Counter>,
     pub webhook_ack_duration: Family<WebhookLabels, Histogram, fn() -> Histogram>,
     pub config_reloads: Family<ReloadLabels, Counter>,
@@ -503,6 +537,18 @@ impl Metrics {
             "Delivery outcomes: delivered, retry, dead_letter, dropped, out_of_order",
             webhook_deliveries.clone(),
         );
+        let webhook_polled = Family::default();
+        registry.register(
+            "sluice_webhook_polled",
+            "Events listed by polling the provider, by result: recovered (its webhook never came; delivered), known, unreadable",
+            webhook_polled.clone(),
+        );
+        let webhook_polls = Family::default();
+        registry.register(
+            "sluice_webhook_polls",
+            "Polls of the provider's event list, by result: complete, failed",
+            webhook_polls.clone(),
+        );
         let webhook_fsyncs = Family::default();
         registry.register(
             "sluice_webhook_fsyncs",
@@ -652,6 +698,8 @@ impl Metrics {
             webhook_received,
             webhook_queue_depth,
             webhook_deliveries,
+            webhook_polled,
+            webhook_polls,
             webhook_fsyncs,
             webhook_ack_duration,
             requests,
@@ -707,6 +755,24 @@ impl Metrics {
                     webhook: webhook.clone(),
                     result,
                 });
+        }
+    }
+
+    /// A polled webhook's series, at zero until its first poll.
+    pub fn poll_series(&self, integration: &Name, webhook: &Name) {
+        for &result in Polled::ALL {
+            self.webhook_polled.get_or_create_owned(&PolledLabels {
+                integration: integration.clone(),
+                webhook: webhook.clone(),
+                result,
+            });
+        }
+        for &result in Poll::ALL {
+            self.webhook_polls.get_or_create_owned(&PollLabels {
+                integration: integration.clone(),
+                webhook: webhook.clone(),
+                result,
+            });
         }
     }
 

@@ -80,6 +80,9 @@ impl egress::Handle for CurrentPipeline {
 struct EgressSlot {
     state: PipelineState,
     current: CurrentPipeline,
+    /// `current` as a service, made once per listener: what the webhook
+    /// pollers send through (they see each pipeline change).
+    handle: EgressService,
     addr: SocketAddr,
     stop: watch::Sender<bool>,
 }
@@ -289,7 +292,8 @@ impl Live {
             let _ = slot.stop.send(true);
         }
         // Webhooks: served only for integrations running their new config.
-        match self.ingress.reconfigure(&running).await {
+        let egress = |name: &str| slots.get(name).map(|slot| slot.handle.clone());
+        match self.ingress.reconfigure(&running, &egress).await {
             Ok(()) => {
                 if let Err(error) = self.ensure_ingress_listener().await {
                     errors.push(error);
@@ -366,6 +370,7 @@ impl Live {
                     config.name.clone(),
                     EgressSlot {
                         state,
+                        handle: Arc::new(current.clone()),
                         current,
                         addr,
                         stop,

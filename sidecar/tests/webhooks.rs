@@ -4,9 +4,7 @@
 
 mod support;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,39 +14,6 @@ use sluice_sidecar::config::{IngressConfig, IntegrationConfig, SidecarConfig, We
 use support::process::SidecarProcess;
 use support::*;
 use tokio::time::Instant;
-
-fn signer_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/webhooks/sign.py")
-}
-
-/// Signs each request with the provider's library; returns header pairs.
-fn sign(requests: &[serde_json::Value]) -> Vec<Vec<(String, String)>> {
-    let mut child = Command::new(python())
-        .arg(signer_script())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("starting the signer");
-    {
-        let stdin = child.stdin.as_mut().unwrap();
-        for r in requests {
-            writeln!(stdin, "{r}").unwrap();
-        }
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "the signer failed");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|line| {
-            let map: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_str(line).unwrap();
-            map.into_iter()
-                .map(|(k, v)| (k, v.as_str().unwrap().to_owned()))
-                .collect()
-        })
-        .collect()
-}
 
 fn now_secs() -> u64 {
     SystemTime::now()
@@ -202,7 +167,7 @@ async fn verifies_every_providers_own_signature_and_delivers_byte_identical() {
             serde_json::json!({"scheme": "GitHub", "secret": "It's a Secret to Everybody", "body": "{\"action\":\"opened\"}", "id": "72d3162e-cc78-11e3-81ab-4c9367dc0958"}),
         ),
     ];
-    let signed = sign(&cases.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>());
+    let signed = sign_webhooks(&cases.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>());
     for ((path, request), headers) in cases.iter().zip(&signed) {
         let answer = post(&sidecar, path, headers, request["body"].as_str().unwrap()).await;
         assert_eq!(answer.status, 200, "{path} {request}: {}", answer.text());
@@ -270,7 +235,7 @@ async fn forged_stale_duplicate_and_oversized_webhooks_never_reach_the_app() {
     let sidecar = start_with(&dir.0.join("state"), vec![provider(vec![hook])]).await;
     let t = now_secs();
     let body = "{\"type\":\"payment.completed\"}";
-    let signed = sign(&[
+    let signed = sign_webhooks(&[
         serde_json::json!({"scheme": "StandardWebhooks", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "body": body, "id": "msg_1", "timestamp": t}),
         serde_json::json!({"scheme": "StandardWebhooks", "secret": "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "body": body, "id": "msg_2", "timestamp": t}),
         serde_json::json!({"scheme": "StandardWebhooks", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "body": body, "id": "msg_3", "timestamp": t - 3600}),
@@ -346,7 +311,7 @@ async fn rotated_secrets_are_accepted_until_not_after() {
         dir.secret("expired", "expired-secret"),
     ));
     let sidecar = start_with(&dir.0.join("state"), vec![provider(vec![hook])]).await;
-    let signed = sign(&[
+    let signed = sign_webhooks(&[
         serde_json::json!({"scheme": "GitHub", "secret": "new-secret", "body": "{}", "id": "d1"}),
         serde_json::json!({"scheme": "GitHub", "secret": "previous-secret", "body": "{}", "id": "d2"}),
         serde_json::json!({"scheme": "GitHub", "secret": "expired-secret", "body": "{}", "id": "d3"}),
@@ -408,7 +373,7 @@ async fn retries_delivery_then_dead_letters_and_guards_ordering() {
         pay(20, "payment.completed"),
         pay(5, "payment.pending"),
     ];
-    let signed = sign(&bodies.iter().enumerate().map(|(i, b)| serde_json::json!({"scheme": "GitHub", "secret": "s", "body": b, "id": format!("d{i}")})).collect::<Vec<_>>());
+    let signed = sign_webhooks(&bodies.iter().enumerate().map(|(i, b)| serde_json::json!({"scheme": "GitHub", "secret": "s", "body": b, "id": format!("d{i}")})).collect::<Vec<_>>());
     assert_eq!(
         post(&sidecar, "/flaky", &signed[0], &bodies[0])
             .await
@@ -474,7 +439,7 @@ async fn delivery_keeps_to_its_rate() {
     ));
     let sidecar = start_with(&dir.0.join("state"), vec![provider(vec![hook])]).await;
     let bodies: Vec<String> = (0..11).map(|i| format!("{{\"n\":{i}}}")).collect();
-    let signed = sign(&bodies.iter().enumerate().map(|(i, b)| serde_json::json!({"scheme": "GitHub", "secret": "s", "body": b, "id": format!("r{i}")})).collect::<Vec<_>>());
+    let signed = sign_webhooks(&bodies.iter().enumerate().map(|(i, b)| serde_json::json!({"scheme": "GitHub", "secret": "s", "body": b, "id": format!("r{i}")})).collect::<Vec<_>>());
     for (headers, body) in signed.iter().zip(&bodies) {
         assert_eq!(post(&sidecar, "/wh", headers, body).await.status, 200);
     }
@@ -511,7 +476,7 @@ async fn a_full_queue_answers_503_with_retry_after_and_claims_nothing() {
     config.ingress.max_body_bytes = 512 << 10;
     let sidecar = sluice_sidecar::Sidecar::start(config).await.unwrap();
     let body = "x".repeat(300 << 10);
-    let signed = sign(&(0..6).map(|i| serde_json::json!({"scheme": "GitHub", "secret": "s", "body": body, "id": format!("f{i}")})).collect::<Vec<_>>());
+    let signed = sign_webhooks(&(0..6).map(|i| serde_json::json!({"scheme": "GitHub", "secret": "s", "body": body, "id": format!("f{i}")})).collect::<Vec<_>>());
     let mut statuses = Vec::new();
     for headers in &signed {
         let answer = post(&sidecar, "/wh", headers, &body).await;
@@ -580,7 +545,7 @@ async fn kill_9_loses_no_acknowledged_event() {
     let spawn = || SidecarProcess::spawn(&config_path, &[]);
     let total = 400;
     let bodies: Vec<String> = (0..total).map(|i| format!("{{\"n\":{i}}}")).collect();
-    let signed = Arc::new(sign(&bodies.iter().enumerate().map(|(i, b)| serde_json::json!({"scheme": "GitHub", "secret": "kill-secret", "body": b, "id": format!("k{i}")})).collect::<Vec<_>>()));
+    let signed = Arc::new(sign_webhooks(&bodies.iter().enumerate().map(|(i, b)| serde_json::json!({"scheme": "GitHub", "secret": "kill-secret", "body": b, "id": format!("k{i}")})).collect::<Vec<_>>()));
     let mut child = spawn();
     let addr = child.ingress_addr();
     // Eight senders; kill -9 once about a third has been acknowledged.
@@ -704,7 +669,7 @@ async fn webhooks_come_and_go_with_live_config_and_nothing_accepted_is_lost() {
         .await
         .unwrap();
     assert!(sidecar.ingress_addr().is_some());
-    let signed = sign(&[
+    let signed = sign_webhooks(&[
         serde_json::json!({"scheme": "GitHub", "secret": "first-value", "body": "{\"n\":1}", "id": "a1"}),
         serde_json::json!({"scheme": "GitHub", "secret": "second-value", "body": "{\"n\":2}", "id": "a2"}),
         serde_json::json!({"scheme": "GitHub", "secret": "first-value", "body": "{\"n\":3}", "id": "a3"}),
@@ -790,7 +755,7 @@ async fn stalled_unsigned_bodies_cannot_starve_the_webhook_port() {
 
     // Phase 2: a genuine webhook is accepted meanwhile.
     let body = "{\"type\":\"payment.completed\"}";
-    let signed = sign(&[
+    let signed = sign_webhooks(&[
         serde_json::json!({"scheme": "StandardWebhooks", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "body": body, "id": "msg_flood", "timestamp": now_secs()}),
     ]);
     assert_eq!(post(&sidecar, "/wh", &signed[0], body).await.status, 200);

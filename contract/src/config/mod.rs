@@ -7,6 +7,7 @@
 
 mod method;
 mod pattern;
+mod polling;
 mod quota;
 mod response_contract;
 mod url;
@@ -23,6 +24,7 @@ pub use crate::duration::{DURATION_PATTERN, Duration, ParseDurationError};
 pub use crate::timestamp::{ParseTimestampError, Timestamp};
 pub use method::{METHOD_PATTERN, Method, ParseMethodError};
 pub use pattern::{PATH_PATTERN, PathPattern, PatternError};
+pub use polling::{CURSOR_LAST_ID, CursorFrom, PollCursor, PollingConfig};
 pub use quota::{
     CALENDAR_MONTH, DEFAULT_COST_SEPARATOR, ParseQuotaPeriodError, QuotaConfig, QuotaCost,
     QuotaPeriod, QuotaWindow, WhenExhausted, quota_period_pattern,
@@ -160,6 +162,9 @@ pub struct WebhookConfig {
     pub ordering: Option<OrderingConfig>,
     #[serde(default)]
     pub delivery: DeliveryConfig,
+    /// The provider's list of events, read for events whose webhook never came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub polling: Option<PollingConfig>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -912,6 +917,12 @@ pub mod defaults {
     pub fn max_webhook_body() -> u64 {
         1 << 20
     }
+    pub fn poll_interval() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn poll_lookback() -> Duration {
+        Duration::from_secs(24 * 3600)
+    }
     pub fn webhook_tolerance() -> Duration {
         Duration::from_secs(300)
     }
@@ -1215,6 +1226,49 @@ impl IntegrationConfig {
                 bounds::DELIVERY_TIMEOUT,
                 w.delivery.timeout,
             )?;
+            if let Some(p) = &w.polling {
+                within(at("polling.interval"), bounds::POLL_INTERVAL, p.interval)?;
+                within(at("polling.lookback"), bounds::POLL_LOOKBACK, p.lookback)?;
+                if p.lookback > w.dedup.ttl {
+                    return Err((
+                        at("polling.lookback"),
+                        format!(
+                            "{} is longer than dedup.ttl ({}): an event listed after its id is forgotten would be delivered again",
+                            p.lookback, w.dedup.ttl
+                        ),
+                    ));
+                }
+                if !p.path.starts_with('/') || p.path.contains(['?', '#']) {
+                    return Err((
+                        at("polling.path"),
+                        "must be a path starting with '/', without a query (use polling.query)"
+                            .into(),
+                    ));
+                }
+                if p.query.len() > bounds::MAX_POLL_QUERY {
+                    return Err((
+                        at("polling.query"),
+                        format!("at most {} parameters", bounds::MAX_POLL_QUERY),
+                    ));
+                }
+                let pointers = [
+                    ("polling.items", Some(&p.items)),
+                    ("polling.id", Some(&p.id)),
+                    ("polling.created", Some(&p.created)),
+                    ("polling.hasMore", p.has_more.as_ref()),
+                ];
+                for (field, pointer) in pointers {
+                    if pointer.is_some_and(|p| !p.starts_with('/')) {
+                        return Err((at(field), "must be a JSON pointer such as /data".into()));
+                    }
+                }
+                if p.cursor.param.is_empty() || p.query.contains_key(&p.cursor.param) {
+                    return Err((
+                        at("polling.cursor.param"),
+                        "must be a query parameter name not also in polling.query".into(),
+                    ));
+                }
+            }
         }
         Ok(())
     }

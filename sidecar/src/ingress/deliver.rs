@@ -24,6 +24,8 @@ use crate::shared::webhooks::TAKEOVER_IDLE;
 pub const EVENT_ID_HEADER: &str = "x-sluice-event-id";
 pub const ATTEMPT_HEADER: &str = "x-sluice-attempt";
 pub const VERIFIED_HEADER: &str = "x-sluice-verified";
+/// `webhook` (the provider posted it) or `poll` (Sluice found it listed).
+pub const SOURCE_HEADER: &str = "x-sluice-source";
 
 pub struct Deliverer {
     pub integration: Arc<str>,
@@ -69,6 +71,13 @@ impl Deliverer {
         if let Ok(scheme) = HeaderValue::from_str(&event.verified_by) {
             headers.insert(VERIFIED_HEADER, scheme);
         }
+        // Set here, never taken from the provider's headers.
+        let source = if event.verified_by == super::poll::POLLED {
+            "poll"
+        } else {
+            "webhook"
+        };
+        headers.insert(SOURCE_HEADER, HeaderValue::from_static(source));
         request
     }
 

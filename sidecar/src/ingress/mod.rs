@@ -9,6 +9,7 @@ pub mod dedup;
 pub mod deliver;
 pub mod intake;
 pub mod ordering;
+pub mod poll;
 pub mod queue;
 pub mod source;
 pub mod store;
@@ -32,13 +33,17 @@ use tokio_util::task::TaskTracker;
 use self::dedup::{DedupStore, MemoryDedup};
 use self::deliver::Deliverer;
 use self::intake::{Intake, IntakeError, IntakeLimits};
+use self::poll::Poller;
+use self::poll::mark::MarkStore;
 use self::queue::{QueueWriter, StoredEvent};
 use self::source::{LocalSource, SharedSource};
 use self::store::{Outcome, StoreError, WebhookStore};
 use self::verify::{GenericHmac, WebhookKey};
 use crate::config::{
-    DeliveryConfig, IngressConfig, IntegrationConfig, OrderingConfig, WebhookConfig, WebhookScheme,
+    DeliveryConfig, IngressConfig, IntegrationConfig, OrderingConfig, PollingConfig, WebhookConfig,
+    WebhookScheme,
 };
+use crate::egress::EgressService;
 use crate::metrics::{Metrics, Name, Received, ReceivedLabels, WebhookLabels};
 use crate::secrets::{Secret, SecretError, SecretStore};
 use crate::shared::SharedState;
@@ -102,6 +107,21 @@ struct OpenQueue {
     stop_deliverer: watch::Sender<bool>,
     deliverer: tokio::task::JoinHandle<LocalSource>,
     shared: Option<SharedDelivery>,
+    poller: Option<RunningPoller>,
+}
+
+/// A webhook's poller and what it was started with; a change restarts it.
+struct RunningPoller {
+    polling: PollingConfig,
+    dedup_ttl: Duration,
+    egress: EgressService,
+    stop: watch::Sender<bool>,
+}
+
+impl Drop for RunningPoller {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
 }
 
 struct SharedDelivery {
@@ -180,15 +200,19 @@ impl Ingress {
     /// Makes the webhooks of `integrations` the ones served. New webhooks'
     /// queues are opened (recovering what a crash left) and their deliverers
     /// started; a webhook whose delivery settings changed gets a new
-    /// deliverer that carries on where the old one stopped. All or nothing:
-    /// on an error the webhooks served before stay as they were.
+    /// deliverer that carries on where the old one stopped. A webhook with
+    /// `polling` gets a poller that lists through `egress(integration)`.
+    /// All or nothing: on an error the webhooks served before stay as they
+    /// were.
     pub async fn reconfigure(
         &self,
         integrations: &[IntegrationConfig],
+        egress: &(dyn Fn(&str) -> Option<EgressService> + Sync),
     ) -> Result<(), IngressError> {
         let mut queues = self.queues.lock().await;
         let mut routes = HashMap::new();
         let mut restarts = Vec::new();
+        let mut polled = Vec::new();
         for integration in integrations {
             for webhook in &integration.webhooks {
                 let key = format!("{}.{}", integration.name, webhook.name);
@@ -205,6 +229,7 @@ impl Ingress {
                     restarts.push((key.clone(), settings));
                 }
                 let endpoint = self.endpoint(integration, webhook, &queues[&key])?;
+                polled.push((key.clone(), integration.name.clone(), webhook.clone()));
                 if routes
                     .insert(webhook.path.clone(), Arc::new(endpoint))
                     .is_some()
@@ -241,8 +266,72 @@ impl Ingress {
             queue.delivery = settings;
             tracing::info!(%integration, %webhook, "webhook delivery settings changed; deliverer restarted");
         }
+        self.repoll(&mut queues, &polled, egress);
         *self.routes.write().expect("routes lock") = Arc::new(routes);
         Ok(())
+    }
+
+    /// Starts, restarts or stops pollers so that exactly the `webhooks`
+    /// (by queue key) with `polling` have one, started with their settings.
+    fn repoll(
+        &self,
+        queues: &mut HashMap<String, OpenQueue>,
+        webhooks: &[(String, String, WebhookConfig)],
+        egress: &(dyn Fn(&str) -> Option<EgressService> + Sync),
+    ) {
+        let mut wanted = std::collections::HashSet::new();
+        for (key, integration, webhook) in webhooks {
+            let (Some(polling), Some(egress)) = (&webhook.polling, egress(integration)) else {
+                continue;
+            };
+            wanted.insert(key.clone());
+            let queue = queues
+                .get_mut(key)
+                .expect("every served webhook's queue is open");
+            let same = queue.poller.as_ref().is_some_and(|p| {
+                p.polling == *polling
+                    && p.dedup_ttl == webhook.dedup.ttl.get()
+                    && Arc::ptr_eq(&p.egress, &egress)
+            });
+            if same {
+                continue;
+            }
+            let marks = match (&self.shared, &queue.shared) {
+                (Some(state), Some(_)) => MarkStore::Shared {
+                    state: state.clone(),
+                    poll: crate::shared::polls::SharedPoll::new(integration, &webhook.name),
+                },
+                _ => MarkStore::Local(crate::layout::poll_file(
+                    &self.config.state_dir,
+                    integration,
+                    &webhook.name,
+                )),
+            };
+            let poller = Poller {
+                integration: Arc::from(integration.as_str()),
+                webhook: Arc::from(webhook.name.as_str()),
+                polling: polling.clone(),
+                dedup_ttl: webhook.dedup.ttl.get(),
+                egress: egress.clone(),
+                store: self.store_of(queue),
+                marks,
+                metrics: self.metrics.clone(),
+            };
+            let (stop, stopped) = watch::channel(false);
+            self.tasks.spawn(poller.run(stopped));
+            // Replacing the old one stops it (its Drop).
+            queue.poller = Some(RunningPoller {
+                polling: polling.clone(),
+                dedup_ttl: webhook.dedup.ttl.get(),
+                egress,
+                stop,
+            });
+        }
+        for (key, queue) in queues.iter_mut() {
+            if !wanted.contains(key) {
+                queue.poller = None;
+            }
+        }
     }
 
     /// Whether any webhook is served.
@@ -250,9 +339,10 @@ impl Ingress {
         self.routes.read().expect("routes lock").is_empty()
     }
 
-    /// Stops every deliverer (the queues keep what they did not deliver).
+    /// Stops every deliverer and poller (the queues keep what they did not deliver).
     pub async fn stop(&self) {
-        for queue in self.queues.lock().await.values() {
+        for queue in self.queues.lock().await.values_mut() {
+            queue.poller = None;
             let _ = queue.stop_deliverer.send(true);
             if let Some(shared) = &queue.shared {
                 let _ = shared.stop.send(true);
@@ -359,6 +449,7 @@ impl Ingress {
             stop_deliverer,
             deliverer,
             shared,
+            poller: None,
         })
     }
 
@@ -408,18 +499,24 @@ impl Ingress {
             tolerance: webhook.verify.tolerance.get(),
             id_pointer: webhook.id_pointer.clone(),
             dedup_ttl: webhook.dedup.ttl.get(),
-            store: match &queue.shared {
-                Some(shared) => WebhookStore::Shared {
-                    webhook: shared.webhook.clone(),
-                    bound: self.config.max_queue_bytes,
-                },
-                None => WebhookStore::Local {
-                    dedup: queue.dedup.clone(),
-                    queue: queue.writer.clone(),
-                    dir: queue.dir.clone(),
-                },
-            },
+            store: self.store_of(queue),
         })
+    }
+
+    /// Where a webhook's accepted events go: the shared stream when there
+    /// is one, else the pod's queue.
+    fn store_of(&self, queue: &OpenQueue) -> WebhookStore {
+        match &queue.shared {
+            Some(shared) => WebhookStore::Shared {
+                webhook: shared.webhook.clone(),
+                bound: self.config.max_queue_bytes,
+            },
+            None => WebhookStore::Local {
+                dedup: queue.dedup.clone(),
+                queue: queue.writer.clone(),
+                dir: queue.dir.clone(),
+            },
+        }
     }
 
     /// The webhooks served now.

@@ -13,6 +13,7 @@ use crate::dead_letter::{self, DeadLetter, StoredEvent};
 use crate::shared::SharedStateError;
 use crate::shared::webhooks::{Accepted, SharedWebhook};
 
+#[derive(Clone)]
 pub enum WebhookStore {
     Local {
         dedup: Arc<dyn DedupStore>,

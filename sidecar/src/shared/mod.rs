@@ -10,6 +10,7 @@
 
 pub mod cli;
 pub mod limits;
+pub mod polls;
 pub mod quotas;
 pub mod webhooks;
 

@@ -415,3 +415,36 @@ impl SecretDir {
         self.0.join(name)
     }
 }
+
+/// Signs webhooks with the providers' own libraries (tests/webhooks/sign.py,
+/// one JSON request per line); returns each one's header pairs.
+pub fn sign_webhooks(requests: &[serde_json::Value]) -> Vec<Vec<(String, String)>> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/webhooks/sign.py");
+    let mut child = Command::new(python())
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting the signer");
+    {
+        let stdin = child.stdin.as_mut().unwrap();
+        for r in requests {
+            writeln!(stdin, "{r}").unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the signer failed");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let map: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(line).unwrap();
+            map.into_iter()
+                .map(|(k, v)| (k, v.as_str().unwrap().to_owned()))
+                .collect()
+        })
+        .collect()
+}

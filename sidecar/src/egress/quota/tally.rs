@@ -367,28 +367,19 @@ impl Drop for Tally {
 }
 
 async fn write_usage(path: PathBuf, window: QuotaWindow, used: u64) -> std::io::Result<()> {
-    tokio::task::spawn_blocking(move || write_usage_now(&path, window, used))
-        .await
-        .map_err(std::io::Error::other)?
+    crate::state_file::replace_async(path, usage_bytes(window, used)).await
 }
 
-/// Replaces the usage file whole (a temporary file, synced, renamed, and
-/// the directory synced): a crash leaves the old file or the new one.
 fn write_usage_now(path: &Path, window: QuotaWindow, used: u64) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("json.tmp");
-    let body = serde_json::to_vec(&UsageFile {
+    crate::state_file::replace(path, &usage_bytes(window, used))
+}
+
+fn usage_bytes(window: QuotaWindow, used: u64) -> Vec<u8> {
+    serde_json::to_vec(&UsageFile {
         window_start: window.start,
         used,
     })
-    .map_err(std::io::Error::other)?;
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(&body)?;
-    file.sync_data()?;
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    .expect("a usage file always serializes")
 }
 
 /// Counts `cost` if it fits under `limit` (else `Exhausted`) and under

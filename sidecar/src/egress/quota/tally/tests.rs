@@ -1,4 +1,5 @@
 use super::*;
+use crate::state_file::test_dir as tempdir;
 
 const DAY: i64 = 86_400;
 /// Noon of some day: the 24h window runs from `NOON - DAY / 2`.
@@ -110,52 +111,4 @@ fn an_unreadable_file_is_an_error_naming_it() {
         error.contains(&path.display().to_string()) && error.contains("remove it"),
         "{error}"
     );
-}
-
-/// A directory removed when the test ends.
-mod tempdir {
-    pub struct Dir(std::path::PathBuf);
-
-    impl Dir {
-        pub fn new() -> Self {
-            let path = std::env::temp_dir().join(format!(
-                "sluice-tally-{}-{:x}",
-                std::process::id(),
-                fastrand::u64(..)
-            ));
-            std::fs::create_dir_all(&path).unwrap();
-            Self(path)
-        }
-
-        pub fn path(&self) -> &std::path::Path {
-            &self.0
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_charges_never_pass_what_the_file_says() {
-    let dir = tempdir::Dir::new();
-    let path = file_of(&dir);
-    let tally = std::sync::Arc::new(Tally::in_file(day(), 100_000, path.clone(), NOON).unwrap());
-    let charges: Vec<_> = (0..400u64)
-        .map(|i| {
-            let tally = tally.clone();
-            tokio::spawn(async move { tally.charge(1 + i % 7, Some(100_000), NOON).await })
-        })
-        .collect();
-    let mut total = 0;
-    for (i, charge) in charges.into_iter().enumerate() {
-        charged(charge.await.unwrap());
-        total += 1 + i as u64 % 7;
-    }
-    let usage = tally.usage.lock().unwrap();
-    assert_eq!(usage.used, total);
-    assert!(usage.used <= usage.reserved && usage.reserved == on_disk(&path).1);
 }
