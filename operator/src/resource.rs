@@ -115,6 +115,58 @@ pub struct WebhookSpec {
     /// How queued events are delivered to `forwardTo` (default: 50/s, 10 attempts, dead letters kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<WebhookDeliverySpec>,
+    /// Also list the provider's events (newest first) through this
+    /// integration's egress, and deliver those whose webhook never came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub polling: Option<WebhookPollingSpec>,
+}
+
+/// Polling the provider's list of events for webhooks that went missing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebhookPollingSpec {
+    /// The list's path on the upstream, newest event first, e.g. `/v1/events`.
+    #[schemars(length(max = 256))]
+    pub path: String,
+    /// Query parameters sent with every page, e.g. `{limit: "100"}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<std::collections::BTreeMap<String, String>>,
+    /// From the end of one poll to the start of the next (default 5m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    /// JSON pointer to the page's array of events, e.g. `/data`.
+    #[schemars(length(max = 256))]
+    pub items: String,
+    /// JSON pointer to an event's id in it: the webhook's dedup id, e.g. `/id`.
+    #[schemars(length(max = 256))]
+    pub id: String,
+    /// JSON pointer to an event's creation time (Unix seconds or milliseconds, or RFC 3339), e.g. `/created`.
+    #[schemars(length(max = 256))]
+    pub created: String,
+    /// How the next (older) page is asked for.
+    pub cursor: WebhookPollCursorSpec,
+    /// JSON pointer to the page's "more pages follow" flag, e.g. `/has_more`
+    /// (default: a page with events is followed by another).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub has_more: Option<String>,
+    /// How far back each poll lists (default 24h); at most `dedup.ttl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookback: Option<Duration>,
+}
+
+/// The cursor of a paged event list.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebhookPollCursorSpec {
+    /// The query parameter, e.g. `starting_after`.
+    #[schemars(length(max = 128))]
+    pub param: String,
+    /// `lastId` (the page's last event id, the default) or a JSON pointer
+    /// into the page to a next-page token, e.g. `/next_cursor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub from: Option<String>,
 }
 
 /// Signature verification of a webhook.

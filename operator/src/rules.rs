@@ -14,7 +14,9 @@ use std::sync::LazyLock;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sluice_contract::bounds::{self, Bound};
-use sluice_contract::config::{CALENDAR_MONTH, Duration, RetryOn, defaults};
+use sluice_contract::config::{
+    CALENDAR_MONTH, CURSOR_LAST_ID, CursorFrom, DedupConfig, Duration, RetryOn, defaults,
+};
 use sluice_contract::layout;
 
 use crate::field_error::FieldError;
@@ -795,6 +797,64 @@ fn rows() -> Vec<Rule> {
             DELIVERY_MAX_ATTEMPTS,
         ),
         duration("spec.webhooks[].delivery", "timeout", DELIVERY_TIMEOUT),
+        // spec.webhooks[].polling
+        pattern("spec.webhooks[].polling", "path", &WEBHOOK_PATH),
+        duration("spec.webhooks[].polling", "interval", POLL_INTERVAL),
+        duration("spec.webhooks[].polling", "lookback", POLL_LOOKBACK),
+        pattern("spec.webhooks[].polling", "items", &JSON_POINTER),
+        pattern("spec.webhooks[].polling", "id", &JSON_POINTER),
+        pattern("spec.webhooks[].polling", "created", &JSON_POINTER),
+        pattern("spec.webhooks[].polling", "hasMore", &JSON_POINTER),
+        pattern("spec.webhooks[].polling.cursor", "param", &QUERY_NAME),
+        cel(
+            "spec.webhooks[].polling.cursor",
+            Some("from"),
+            format!(
+                "!has(self.from) || self.from == '{CURSOR_LAST_ID}' || self.from.startsWith('/')"
+            ),
+            format!("from is {CURSOR_LAST_ID} or a JSON pointer into the page, e.g. /next_cursor"),
+            |c| {
+                let broken = text(c, "from").is_some_and(|f| f.parse::<CursorFrom>().is_err());
+                fails(broken, "from")
+            },
+        ),
+        cel(
+            "spec.webhooks[].polling",
+            Some("query"),
+            format!(
+                "!has(self.query) || (size(self.query) <= {MAX_POLL_QUERY} && !(self.cursor.param in self.query))"
+            ),
+            format!(
+                "at most {MAX_POLL_QUERY} query parameters, and not cursor.param (Sluice sets it)"
+            ),
+            |p| {
+                let param = obj(p, "cursor").and_then(|c| text(c, "param"));
+                let broken = obj(p, "query").is_some_and(|q| {
+                    q.len() > MAX_POLL_QUERY || param.is_some_and(|param| q.contains_key(param))
+                });
+                fails(broken, "query")
+            },
+        ),
+        cel(
+            "spec.webhooks[]",
+            Some("polling"),
+            format!(
+                "!has(self.polling) || duration(has(self.polling.lookback) ? self.polling.lookback : '{}') <= duration(has(self.dedup) && has(self.dedup.ttl) ? self.dedup.ttl : '{}')",
+                defaults::poll_lookback(),
+                DedupConfig::default().ttl
+            ),
+            "polling.lookback must not exceed dedup.ttl: an event listed after its id is forgotten would be delivered twice",
+            |w| {
+                let Some(polling) = obj(w, "polling") else {
+                    return Vec::new();
+                };
+                let lookback = dur(polling, "lookback").unwrap_or_else(defaults::poll_lookback);
+                let ttl = obj(w, "dedup")
+                    .and_then(|d| dur(d, "ttl"))
+                    .unwrap_or(DedupConfig::default().ttl);
+                fails(lookback > ttl, "polling.lookback")
+            },
+        ),
     ];
     // List lengths.
     for (at, field, max) in [

@@ -455,6 +455,56 @@ const CORPUS: &[(&str, &str, bool)] = &[
         "  webhooks: [{name: events, path: '/hooks?x=1', forwardTo: 'http://127.0.0.1:8080/h', verify: {scheme: GitHub, secrets: [{secretRef: {name: h, key: k}}]}}]\n",
         false,
     ),
+    (
+        "Stripe's events polled",
+        "  webhooks: [{name: events, path: /hooks, forwardTo: 'http://127.0.0.1:8080/h', verify: {scheme: Stripe, secrets: [{secretRef: {name: h, key: k}}]}, polling: {path: /v1/events, items: /data, id: /id, created: /created, query: {limit: '100', 'types[]': 'charge.*'}, interval: 5m, cursor: {param: starting_after, from: lastId}, hasMore: /has_more, lookback: 72h}}]\n",
+        true,
+    ),
+    (
+        "a next-page token from the page",
+        "  webhooks: [{name: events, path: /hooks, forwardTo: 'http://127.0.0.1:8080/h', verify: {scheme: Stripe, secrets: [{secretRef: {name: h, key: k}}]}, polling: {path: /v1/events, items: /data, id: /id, created: /created, cursor: {param: page_token, from: /next_page_token}}}]\n",
+        true,
+    ),
+    (
+        "a cursor from neither",
+        "  webhooks: [{name: events, path: /hooks, forwardTo: 'http://127.0.0.1:8080/h', verify: {scheme: Stripe, secrets: [{secretRef: {name: h, key: k}}]}, polling: {path: /v1/events, items: /data, id: /id, created: /created, cursor: {param: page, from: next}}}]\n",
+        false,
+    ),
+    (
+        "polling every 500ms",
+        "  webhooks: [{name: events, path: /hooks, forwardTo: 'http://127.0.0.1:8080/h', verify: {scheme: Stripe, secrets: [{secretRef: {name: h, key: k}}]}, polling: {path: /v1/events, items: /data, id: /id, created: /created, interval: 500ms, cursor: {param: p}}}]\n",
+        false,
+    ),
+    (
+        "a lookback past the dedup ttl",
+        "  webhooks: [{name: events, path: /hooks, forwardTo: 'http://127.0.0.1:8080/h', verify: {scheme: Stripe, secrets: [{secretRef: {name: h, key: k}}]}, dedup: {ttl: 24h}, polling: {path: /v1/events, items: /data, id: /id, created: /created, lookback: 48h, cursor: {param: p}}}]\n",
+        false,
+    ),
+    (
+        "a lookback past the default dedup ttl",
+        "  webhooks: [{name: events, path: /hooks, forwardTo: 'http://127.0.0.1:8080/h', verify: {scheme: Stripe, secrets: [{secretRef: {name: h, key: k}}]}, polling: {path: /v1/events, items: /data, id: /id, created: /created, lookback: 96h, cursor: {param: p}}}]\n",
+        false,
+    ),
+    (
+        "the cursor also in the query",
+        "  webhooks: [{name: events, path: /hooks, forwardTo: 'http://127.0.0.1:8080/h', verify: {scheme: Stripe, secrets: [{secretRef: {name: h, key: k}}]}, polling: {path: /v1/events, items: /data, id: /id, created: /created, query: {starting_after: evt_1}, cursor: {param: starting_after}}}]\n",
+        false,
+    ),
+    (
+        "an items pointer without a slash",
+        "  webhooks: [{name: events, path: /hooks, forwardTo: 'http://127.0.0.1:8080/h', verify: {scheme: Stripe, secrets: [{secretRef: {name: h, key: k}}]}, polling: {path: /v1/events, items: data, id: /id, created: /created, cursor: {param: p}}}]\n",
+        false,
+    ),
+    (
+        "a polling path with a query",
+        "  webhooks: [{name: events, path: /hooks, forwardTo: 'http://127.0.0.1:8080/h', verify: {scheme: Stripe, secrets: [{secretRef: {name: h, key: k}}]}, polling: {path: '/v1/events?limit=3', items: /data, id: /id, created: /created, cursor: {param: p}}}]\n",
+        false,
+    ),
+    (
+        "polling without created",
+        "  webhooks: [{name: events, path: /hooks, forwardTo: 'http://127.0.0.1:8080/h', verify: {scheme: Stripe, secrets: [{secretRef: {name: h, key: k}}]}, polling: {path: /v1/events, items: /data, id: /id, cursor: {param: p}}}]\n",
+        false,
+    ),
 ];
 
 fn manifest(index: usize, extra: &str) -> String {

@@ -289,3 +289,49 @@ fn contracts_compile_and_a_broken_schema_is_reported_at_its_path() {
         "{error}"
     );
 }
+
+#[test]
+fn polling_compiles_with_its_defaults_and_its_rules_are_checked() {
+    use sluice_contract::config::CursorFrom;
+    let webhook = "  webhooks:
+    - name: events
+      path: /webhooks/stripe
+      forwardTo: 'http://127.0.0.1:8080/stripe'
+      verify: {scheme: Stripe, secrets: [{secretRef: {name: stripe, key: signing}}]}
+";
+    let config = compile(
+        &pi(&format!(
+            "  upstream: {{baseUrl: 'https://api.stripe.com'}}
+{webhook}      polling: {{path: /v1/events, items: /data, id: /id, created: /created, cursor: {{param: starting_after}}, hasMore: /has_more}}
+"
+        )),
+        &mounted(),
+    )
+    .unwrap();
+    let polling = config.webhooks[0].polling.as_ref().unwrap();
+    assert_eq!(polling.cursor.from, CursorFrom::LastId);
+    assert_eq!(polling.interval, defaults::poll_interval());
+    assert_eq!(polling.lookback, defaults::poll_lookback());
+    assert!(polling.query.is_empty());
+    let again: sluice_contract::config::IntegrationConfig =
+        serde_yaml_ng::from_str(&serde_yaml_ng::to_string(&config).unwrap()).unwrap();
+    assert_eq!(again.webhooks, config.webhooks);
+
+    let error = compile(
+        &pi(&format!(
+            "  upstream: {{baseUrl: 'https://api.stripe.com'}}
+{webhook}      dedup: {{ttl: 12h}}
+      polling: {{path: /v1/events, items: /data, id: /id, created: /created, cursor: {{param: p, from: next}}}}
+"
+        )),
+        &mounted(),
+    )
+    .unwrap_err()
+    .to_string();
+    for wanted in [
+        "spec.webhooks[0].polling.cursor.from",
+        "spec.webhooks[0].polling.lookback",
+    ] {
+        assert!(error.contains(wanted), "{wanted} missing from {error}");
+    }
+}

@@ -1,12 +1,12 @@
 //! `spec.webhooks` → what the ingress verifies, de-duplicates, orders and delivers.
 
 use sluice_contract::config::{
-    DedupConfig, DeliveryConfig, OrderingConfig, StateOrder, VerifyConfig, WebhookConfig,
-    WebhookScheme, WebhookSecret, defaults,
+    DedupConfig, DeliveryConfig, OrderingConfig, PollCursor, PollingConfig, StateOrder,
+    VerifyConfig, WebhookConfig, WebhookScheme, WebhookSecret, defaults,
 };
 
 use super::Compiler;
-use crate::resource::WebhookSpec;
+use crate::resource::{WebhookPollingSpec, WebhookSpec};
 
 pub(super) fn compile(c: &mut Compiler<'_>, specs: &[WebhookSpec]) -> Vec<WebhookConfig> {
     specs
@@ -67,7 +67,31 @@ pub(super) fn compile(c: &mut Compiler<'_>, specs: &[WebhookSpec]) -> Vec<Webhoo
                     timeout: d.and_then(|d| d.timeout).unwrap_or(base.timeout),
                     backoff: base.backoff,
                 },
+                polling: w.polling.as_ref().map(polling),
             }
         })
         .collect()
+}
+
+/// The rules table has checked every field (the cursor's `from` included).
+fn polling(p: &WebhookPollingSpec) -> PollingConfig {
+    PollingConfig {
+        path: p.path.clone(),
+        query: p.query.clone().unwrap_or_default(),
+        interval: p.interval.unwrap_or_else(defaults::poll_interval),
+        items: p.items.clone(),
+        id: p.id.clone(),
+        created: p.created.clone(),
+        cursor: PollCursor {
+            param: p.cursor.param.clone(),
+            from: p
+                .cursor
+                .from
+                .as_deref()
+                .and_then(|f| f.parse().ok())
+                .unwrap_or_default(),
+        },
+        has_more: p.has_more.clone(),
+        lookback: p.lookback.unwrap_or_else(defaults::poll_lookback),
+    }
 }
