@@ -384,3 +384,106 @@ async fn a_failing_listing_is_counted_and_tried_again() {
     next_complete_poll(&sidecar).await;
     sidecar.shutdown().await;
 }
+
+async fn start_shared(
+    state: &Path,
+    integrations: Vec<IntegrationConfig>,
+    redis: &support::redis_server::RedisServer,
+    identity: &str,
+) -> sluice_sidecar::Sidecar {
+    let config = SidecarConfig {
+        admin: sluice_sidecar::config::AdminConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+        },
+        drain_timeout: sluice_sidecar::config::Duration::from_secs(2),
+        integrations,
+        ingress: IngressConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            state_dir: state.to_owned(),
+            ..IngressConfig::default()
+        },
+    };
+    let settings = sluice_sidecar::shared::Settings::new(
+        &redis.url(),
+        None,
+        None,
+        identity.to_owned(),
+        Duration::from_secs(1),
+    )
+    .unwrap();
+    let sidecar = sluice_sidecar::Sidecar::start_with(
+        config,
+        sluice_sidecar::runtime::StartOptions {
+            shared_state: Some(settings),
+        },
+    )
+    .await
+    .expect("sidecar starts");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(
+        &admin(&sidecar, "/metrics").await.text(),
+        "sluice_shared_state_up{",
+    ) < 1.0
+    {
+        assert!(Instant::now() < deadline, "the shared state is not up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sidecar
+}
+
+#[tokio::test]
+async fn with_shared_state_one_sidecar_polls_and_the_place_reached_is_shared() {
+    // Phase 1: two sidecars on one Redis, an empty list.
+    let redis = support::redis_server::RedisServer::start();
+    let events = Events::default();
+    let provider = TestUpstream::plain(events.handler()).await;
+    let app = TestUpstream::plain(handler(|_, _| async { respond(200, "") })).await;
+    let secrets = SecretDir::new("polling-shared");
+    let config = stripe(&provider, &app, &secrets);
+    let a = start_shared(&secrets.0.join("a"), vec![config.clone()], &redis, "pod-a").await;
+    let b = start_shared(&secrets.0.join("b"), vec![config.clone()], &redis, "pod-b").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while polls_complete(&a).await + polls_complete(&b).await < 1.0 {
+        assert!(Instant::now() < deadline, "no poll within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Phase 2: five missed events, three pages: delivered once in all.
+    for i in 1..=5 {
+        events.add(&format!("evt_{i}"));
+    }
+    until("five delivered", Duration::from_secs(10), || {
+        app.count() >= 5
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut ids: Vec<String> = ids_delivered(&app).into_iter().map(|(id, _)| id).collect();
+    ids.sort();
+    assert_eq!(ids, ["evt_1", "evt_2", "evt_3", "evt_4", "evt_5"]);
+    let (polled_a, polled_b) = (polls_complete(&a).await, polls_complete(&b).await);
+    assert!(
+        (polled_a >= 3.0 && polled_b == 0.0) || (polled_b >= 3.0 && polled_a == 0.0),
+        "one sidecar polls, the other waits for its lease: {polled_a} and {polled_b}"
+    );
+    let watermark = redis.cli(&["HGET", "sluice:{stripe}:poll:events", "watermark"]);
+    assert_eq!(watermark.trim(), "evt_5");
+    a.shutdown().await;
+    b.shutdown().await;
+
+    // Phase 3: a new pod with a fresh state directory carries on from Redis's mark.
+    let poller = if polled_a > 0.0 { "pod-a" } else { "pod-b" };
+    let asked_from = provider.count();
+    let c = start_shared(&secrets.0.join("c"), vec![config], &redis, poller).await;
+    next_complete_poll(&c).await;
+    let asked: Vec<String> = provider.requests()[asked_from..]
+        .iter()
+        .map(|s| s.uri.clone())
+        .collect();
+    assert!(
+        asked.iter().all(|uri| uri == "/v1/events?limit=2"),
+        "one page, up to the shared watermark: {asked:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(app.count(), 5, "nothing delivered twice");
+    c.shutdown().await;
+}
