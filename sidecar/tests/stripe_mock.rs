@@ -3,7 +3,8 @@
 //! its key still satisfy the real API's shapes, and the SDK's own
 //! idempotency key is kept, never replaced; and response contracts read
 //! stripe-mock's real answers: a schema they keep is never violated, one
-//! they break is counted where it says.
+//! they break is counted where it says; and polling reads stripe-mock's
+//! `/v1/events` (query checked against Stripe's spec, the key injected).
 
 mod support;
 
@@ -69,7 +70,26 @@ async fn the_stripe_sdk_works_through_sluice_against_stripe_mock() {
             .contracts
             .push(serde_yaml_ng::from_str(contract).unwrap());
     }
-    let sidecar = start(vec![config]).await;
+    let signing = dir.join("signing");
+    std::fs::write(&signing, "whsec_stripe_mock").unwrap();
+    let app = TestUpstream::plain(handler(|_, _| async { respond(200, "") })).await;
+    config.webhooks.push(
+        serde_yaml_ng::from_str(&format!(
+            "{{name: events, path: /webhooks/stripe, forwardTo: '{}/hooks', idPointer: /id, verify: {{scheme: Stripe, secrets: [{{secret: {{path: '{}'}}}}]}},
+              polling: {{path: /v1/events, query: {{limit: '3', 'types[]': charge.succeeded}}, interval: 1s, items: /data, id: /id, created: /created, cursor: {{param: starting_after}}, hasMore: /has_more}}}}",
+            app.url(),
+            signing.display()
+        ))
+        .unwrap(),
+    );
+    let sidecar = sluice_sidecar::Sidecar::start(sluice_sidecar::config::SidecarConfig::new(
+        vec![config],
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        dir.join("state"),
+    ))
+    .await
+    .expect("sidecar starts");
     let url = format!("http://{}", sidecar.egress_addr("stripe").unwrap());
 
     // Phase 2: the SDK's calls.
@@ -128,6 +148,49 @@ async fn the_stripe_sdk_works_through_sluice_against_stripe_mock() {
         ),
         1.0,
         "{text}"
+    );
+
+    // Phase 5: polling stripe-mock's events: the query passes Stripe's own
+    // validation (an unknown parameter would be 400, no key 401), the
+    // listing's id and time are read (its one event, from 2009, is older
+    // than polling and so not delivered) and its id is the watermark.
+    let polls = |text: &str, result: &str| {
+        metric(
+            text,
+            &format!(
+                "sluice_webhook_polls_total{{integration=\"stripe\",webhook=\"events\",result=\"{result}\"}}"
+            ),
+        )
+    };
+    let until = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = admin(&sidecar, "/metrics").await.text();
+        if polls(&text, "complete") >= 2.0 {
+            break text;
+        }
+        assert!(Instant::now() < until, "two polls did not complete: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(polls(&text, "failed"), 0.0, "{text}");
+    assert_eq!(
+        metric(
+            &text,
+            "sluice_webhook_polled_total{integration=\"stripe\",webhook=\"events\",result=\"unreadable\"}"
+        ),
+        0.0,
+        "{text}"
+    );
+    let mark: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("state/polls/stripe.events.json")).unwrap())
+            .unwrap();
+    assert!(
+        mark["watermark"].as_str().unwrap().starts_with("evt_"),
+        "{mark}"
+    );
+    assert_eq!(
+        app.count(),
+        0,
+        "an event older than polling is not delivered"
     );
     sidecar.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
