@@ -104,6 +104,7 @@ spec:
       verify:
         scheme: StandardWebhooks
         secrets: [{secretRef: {name: payments-webhook, key: current}}]
+      polling: {path: /v1/events, items: /data, id: /id, created: /created, cursor: {param: starting_after}}
 ---
 apiVersion: sluice.dev/v1alpha1
 kind: ProviderIntegration

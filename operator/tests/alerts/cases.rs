@@ -148,6 +148,9 @@ pub fn groups(s: &Scrapes) -> Vec<Group> {
         violated.label("kind"),
         violated.label("pointer")
     );
+    let recovered = webhook("sluice_webhook_polled_total", "recovered");
+    let poll_failed = webhook("sluice_webhook_polls_total", "failed");
+    let poll_complete = webhook("sluice_webhook_polls_total", "complete");
     let quota_used = payments("sluice_quota_used", &[]);
     let quota_limit = payments("sluice_quota_limit", &[]);
     let warn_at = |percent: &str| payments("sluice_quota_warn_ratio", &[("percent", percent)]);
@@ -289,6 +292,54 @@ pub fn groups(s: &Scrapes) -> Vec<Group> {
                 fires(10, "SluiceContractDrift", violation_labels.clone(), drift),
                 silent(75, "SluiceContractDrift"),
             ],
+        },
+        Group {
+            name: "polling recovers events whose webhooks never came",
+            input: vec![
+                (recovered.clone(), step_to(3, 5, 20)),
+                (poll_complete.clone(), ramp(1, 20)),
+            ],
+            tests: vec![
+                silent(3, "SluiceWebhooksMissed"),
+                fires(
+                    8,
+                    "SluiceWebhooksMissed",
+                    webhook_labels.clone(),
+                    format!("{name}/{hook}: events came only by polling; their webhooks never arrived"),
+                ),
+                silent(8, "SluiceWebhookPollFailing"),
+            ],
+        },
+        Group {
+            name: "polling finds every event already received",
+            input: vec![
+                (recovered.clone(), steady(0.0, 20)),
+                (poll_complete.clone(), ramp(1, 20)),
+            ],
+            tests: vec![silent(10, "SluiceWebhooksMissed")],
+        },
+        Group {
+            name: "every poll fails",
+            input: vec![
+                (poll_failed.clone(), ramp(1, 40)),
+                (poll_complete.clone(), steady(4.0, 40)),
+            ],
+            tests: vec![
+                fires(
+                    35,
+                    "SluiceWebhookPollFailing",
+                    webhook_labels.clone(),
+                    format!("{name}/{hook}: no poll of the provider's events completed in 30 minutes"),
+                ),
+            ],
+        },
+        Group {
+            name: "a poll fails now and then",
+            input: vec![
+                (poll_failed, step_to(1, 10, 40)),
+                (poll_complete, ramp(1, 40)),
+            ],
+            tests: vec![silent(15, "SluiceWebhookPollFailing")],
         },
         Group {
             name: "85 % of a quota used",
