@@ -182,12 +182,13 @@ pub struct Plan {
 pub fn plan(
     pi: &ProviderIntegration,
     others: &[Arc<ProviderIntegration>],
+    schemas: &dyn compile::ConfigMaps,
     pods: PodCounts,
     current: Option<&ProviderIntegrationStatus>,
     now: Time,
 ) -> Plan {
     let generation = pi.metadata.generation;
-    let compiled = compile::compile(pi, &MountedSecrets::in_pod());
+    let compiled = compile::compile_with(pi, &MountedSecrets::in_pod(), schemas);
     let mut problems: Vec<String> = match &compiled {
         Ok(_) => Vec::new(),
         Err(errors) => errors.0.iter().map(|e| e.to_string()).collect(),
@@ -257,6 +258,7 @@ pub async fn reconcile(pi: Arc<ProviderIntegration>, ctx: Arc<Context>) -> Resul
     let plan = plan(
         &pi,
         &others,
+        &ctx.view.schemas_in(&namespace),
         ctx.view.pods_of(&pi),
         current.as_ref(),
         Time(k8s_openapi::jiff::Timestamp::now()),
@@ -426,7 +428,9 @@ pub async fn run(
         config_maps,
         watcher::Config::default().labels("app.kubernetes.io/managed-by=sluice"),
     );
-    // Pods coming and going change status counts and Cluster shares.
+    // Pods coming and going change status counts and Cluster shares; a
+    // schema ConfigMap changing recompiles the integrations naming it. Both
+    // come from the view's reflectors, so the view has the change first.
     let (pod_events, pod_changes) = tokio::sync::mpsc::unbounded_channel();
     view.announce_pods_to(pod_events);
     let controller = controller.reconcile_on(futures_util::stream::unfold(
@@ -504,7 +508,14 @@ mod tests {
             selected: 4,
             injected: 3,
         };
-        let ready = plan(&pi, &[], pods.clone(), None, at(1000));
+        let ready = plan(
+            &pi,
+            &[],
+            &compile::ConfigMapData::new(),
+            pods.clone(),
+            None,
+            at(1000),
+        );
         let config = ready.config.as_ref().expect("it compiles");
         assert_eq!(config.rate_limits[0].requests, 25, "a quarter each");
         assert_eq!(ready.status.pods, Some(pods.clone()));
@@ -516,13 +527,27 @@ mod tests {
         assert!(ready.event.is_some() && ready.requeue.is_none());
 
         // Unchanged: same status (the transition time kept), no new Event.
-        let again = plan(&pi, &[], pods.clone(), Some(&ready.status), at(2000));
+        let again = plan(
+            &pi,
+            &[],
+            &compile::ConfigMapData::new(),
+            pods.clone(),
+            Some(&ready.status),
+            at(2000),
+        );
         assert_eq!(again.status, ready.status);
         assert!(again.event.is_none());
 
         // Broken: no config, the problems in the condition, a look again later.
         pi.spec.rate_limits[0].burst = Some(500);
-        let broken = plan(&pi, &[], pods, Some(&ready.status), at(3000));
+        let broken = plan(
+            &pi,
+            &[],
+            &compile::ConfigMapData::new(),
+            pods,
+            Some(&ready.status),
+            at(3000),
+        );
         assert!(broken.config.is_none());
         let condition = &broken.status.conditions[0];
         assert_eq!(condition.status, "False");

@@ -280,7 +280,7 @@ fn compile_manifests(
     let mut by_namespace: Vec<(String, String, IntegrationConfig)> = Vec::new();
     let mut problems = 0;
     for (location, pi) in &manifests.integrations {
-        match compile::compile(pi, secrets) {
+        match compile::compile_with(pi, secrets, &manifests.config_maps) {
             Ok(config) => {
                 by_namespace.push((location.clone(), namespace_of(pi), config.clone()));
                 compiled.push((location.clone(), config));

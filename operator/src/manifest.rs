@@ -27,6 +27,8 @@ pub struct InlineSecret {
 pub struct Manifests {
     pub integrations: Vec<(String, ProviderIntegration)>,
     pub secrets: BTreeMap<String, InlineSecret>,
+    /// `kind: ConfigMap` documents' data by name, for contracts' `schemaFrom`.
+    pub config_maps: crate::compile::ConfigMapData,
     /// Documents of other kinds, skipped (e.g. the app's Deployment).
     pub skipped: Vec<String>,
 }
@@ -138,6 +140,16 @@ impl Manifests {
                         message,
                     }),
                 },
+                (Some("v1"), Some("ConfigMap")) => match config_map_from(&value) {
+                    Ok(data) => {
+                        self.config_maps.insert(name, data);
+                    }
+                    Err((path, message)) => errors.push(ManifestError::Field {
+                        location: location("ConfigMap"),
+                        path,
+                        message,
+                    }),
+                },
                 (Some(version), Some(kind)) if version.starts_with(GROUP) => {
                     errors.push(ManifestError::Field {
                         location: location(kind),
@@ -211,6 +223,20 @@ fn clean_serde_message(message: &str) -> String {
         .replace("u16", "a port number")
         .replace("u64", "a whole number")
         .replace("f64", "a number")
+}
+
+fn config_map_from(value: &Value) -> Result<BTreeMap<String, String>, (String, String)> {
+    let mut data = BTreeMap::new();
+    if let Some(entries) = value.get("data").and_then(Value::as_mapping) {
+        for (key, v) in entries {
+            let key = key.as_str().unwrap_or_default().to_owned();
+            let text = v
+                .as_str()
+                .ok_or_else(|| (format!("data.{key}"), "must be a string".to_owned()))?;
+            data.insert(key, text.to_owned());
+        }
+    }
+    Ok(data)
 }
 
 fn secret_from(value: &Value) -> Result<InlineSecret, (String, String)> {

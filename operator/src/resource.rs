@@ -525,9 +525,15 @@ pub struct ContractSpec {
     /// A JSON Schema (draft 2020-12 unless `$schema` names another), written
     /// as YAML: `enum` lists the values the app handles, `required` the
     /// fields it reads, `additionalProperties: false` where new fields
-    /// matter. Remote `$ref`s are not fetched.
-    #[schemars(schema_with = "any_object")]
-    pub schema: serde_json::Value,
+    /// matter. Remote `$ref`s are not fetched. Exactly one of `schema` and
+    /// `schemaFrom`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_object_or_none")]
+    pub schema: Option<serde_json::Value>,
+    /// The schema from a ConfigMap key instead: a JSON Schema, or an OpenAPI
+    /// 3.x document and the operation whose response is checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_from: Option<SchemaFromSpec>,
     /// The statuses whose responses are checked (default: every 2xx).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub statuses: Vec<u16>,
@@ -538,6 +544,36 @@ pub struct ContractSpec {
     /// at most 16 MiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<u64>,
+}
+
+/// Where a contract's schema is kept: a ConfigMap of the integration's namespace.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SchemaFromSpec {
+    /// The ConfigMap and key (YAML or JSON). The ConfigMap must carry the
+    /// label `sluice.dev/schema: "true"`: the operator watches only those,
+    /// and recompiles when one changes.
+    pub config_map_key_ref: ConfigMapKeyRef,
+    /// For an OpenAPI 3.x document: the operation whose response schema
+    /// (for `statuses`, default its first 2xx) is checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub operation_id: Option<String>,
+}
+
+/// A key of a ConfigMap in the integration's namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfigMapKeyRef {
+    /// The ConfigMap's name.
+    pub name: String,
+    /// The key in its data.
+    pub key: String,
+}
+
+/// [`any_object`], the field optional.
+fn any_object_or_none(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    any_object(generator)
 }
 
 /// Any JSON object, kept as written (a JSON Schema inside the CRD).

@@ -87,7 +87,7 @@ pub static DNS_SUBDOMAIN: Grammar = Grammar {
 };
 pub static SECRET_KEY: Grammar = Grammar {
     pattern: r"^[-._a-zA-Z0-9]+$",
-    explain: "is not a Secret key (letters, digits, '-', '_' and '.')",
+    explain: "is not a Secret or ConfigMap key (letters, digits, '-', '_' and '.')",
 };
 pub static HEADER_NAME: Grammar = Grammar {
     pattern: r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$",
@@ -524,6 +524,23 @@ fn rows() -> Vec<Rule> {
             CONTRACT_MAX_BODY_BYTES.map(|v| v as f64),
         ),
         number("spec.contracts[]", "statuses[]", CONTRACT_STATUS),
+        cel(
+            "spec.contracts[]",
+            None,
+            "has(self.schema) != has(self.schemaFrom)",
+            "set exactly one of schema, schemaFrom",
+            |c| fails(has(c, "schema") == has(c, "schemaFrom"), ""),
+        ),
+        pattern(
+            "spec.contracts[].schemaFrom.configMapKeyRef",
+            "name",
+            &DNS_SUBDOMAIN,
+        ),
+        pattern(
+            "spec.contracts[].schemaFrom.configMapKeyRef",
+            "key",
+            &SECRET_KEY,
+        ),
         // spec.quotas
         pattern("spec.quotas[]", "name", &DNS_LABEL),
         number("spec.quotas[]", "limit", QUOTA_LIMIT.map(|v| v as f64)),

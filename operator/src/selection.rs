@@ -12,6 +12,9 @@ use crate::resource::ProviderIntegration;
 pub const INJECT_LABEL: &str = "sluice.dev/inject";
 /// Set on injected pods: the operator watches them (and only them).
 pub const INJECTED_LABEL: &str = "sluice.dev/injected";
+/// ConfigMaps holding contract schemas (`schemaFrom`) carry it set to
+/// `"true"`: the operator watches only those, not every ConfigMap.
+pub const SCHEMA_LABEL: &str = "sluice.dev/schema";
 /// The integrations a pod was injected with, comma-separated.
 pub const INTEGRATIONS_ANNOTATION: &str = "sluice.dev/integrations";
 

@@ -17,18 +17,24 @@ use tokio::sync::{mpsc, watch};
 
 use sluice_contract::layout::{CONFIG_KEY, config_map_name};
 
+use crate::compile::ConfigMapData;
 use crate::resource::{PodCounts, ProviderIntegration};
-use crate::selection::{INJECTED_LABEL, INTEGRATIONS_ANNOTATION, selecting, selector_matches};
+use crate::selection::{
+    INJECTED_LABEL, INTEGRATIONS_ANNOTATION, SCHEMA_LABEL, selecting, selector_matches,
+};
 
 pub struct ClusterView {
     pub integrations: Store<ProviderIntegration>,
     pub config_maps: Store<ConfigMap>,
+    /// ConfigMaps labelled as contract schemas (`schemaFrom`).
+    pub schemas: Store<ConfigMap>,
     pub injected_pods: Store<Pod>,
     changed: watch::Sender<u64>,
     /// True once every reflector has listed. (A Store's own readiness wakes
     /// one waiter only, so one task waits on it and tells everyone here.)
     listed: watch::Sender<bool>,
-    /// Where pod changes are announced to the controller (leader only).
+    /// Where pod and schema changes are announced to the controller, as the
+    /// integrations they concern (leader only).
     pod_events: Mutex<Option<mpsc::UnboundedSender<ObjectRef<ProviderIntegration>>>>,
 }
 
@@ -49,12 +55,14 @@ impl ClusterView {
     pub fn start(client: Client, namespace: Option<&str>) -> Arc<Self> {
         let (integrations, pi_writer) = reflector::store();
         let (config_maps, cm_writer) = reflector::store();
+        let (schemas, schema_writer) = reflector::store();
         let (injected_pods, pod_writer) = reflector::store();
         let (changed, _) = watch::channel(0);
         let (listed, _) = watch::channel(false);
         let view = Arc::new(Self {
             integrations,
             config_maps,
+            schemas,
             injected_pods,
             changed,
             listed,
@@ -72,6 +80,12 @@ impl ClusterView {
         )
         .default_backoff()
         .reflect(cm_writer);
+        let schema_maps = watcher(
+            api::<ConfigMap>(&client, namespace),
+            watcher::Config::default().labels(&format!("{SCHEMA_LABEL}=true")),
+        )
+        .default_backoff()
+        .reflect(schema_writer);
         let pods = watcher(
             api::<Pod>(&client, namespace),
             watcher::Config::default().labels(&format!("{INJECTED_LABEL}=true")),
@@ -93,16 +107,30 @@ impl ClusterView {
             tokio::spawn(async move {
                 let _ = view.integrations.wait_until_ready().await;
                 let _ = view.config_maps.wait_until_ready().await;
+                let _ = view.schemas.wait_until_ready().await;
                 let _ = view.injected_pods.wait_until_ready().await;
                 view.listed.send_replace(true);
             });
         }
         tokio::spawn(drain(pis, view.clone(), |_, _| {}));
         tokio::spawn(drain(cms, view.clone(), |_, _| {}));
+        tokio::spawn(drain(schema_maps, view.clone(), |view, cm: &ConfigMap| {
+            view.announce_schema(cm)
+        }));
         tokio::spawn(drain(pods, view.clone(), |view, pod: &Pod| {
             view.announce_pod(pod)
         }));
         view
+    }
+
+    /// The schema ConfigMaps of `namespace`, each its data.
+    pub fn schemas_in(&self, namespace: &str) -> ConfigMapData {
+        self.schemas
+            .state()
+            .iter()
+            .filter(|cm| cm.namespace().as_deref() == Some(namespace))
+            .map(|cm| (cm.name_any(), cm.data.clone().unwrap_or_default()))
+            .collect()
     }
 
     /// A receiver that sees every change of the view.
@@ -130,6 +158,25 @@ impl ClusterView {
         let all = self.integrations.state();
         for pi in selecting(all.iter().map(|p| p.as_ref()), &namespace, pod.labels()) {
             let _ = events.send(ObjectRef::from_obj(pi));
+        }
+    }
+
+    /// Tells the controller which integrations take a schema from `cm`.
+    fn announce_schema(&self, cm: &ConfigMap) {
+        let guard = self.pod_events.lock().expect("pod events lock");
+        let Some(events) = guard.as_ref() else {
+            return;
+        };
+        let (namespace, name) = (cm.namespace(), cm.name_any());
+        for pi in self.integrations.state() {
+            let names_it = pi.spec.contracts.iter().any(|c| {
+                c.schema_from
+                    .as_ref()
+                    .is_some_and(|from| from.config_map_key_ref.name == name)
+            });
+            if names_it && pi.namespace() == namespace {
+                let _ = events.send(ObjectRef::from_obj(pi.as_ref()));
+            }
         }
     }
 

@@ -159,6 +159,109 @@ fn operator_on_a_real_api_server() {
     );
     eprintln!("edit to ConfigMap: {took:?}");
 
+    phases.enter("A contract's schema from an OpenAPI document in a labelled ConfigMap: compiled inline, recompiled when the ConfigMap changes, reported when it is gone");
+    let openapi = |statuses: &str| {
+        format!(
+            "apiVersion: v1
+kind: ConfigMap
+metadata: {{name: carrier-openapi, namespace: shop, labels: {{sluice.dev/schema: 'true'}}}}
+data:
+  openapi.yaml: |
+    openapi: 3.0.3
+    info: {{title: carrier, version: '1'}}
+    paths:
+      /v1/shipments/{{id}}:
+        get:
+          operationId: GetShipment
+          responses:
+            '200':
+              content:
+                application/json:
+                  schema: {{$ref: '#/components/schemas/shipment'}}
+    components:
+      schemas:
+        shipment:
+          type: object
+          required: [id, status]
+          properties:
+            status: {{type: string, enum: [{statuses}]}}
+            eta: {{type: string, nullable: true}}
+"
+        )
+    };
+    cp.ok(&["apply", "-f", "-"], Some(&openapi("CREATED, DELIVERED")));
+    cp.ok(
+        &["apply", "-f", "-"],
+        Some(
+            "apiVersion: sluice.dev/v1alpha1
+kind: ProviderIntegration
+metadata: {name: tracking, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: tracking}}
+  upstream: {baseUrl: 'https://api.carrier.example'}
+  egress: {port: 15010}
+  contracts:
+    - name: shipment
+      match: {methods: [GET], path: '/v1/shipments/*'}
+      schemaFrom:
+        configMapKeyRef: {name: carrier-openapi, key: openapi.yaml}
+        operationId: GetShipment
+",
+        ),
+    );
+    let compiled = || {
+        cp.json(&["get", "configmap", "-n", "shop", "sluice-tracking"])["data"]["integration.yaml"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    wait(
+        "the tracking contract compiled",
+        Duration::from_secs(20),
+        || compiled().is_some_and(|y| y.contains("DELIVERED") && y.contains("'null'")),
+    );
+    assert!(!compiled().unwrap().contains("RETURNED_TO_SENDER"));
+    cp.ok(
+        &["apply", "-f", "-"],
+        Some(&openapi("CREATED, DELIVERED, RETURNED_TO_SENDER")),
+    );
+    let took = wait(
+        "the ConfigMap's change recompiled",
+        Duration::from_secs(15),
+        || compiled().is_some_and(|y| y.contains("RETURNED_TO_SENDER")),
+    );
+    eprintln!("schema ConfigMap edit to compiled config: {took:?}");
+    cp.ok(
+        &[
+            "label",
+            "configmap",
+            "-n",
+            "shop",
+            "carrier-openapi",
+            "sluice.dev/schema-",
+        ],
+        None,
+    );
+    wait(
+        "the missing schema reported",
+        Duration::from_secs(15),
+        || {
+            ready(&cp, "shop", "tracking").is_some_and(|(s, m)| {
+                s == "False"
+                    && m.contains("spec.contracts[0].schemaFrom.configMapKeyRef")
+                    && m.contains("sluice.dev/schema")
+            })
+        },
+    );
+    assert!(
+        compiled().is_some_and(|y| y.contains("RETURNED_TO_SENDER")),
+        "the last good config stays"
+    );
+    cp.ok(&["delete", "pi", "-n", "shop", "tracking"], None);
+    cp.ok(
+        &["delete", "configmap", "-n", "shop", "carrier-openapi"],
+        None,
+    );
+
     phases
         .enter("A clash with another integration of the same pods: the status says which and why");
     let clash = std::fs::read_to_string(repo().join("examples/carrier.yaml"))

@@ -128,6 +128,21 @@ const CORPUS: &[(&str, &str, bool)] = &[
         "  contracts: [{name: shipment}]\n",
         false,
     ),
+    (
+        "a contract with both schema and schemaFrom",
+        "  contracts: [{name: c, schema: {type: object}, schemaFrom: {configMapKeyRef: {name: api, key: openapi.yaml}, operationId: GetShipment}}]\n",
+        false,
+    ),
+    (
+        "a contract with no schema",
+        "  contracts: [{name: c, statuses: [200]}]\n",
+        false,
+    ),
+    (
+        "a schemaFrom ConfigMap name that is not a name",
+        "  contracts: [{name: c, schemaFrom: {configMapKeyRef: {name: 'API Docs', key: openapi.yaml}}}]\n",
+        false,
+    ),
     // Quotas.
     (
         "a monthly quota with a cost from the query and a daily one from a header",

@@ -12,6 +12,7 @@ mod limits;
 mod quotas;
 mod retry;
 mod routes;
+mod schema_source;
 mod webhooks;
 
 use std::collections::BTreeMap;
@@ -58,11 +59,40 @@ impl SecretPaths for MountedSecrets {
     }
 }
 
-/// What the parts of `compile` share: the problems found so far and where
-/// Secrets are.
+/// What a ConfigMap of the integration's namespace holds, for contracts'
+/// `schemaFrom`.
+pub trait ConfigMaps {
+    fn value(&self, name: &str, key: &str) -> ConfigMapValue;
+}
+
+pub enum ConfigMapValue {
+    Found(String),
+    /// No such ConfigMap (or, in a cluster, none with the schema label).
+    NoConfigMap,
+    NoKey,
+}
+
+/// ConfigMaps by name, each its `data`.
+pub type ConfigMapData = BTreeMap<String, BTreeMap<String, String>>;
+
+impl ConfigMaps for ConfigMapData {
+    fn value(&self, name: &str, key: &str) -> ConfigMapValue {
+        match self.get(name) {
+            None => ConfigMapValue::NoConfigMap,
+            Some(data) => match data.get(key) {
+                Some(value) => ConfigMapValue::Found(value.clone()),
+                None => ConfigMapValue::NoKey,
+            },
+        }
+    }
+}
+
+/// What the parts of `compile` share: the problems found so far, where
+/// Secrets are and what ConfigMaps hold.
 pub(crate) struct Compiler<'a> {
     errors: Vec<FieldError>,
     secrets: &'a dyn SecretPaths,
+    config_maps: &'a dyn ConfigMaps,
 }
 
 impl Compiler<'_> {
@@ -89,15 +119,26 @@ impl Compiler<'_> {
 }
 
 /// Compiles one ProviderIntegration. `secrets` says where referenced Secret
-/// keys are found as files.
+/// keys are found as files; no ConfigMap is known (see [`compile_with`]).
 pub fn compile(
     pi: &ProviderIntegration,
     secrets: &dyn SecretPaths,
+) -> Result<IntegrationConfig, CompileErrors> {
+    compile_with(pi, secrets, &ConfigMapData::new())
+}
+
+/// [`compile`], with the ConfigMaps of the integration's namespace that a
+/// contract's `schemaFrom` may name.
+pub fn compile_with(
+    pi: &ProviderIntegration,
+    secrets: &dyn SecretPaths,
+    config_maps: &dyn ConfigMaps,
 ) -> Result<IntegrationConfig, CompileErrors> {
     let manifest = serde_json::to_value(pi).expect("a ProviderIntegration serializes");
     let mut c = Compiler {
         errors: crate::validate::validate(&manifest),
         secrets,
+        config_maps,
     };
     let spec = &pi.spec;
     let up = &spec.upstream;

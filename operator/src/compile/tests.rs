@@ -335,3 +335,64 @@ fn polling_compiles_with_its_defaults_and_its_rules_are_checked() {
         assert!(error.contains(wanted), "{wanted} missing from {error}");
     }
 }
+
+#[test]
+fn a_schema_from_a_config_map_is_compiled_inline_and_its_problems_named() {
+    use crate::compile::{ConfigMapData, compile_with};
+    let spec = "  upstream: {baseUrl: 'https://api.carrier.example'}
+  contracts:
+    - name: shipment
+      schemaFrom: {configMapKeyRef: {name: carrier-api, key: openapi.json}, operationId: GetShipment}
+";
+    let document = r##"{"openapi": "3.0.1", "paths": {"/v1/shipments/{id}": {"get": {"operationId": "GetShipment",
+        "responses": {"200": {"content": {"application/json": {"schema": {"type": "object", "properties": {"status": {"enum": ["CREATED"], "nullable": true}}}}}}}}}}}"##;
+    let mut maps = ConfigMapData::new();
+    maps.insert(
+        "carrier-api".into(),
+        [("openapi.json".to_owned(), document.to_owned())].into(),
+    );
+    let config = compile_with(&pi(spec), &mounted(), &maps).unwrap();
+    assert_eq!(
+        config.contracts[0].schema.get(),
+        &serde_json::json!({"allOf": [{"type": "object", "properties": {"status": {"enum": ["CREATED", null]}}}]})
+    );
+
+    let missing = compile(&pi(spec), &mounted()).unwrap_err().to_string();
+    assert!(
+        missing.contains(
+            "spec.contracts[0].schemaFrom.configMapKeyRef: ConfigMap \"carrier-api\" not found"
+        ),
+        "{missing}"
+    );
+    maps.get_mut("carrier-api").unwrap().clear();
+    let no_key = compile_with(&pi(spec), &mounted(), &maps)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        no_key.contains("schemaFrom.configMapKeyRef.key"),
+        "{no_key}"
+    );
+    maps.get_mut("carrier-api").unwrap().insert(
+        "openapi.json".into(),
+        document.replace("GetShipment", "Other"),
+    );
+    let no_operation = compile_with(&pi(spec), &mounted(), &maps)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        no_operation.contains("spec.contracts[0].schemaFrom: ConfigMap \"carrier-api\" key \"openapi.json\": no operation has operationId \"GetShipment\""),
+        "{no_operation}"
+    );
+    let both = compile(
+        &pi("  upstream: {baseUrl: 'https://x'}
+  contracts: [{name: c, schema: {type: object}, schemaFrom: {configMapKeyRef: {name: a, key: b}}}]
+"),
+        &mounted(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        both.contains("set exactly one of schema, schemaFrom"),
+        "{both}"
+    );
+}
