@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http_body_util::Full;
 use sluice_sidecar::config::{
-    AuthConfig, IngressConfig, IntegrationConfig, SecretFile, SidecarConfig, WebhookConfig,
+    AuthConfig, IntegrationConfig, SecretFile, SidecarConfig, WebhookConfig,
 };
 use support::*;
 use tokio::time::Instant;
@@ -132,20 +132,20 @@ fn stripe(provider: &TestUpstream, app: &TestUpstream, secrets: &SecretDir) -> I
     config
 }
 
-async fn start_in(state: &Path, integrations: Vec<IntegrationConfig>) -> sluice_sidecar::Sidecar {
-    let config = SidecarConfig {
-        admin: sluice_sidecar::config::AdminConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-        },
-        drain_timeout: sluice_sidecar::config::Duration::from_secs(2),
+/// A sidecar's config: loopback listeners, `state` as its state directory.
+fn config_in(state: &Path, integrations: Vec<IntegrationConfig>) -> SidecarConfig {
+    let mut config = SidecarConfig::new(
         integrations,
-        ingress: IngressConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            state_dir: state.to_owned(),
-            ..IngressConfig::default()
-        },
-    };
-    sluice_sidecar::Sidecar::start(config)
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        state.to_owned(),
+    );
+    config.drain_timeout = sluice_sidecar::config::Duration::from_secs(2);
+    config
+}
+
+async fn start_in(state: &Path, integrations: Vec<IntegrationConfig>) -> sluice_sidecar::Sidecar {
+    sluice_sidecar::Sidecar::start(config_in(state, integrations))
         .await
         .expect("sidecar starts")
 }
@@ -391,18 +391,7 @@ async fn start_shared(
     redis: &support::redis_server::RedisServer,
     identity: &str,
 ) -> sluice_sidecar::Sidecar {
-    let config = SidecarConfig {
-        admin: sluice_sidecar::config::AdminConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-        },
-        drain_timeout: sluice_sidecar::config::Duration::from_secs(2),
-        integrations,
-        ingress: IngressConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            state_dir: state.to_owned(),
-            ..IngressConfig::default()
-        },
-    };
+    let config = config_in(state, integrations);
     let settings = sluice_sidecar::shared::Settings::new(
         &redis.url(),
         None,
