@@ -67,14 +67,15 @@ struct Endpoint {
     total_timeout: Option<Duration>,
 }
 
-/// Which rules a request matched: the endpoint, the limits, the quotas, the
-/// contracts and the cache rule. Requests that match the same rules share
-/// one [`Route`].
-type Matched = (Option<usize>, RuleSet, RuleSet, RuleSet, Option<usize>);
+/// Which rules a request matched: the endpoint, the cache rule, and in one
+/// set the rate limits, then the quotas, then the contracts. Requests that
+/// match the same rules share one [`Route`]; one set keeps the memo's key
+/// as small to hash as it was before quotas and contracts.
+type Matched = (Option<usize>, Option<usize>, RuleSet);
 
-/// The rules of one kind (rate limits, quotas, contracts) a request matched,
-/// a bit per rule in config order: inline up to 64 (the CRD allows at most
-/// 32 of a kind), on the heap past that.
+/// The rules a request matched, a bit per rule in config order: inline up
+/// to 64 (the CRD allows at most 32 limits, 16 quotas and 16 contracts), on
+/// the heap past that.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum RuleSet {
     Inline(u64),
@@ -97,9 +98,13 @@ impl RuleSet {
         RuleSet::Spilled(words.into_boxed_slice())
     }
 
-    /// The matched rules' indices, of `count` rules.
-    fn indices(&self, count: usize) -> Vec<usize> {
-        (0..count).filter(|&i| self.contains(i)).collect()
+    /// The matched rules' indices in `rules`, counted from its start.
+    fn indices(&self, rules: std::ops::Range<usize>) -> Vec<usize> {
+        let start = rules.start;
+        rules
+            .filter(|&i| self.contains(i))
+            .map(|i| i - start)
+            .collect()
     }
 
     fn contains(&self, i: usize) -> bool {
@@ -222,25 +227,23 @@ impl Router {
     /// Endpoint: the first matching endpoint, else the first matching limit's name.
     pub fn route(&self, method: &Method, path: &str) -> Arc<Route> {
         let cacheable = method == Method::GET || method == Method::HEAD;
+        let rules = self
+            .limits
+            .iter()
+            .map(|(_, m, _)| m)
+            .chain(&self.quotas)
+            .chain(&self.contracts);
         let matched: Matched = (
             self.endpoints
                 .iter()
                 .position(|e| e.matcher.matches(method, path)),
-            RuleSet::of(
-                self.limits.iter().map(|(_, m, _)| m.matches(method, path)),
-                self.limits.len(),
-            ),
-            RuleSet::of(
-                self.quotas.iter().map(|m| m.matches(method, path)),
-                self.quotas.len(),
-            ),
-            RuleSet::of(
-                self.contracts.iter().map(|m| m.matches(method, path)),
-                self.contracts.len(),
-            ),
             cacheable
                 .then(|| self.cache.iter().position(|(m, _)| m.matches(method, path)))
                 .flatten(),
+            RuleSet::of(
+                rules.map(|m| m.matches(method, path)),
+                self.limits.len() + self.quotas.len() + self.contracts.len(),
+            ),
         );
         if let Some(route) = self.memo.read().expect("route memo").get(&matched) {
             return route.clone();
@@ -253,15 +256,17 @@ impl Router {
         route
     }
 
-    fn build(&self, (endpoint, limits, quotas, contracts, cache): &Matched) -> Route {
+    fn build(&self, (endpoint, cache, rules): &Matched) -> Route {
         let endpoint = endpoint.map(|i| &self.endpoints[i]);
         let matched: Vec<&(Arc<str>, Matcher, usize)> = self
             .limits
             .iter()
             .enumerate()
-            .filter(|(i, _)| limits.contains(*i))
+            .filter(|(i, _)| rules.contains(*i))
             .map(|(_, l)| l)
             .collect();
+        let quotas_start = self.limits.len();
+        let contracts_start = quotas_start + self.quotas.len();
         let name = match (endpoint, matched.first()) {
             (Some(e), _) => e.name.clone(),
             (None, Some((limit, _, _))) => limit.clone(),
@@ -271,8 +276,8 @@ impl Router {
             series: self.series[&name].clone(),
             endpoint: name,
             limits: matched.iter().map(|(_, _, slot)| *slot).collect(),
-            quotas: quotas.indices(self.quotas.len()),
-            contracts: contracts.indices(self.contracts.len()),
+            quotas: rules.indices(quotas_start..contracts_start),
+            contracts: rules.indices(contracts_start..contracts_start + self.contracts.len()),
             cache_ttl: cache.map(|i| self.cache[i].1),
             attempt_timeout: endpoint
                 .and_then(|e| e.timeout)
@@ -397,6 +402,49 @@ mod tests {
         let again = router.route(&Method::POST, "/v1/hot");
         assert_eq!(again.limits, hot.limits);
         assert_eq!(router.route(&Method::GET, "/v1/cold").limits.len(), 68);
+    }
+
+    /// Limits, quotas and contracts share one matched set: each kind's
+    /// indices come back counted from its own start.
+    #[test]
+    fn limits_quotas_and_contracts_keep_their_own_indices() {
+        let config: IntegrationConfig = serde_yaml_ng::from_str(
+            "name: kinds
+listen: 127.0.0.1:0
+upstream: {baseUrl: 'https://x.example'}
+rateLimits:
+- {name: all, requests: 10, per: 1s, burst: 10}
+- {name: orders, match: {path: '/v1/orders/*'}, requests: 10, per: 1s, burst: 10}
+quotas:
+- {name: shipments, match: {path: '/v1/shipments/*'}, limit: 10, per: 24h}
+- {name: orders, match: {path: '/v1/orders/*'}, limit: 10, per: 24h}
+contracts:
+- {name: order, match: {path: '/v1/orders/*'}, schema: {type: object}}
+- {name: any, schema: {type: object}}
+",
+        )
+        .unwrap();
+        let slots: HashMap<Arc<str>, usize> =
+            [(Arc::from("all"), 7), (Arc::from("orders"), 9)].into();
+        let router = Router::new(&config, &Metrics::new()).with_limit_slots(&slots);
+        let order = router.route(&Method::GET, "/v1/orders/1");
+        assert_eq!(
+            (
+                order.limits.clone(),
+                order.quotas.clone(),
+                order.contracts.clone()
+            ),
+            (vec![7, 9], vec![1], vec![0, 1])
+        );
+        let shipment = router.route(&Method::GET, "/v1/shipments/1");
+        assert_eq!(
+            (
+                shipment.limits.clone(),
+                shipment.quotas.clone(),
+                shipment.contracts.clone()
+            ),
+            (vec![7], vec![0], vec![1])
+        );
     }
 
     #[test]
