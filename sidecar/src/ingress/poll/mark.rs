@@ -51,10 +51,10 @@ impl MarkStore {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         return Ok(PollMark::default());
                     }
-                    Err(e) => return Err(self.file_error(e.to_string())),
+                    Err(e) => return Err(file_error(path, e.to_string())),
                 };
                 let file: MarkFile =
-                    serde_json::from_slice(&bytes).map_err(|e| self.file_error(e.to_string()))?;
+                    serde_json::from_slice(&bytes).map_err(|e| file_error(path, e.to_string()))?;
                 Ok(PollMark {
                     since_ms: Some(file.since_ms),
                     watermark: file.watermark,
@@ -75,17 +75,16 @@ impl MarkStore {
                 let bytes = serde_json::to_vec(&file).expect("a mark always serializes");
                 crate::state_file::replace_async(path.clone(), bytes)
                     .await
-                    .map_err(|e| self.file_error(e.to_string()))
+                    .map_err(|e| file_error(path, e.to_string()))
             }
             MarkStore::Shared { state, poll } => Ok(state.set_poll_mark(poll, mark).await?),
         }
     }
+}
 
-    fn file_error(&self, reason: String) -> MarkError {
-        let path = match self {
-            MarkStore::Local(path) => path.clone(),
-            MarkStore::Shared { .. } => PathBuf::new(),
-        };
-        MarkError::File { path, reason }
+fn file_error(path: &std::path::Path, reason: String) -> MarkError {
+    MarkError::File {
+        path: path.to_owned(),
+        reason,
     }
 }
